@@ -1,0 +1,1 @@
+"""The agent runtime executed by RQ workers (steps, backends, tools)."""

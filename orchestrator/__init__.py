@@ -1,0 +1,1 @@
+"""Orchestrator: supervise teams of AI agents that share resources."""

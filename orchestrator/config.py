@@ -1,0 +1,145 @@
+"""Reading the environment: the one place that does.
+
+`settings.py` calls :func:`load` with ``os.environ``; nothing else in the
+project reads the environment. Keeping the parsing a pure function of a
+mapping lets the tests check it without touching the process environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the project cannot use."""
+
+
+@dataclass(frozen=True)
+class Config:
+    debug: bool
+    secret_key: str | None
+    allowed_hosts: list[str]
+    database: dict[str, Any]
+    database_is_embedded: bool
+    redis_url: str
+    data_dir: Path
+
+
+def parse_bool(name: str, raw: str | None, default: bool) -> bool:
+    """Parse a boolean flag; anything but the usual spellings is an error."""
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def parse_hosts(raw: str | None, *, debug: bool) -> list[str]:
+    """Comma-separated host names; in DEBUG, loopback names are allowed by default."""
+    if raw is None or not raw.strip():
+        return ["localhost", "127.0.0.1", "[::1]", "testserver"] if debug else []
+    return [host.strip() for host in raw.split(",") if host.strip()]
+
+
+def embedded_sqlite(data_dir: Path) -> dict[str, Any]:
+    """The single-laptop fallback database.
+
+    WAL lets readers run beside the one writer, and ``transaction_mode``
+    IMMEDIATE takes the write lock at BEGIN so that two lock transactions
+    serialize instead of failing halfway with "database is locked". SQLite
+    ignores ``select_for_update``: this mode is for one machine only.
+    """
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(data_dir / "orchestrator.sqlite3"),
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+
+
+def parse_database(raw: str | None, *, data_dir: Path) -> tuple[dict[str, Any], bool]:
+    """Return the Django database settings and whether it is the embedded SQLite."""
+    if raw is None or not raw.strip():
+        return embedded_sqlite(data_dir), True
+    try:
+        database = dj_database_url.parse(raw.strip(), conn_max_age=0, conn_health_checks=True)
+    except Exception as exc:  # dj-database-url raises several kinds
+        raise ConfigError(f"DATABASE_URL cannot be parsed: {exc}") from exc
+    engine = database.get("ENGINE", "")
+    if engine.endswith("sqlite3"):
+        embedded = embedded_sqlite(data_dir)
+        embedded["NAME"] = database["NAME"]
+        return embedded, True
+    if not engine.endswith("postgresql"):
+        raise ConfigError(f"DATABASE_URL must point at PostgreSQL (or sqlite://); got {engine}")
+    return database, False
+
+
+def parse_redis_url(raw: str | None) -> str:
+    value = (raw or "").strip() or DEFAULT_REDIS_URL
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"REDIS_URL must start with redis://, rediss:// or unix://; got {value!r}"
+        )
+    return value
+
+
+def local_secret_key(data_dir: Path) -> str:
+    """A key generated once per machine and kept in the data folder (mode 0600).
+
+    Used when SECRET_KEY is not set, so that a laptop run keeps its sessions
+    across restarts and every local process (web, workers) shares one key.
+    Production sets SECRET_KEY.
+    """
+    path = data_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process won the race
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        return key
+
+
+def load(environ: Mapping[str, str]) -> Config:
+    """Build the configuration from an environment mapping.
+
+    Raises :class:`ConfigError` with a message naming the variable when a
+    value is unusable, so a misconfigured deployment fails at start-up.
+    """
+    debug = parse_bool("DEBUG", environ.get("DEBUG"), default=False)
+    secret_key = environ.get("SECRET_KEY", "").strip() or None
+    data_dir = Path(environ.get("ORCHESTRATOR_DATA_DIR") or BASE_DIR / "data")
+    database, embedded = parse_database(environ.get("DATABASE_URL"), data_dir=data_dir)
+    return Config(
+        debug=debug,
+        secret_key=secret_key,
+        allowed_hosts=parse_hosts(environ.get("ALLOWED_HOSTS"), debug=debug),
+        database=database,
+        database_is_embedded=embedded,
+        redis_url=parse_redis_url(environ.get("REDIS_URL")),
+        data_dir=data_dir,
+    )

@@ -1,0 +1,144 @@
+"""Validation of an agent's backend configuration (the JSON edited in the admin).
+
+Each backend has a small, explicit schema. Validation returns the config
+with defaults filled in, or raises ``ValidationError`` naming the field, so
+the admin shows a form error and nothing is saved.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from django.core.exceptions import ValidationError
+
+from orchestrator.core.models import Backend
+
+TOOLS = ("acquire", "read", "write", "release", "request_approval", "finish")
+_ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+
+
+def _require_dict(config: Any) -> dict[str, Any]:
+    if not isinstance(config, dict):
+        raise ValidationError("The backend config must be a JSON object.")
+    return config
+
+
+def _unknown_keys(config: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(config) - allowed)
+    if unknown:
+        raise ValidationError(
+            "Unknown key(s) %(keys)s; allowed: %(allowed)s.",
+            params={"keys": ", ".join(unknown), "allowed": ", ".join(sorted(allowed))},
+        )
+
+
+def _number(config: dict[str, Any], key: str, low: float, high: float, default: float) -> float:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ValidationError(f"{key!r} must be a number from {low} to {high}.")
+    return value
+
+
+def _integer(config: dict[str, Any], key: str, low: int, high: int, default: int) -> int:
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValidationError(f"{key!r} must be a whole number from {low} to {high}.")
+    return value
+
+
+def _text(config: dict[str, Any], key: str, default: str = "", max_length: int = 20000) -> str:
+    value = config.get(key, default)
+    if not isinstance(value, str) or len(value) > max_length:
+        raise ValidationError(f"{key!r} must be text of at most {max_length} characters.")
+    return value
+
+
+def validate_scripted(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"script": [{"tool": ..., "args": {...}}, ...], "seed"?, "think": [lo, hi]?}``."""
+    _unknown_keys(config, {"script", "seed", "think", "max_steps", "loop"})
+    script = config.get("script")
+    if not isinstance(script, list) or not script:
+        raise ValidationError("'script' must be a non-empty list of tool calls.")
+    for index, call in enumerate(script):
+        if not isinstance(call, dict) or call.get("tool") not in TOOLS:
+            raise ValidationError(
+                f"script[{index}] must be an object whose 'tool' is one of {', '.join(TOOLS)}."
+            )
+        if not isinstance(call.get("args", {}), dict):
+            raise ValidationError(f"script[{index}].args must be an object.")
+    think = config.get("think", [0, 0])
+    if (
+        not isinstance(think, list)
+        or len(think) != 2
+        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in think)
+        or not 0 <= think[0] <= think[1] <= 60
+    ):
+        raise ValidationError("'think' must be [min, max] seconds with 0 <= min <= max <= 60.")
+    cleaned = dict(config)
+    cleaned["seed"] = _integer(config, "seed", 0, 2**63 - 1, 0)
+    cleaned["max_steps"] = _integer(config, "max_steps", 1, 100000, 200)
+    if not isinstance(config.get("loop", False), bool):
+        raise ValidationError("'loop' must be true or false.")
+    return cleaned
+
+
+def validate_openai(config: dict[str, Any]) -> dict[str, Any]:
+    """Any OpenAI-compatible endpoint. The API key comes from a named env variable."""
+    _unknown_keys(
+        config,
+        {"base_url", "model", "api_key_env", "temperature", "system_prompt", "max_steps"},
+    )
+    model = _text(config, "model", max_length=200)
+    if not model:
+        raise ValidationError("'model' is required (for example gpt-4o-mini or llama3.1).")
+    base_url = _text(config, "base_url", max_length=500)
+    if base_url and not base_url.startswith(("http://", "https://")):
+        raise ValidationError("'base_url' must start with http:// or https://.")
+    api_key_env = _text(config, "api_key_env", default="OPENAI_API_KEY", max_length=128)
+    if not _ENV_NAME.match(api_key_env):
+        raise ValidationError(
+            "'api_key_env' is the NAME of an environment variable (like OPENAI_API_KEY), "
+            "never the key itself."
+        )
+    return {
+        "model": model,
+        "base_url": base_url,
+        "api_key_env": api_key_env,
+        "temperature": _number(config, "temperature", 0.0, 2.0, 0.2),
+        "system_prompt": _text(config, "system_prompt"),
+        "max_steps": _integer(config, "max_steps", 1, 10000, 50),
+    }
+
+
+def validate_python(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"callable": "package.module.function", "options": {...}?}``."""
+    _unknown_keys(config, {"callable", "options", "max_steps"})
+    target = _text(config, "callable", max_length=300)
+    if not _DOTTED.match(target):
+        raise ValidationError("'callable' must be a dotted path such as mypkg.agents.step.")
+    options = config.get("options", {})
+    if not isinstance(options, dict):
+        raise ValidationError("'options' must be an object.")
+    return {
+        "callable": target,
+        "options": options,
+        "max_steps": _integer(config, "max_steps", 1, 100000, 50),
+    }
+
+
+VALIDATORS = {
+    Backend.SCRIPTED: validate_scripted,
+    Backend.OPENAI: validate_openai,
+    Backend.PYTHON: validate_python,
+}
+
+
+def validate_backend_config(backend: str, config: Any) -> dict[str, Any]:
+    """Check ``config`` against ``backend``'s schema; return it with defaults filled."""
+    try:
+        validator = VALIDATORS[Backend(backend)]
+    except ValueError as exc:
+        raise ValidationError(f"Unknown backend {backend!r}.") from exc
+    return validator(_require_dict(config))

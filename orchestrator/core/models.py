@@ -1,0 +1,501 @@
+"""The core data model: who the agents are, what they share, and what happened.
+
+Rules the database can enforce are constraints here, so that a bug in a
+service (or a concurrent one) fails loudly at commit instead of corrupting
+state: one live exclusive lock per resource, fences unique per resource,
+one waiting request per agent and resource, one open deadlock per cycle.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+NAME_MAX_LENGTH = 200
+
+
+class DeadlockPolicy(models.TextChoices):
+    ASK_OPERATOR = "ask_operator", "Ask an operator to choose the victim"
+    ABORT_YOUNGEST = "abort_youngest", "Abort the youngest waiter"
+    ABORT_LEAST_PROGRESS = "abort_least_progress", "Abort the agent with least progress"
+
+
+class ConflictPolicy(models.TextChoices):
+    REJECT = "reject", "Reject the write; the agent re-reads and retries"
+    ASK_OPERATOR = "ask_operator", "Turn the write into an approval for an operator"
+
+
+class Team(models.Model):
+    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True)
+    description = models.TextField(blank=True)
+    deadlock_policy = models.CharField(
+        max_length=32, choices=DeadlockPolicy.choices, default=DeadlockPolicy.ASK_OPERATOR
+    )
+    conflict_policy = models.CharField(
+        max_length=32, choices=ConflictPolicy.choices, default=ConflictPolicy.REJECT
+    )
+    default_lease_ttl = models.PositiveIntegerField(
+        default=30, help_text="Seconds a lock lease lasts unless the agent asks otherwise."
+    )
+    renew_leases_while_paused = models.BooleanField(
+        default=False,
+        help_text="Keep renewing the leases of paused agents (otherwise they expire).",
+    )
+    paused = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(default_lease_ttl__gte=1) & Q(default_lease_ttl__lte=86400),
+                name="team_lease_ttl_range",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Backend(models.TextChoices):
+    SCRIPTED = "scripted", "Scripted (deterministic, seeded)"
+    OPENAI = "openai", "OpenAI-compatible model"
+    PYTHON = "python", "Python callable"
+
+
+class AgentStatus(models.TextChoices):
+    IDLE = "idle", "Idle"
+    RUNNING = "running", "Running"
+    WAITING_LOCK = "waiting_lock", "Waiting for a lock"
+    WAITING_HUMAN = "waiting_human", "Waiting for a human"
+    FAILED = "failed", "Failed"
+    DONE = "done", "Done"
+
+
+class Agent(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="agents")
+    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True)
+    role = models.TextField(blank=True, help_text="What this agent is for, given to its model.")
+    backend = models.CharField(max_length=16, choices=Backend.choices, default=Backend.SCRIPTED)
+    config = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=AgentStatus.choices, default=AgentStatus.IDLE)
+    paused = models.BooleanField(default=False)
+    # SHA-256 of the API token; the token itself is shown once and never stored.
+    token_hash = models.CharField(max_length=64, unique=True, null=True, blank=True, editable=False)
+    token_created_at = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "name"]
+        indexes = [models.Index(fields=["team", "status"], name="agent_team_status")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Resource(models.Model):
+    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True)
+    team = models.ForeignKey(
+        Team,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="resources",
+        help_text="The team whose dashboard shows this resource (none: every team's).",
+    )
+    value = models.JSONField(null=True, blank=True)
+    version = models.BigIntegerField(default=0, editable=False)
+    fence = models.BigIntegerField(
+        default=0, editable=False, help_text="The last fencing token issued for this resource."
+    )
+    requires_approval = models.BooleanField(
+        default=False, help_text="Every write waits for an operator's approval."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(version__gte=0), name="resource_version_nonneg"),
+            models.CheckConstraint(condition=Q(fence__gte=0), name="resource_fence_nonneg"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ResourceVersion(models.Model):
+    """Append-only history of a resource's values: one row per applied write."""
+
+    resource = models.ForeignKey(Resource, on_delete=models.CASCADE, related_name="versions")
+    version = models.BigIntegerField()
+    value = models.JSONField(null=True)
+    agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, related_name="+")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    fence = models.BigIntegerField(null=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["resource", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["resource", "version"], name="resource_version_unique"),
+            models.CheckConstraint(condition=Q(version__gte=0), name="resourceversion_nonneg"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.resource_id}@{self.version}"
+
+
+class LockMode(models.TextChoices):
+    EXCLUSIVE = "exclusive", "Exclusive"
+    SHARED = "shared", "Shared"
+
+
+class LockEnd(models.TextChoices):
+    RELEASED = "released", "Released by its holder"
+    EXPIRED = "expired", "Lease expired"
+    REVOKED = "revoked", "Revoked to break a deadlock"
+    FORCE_RELEASED = "force_released", "Force-released by an operator"
+
+
+class Lock(models.Model):
+    """A granted lock. Rows are kept after release: they are the lock history.
+
+    A lock is live while ``released_at`` is null and its lease has not run
+    out; an expired lease is marked released (``end=expired``) by the next
+    transaction that looks at the resource, or by the monitor.
+    """
+
+    resource = models.ForeignKey(Resource, on_delete=models.CASCADE, related_name="locks")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="locks")
+    mode = models.CharField(max_length=16, choices=LockMode.choices)
+    token = models.BigIntegerField(help_text="Fencing token: the resource's fence at grant time.")
+    acquired_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    released_at = models.DateTimeField(null=True, blank=True)
+    end = models.CharField(max_length=16, choices=LockEnd.choices, blank=True)
+
+    class Meta:
+        ordering = ["-acquired_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["resource"],
+                condition=Q(released_at__isnull=True, mode="exclusive"),
+                name="one_live_exclusive_lock_per_resource",
+            ),
+            models.UniqueConstraint(
+                fields=["resource", "token"],
+                condition=Q(mode="exclusive"),
+                name="exclusive_fence_unique_per_resource",
+            ),
+            models.UniqueConstraint(
+                fields=["resource", "agent"],
+                condition=Q(released_at__isnull=True),
+                name="one_live_lock_per_agent_and_resource",
+            ),
+            models.CheckConstraint(condition=Q(token__gte=1), name="lock_token_positive"),
+            models.CheckConstraint(
+                condition=Q(expires_at__gt=F("acquired_at")), name="lock_lease_after_grant"
+            ),
+            models.CheckConstraint(
+                condition=Q(released_at__isnull=True, end="")
+                # isnull=False spelled out: a NULL comparison would let the check pass.
+                | Q(released_at__isnull=False, released_at__gte=F("acquired_at")) & ~Q(end=""),
+                name="lock_release_consistent",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["resource"],
+                condition=Q(released_at__isnull=True),
+                name="lock_live_by_resource",
+            ),
+            models.Index(
+                fields=["agent"], condition=Q(released_at__isnull=True), name="lock_live_by_agent"
+            ),
+            models.Index(
+                fields=["expires_at"],
+                condition=Q(released_at__isnull=True),
+                name="lock_live_by_expiry",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mode} lock #{self.pk} on {self.resource_id} by {self.agent_id}"
+
+
+class RequestStatus(models.TextChoices):
+    WAITING = "waiting", "Waiting"
+    GRANTED = "granted", "Granted"
+    CANCELLED = "cancelled", "Cancelled"
+    ABORTED = "aborted", "Aborted (deadlock victim)"
+
+
+class Run(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        CANCELLED = "cancelled", "Cancelled"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+
+    team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="runs")
+    goal = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    paused = models.BooleanField(default=False)
+    max_steps = models.PositiveIntegerField(default=50)
+    seed = models.BigIntegerField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["team", "status"], name="run_team_status")]
+        constraints = [
+            models.CheckConstraint(condition=Q(max_steps__gte=1), name="run_max_steps_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"run #{self.pk} of {self.team_id}"
+
+
+class Step(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        WAITING = "waiting", "Waiting"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="steps")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="steps")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    job_id = models.CharField(max_length=64, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    transcript = models.JSONField(default=list, blank=True)
+    tool_calls = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["run", "agent", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "agent", "number"], name="step_number_unique"),
+        ]
+        indexes = [models.Index(fields=["status"], name="step_status")]
+
+    def __str__(self) -> str:
+        return f"step {self.number} of {self.agent_id} in run {self.run_id}"
+
+
+class LockRequest(models.Model):
+    """A queued acquisition. Waiting requests are the edges of the wait-for graph."""
+
+    resource = models.ForeignKey(Resource, on_delete=models.CASCADE, related_name="requests")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="lock_requests")
+    mode = models.CharField(max_length=16, choices=LockMode.choices)
+    ttl = models.PositiveIntegerField(help_text="Lease seconds to grant with.")
+    status = models.CharField(
+        max_length=16, choices=RequestStatus.choices, default=RequestStatus.WAITING
+    )
+    step = models.ForeignKey(
+        Step, on_delete=models.SET_NULL, null=True, blank=True, related_name="lock_requests"
+    )
+    lock = models.OneToOneField(
+        Lock, on_delete=models.SET_NULL, null=True, blank=True, related_name="request"
+    )
+    reason = models.TextField(blank=True)
+    requested_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["requested_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["resource", "agent"],
+                condition=Q(status="waiting"),
+                name="one_waiting_request_per_agent_and_resource",
+            ),
+            models.CheckConstraint(condition=Q(ttl__gte=1), name="lockrequest_ttl_positive"),
+            models.CheckConstraint(
+                condition=Q(status="waiting", resolved_at__isnull=True)
+                | ~Q(status="waiting") & Q(resolved_at__isnull=False),
+                name="lockrequest_resolution_consistent",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="granted") | Q(lock__isnull=False),
+                name="lockrequest_granted_has_lock",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["resource", "id"],
+                condition=Q(status="waiting"),
+                name="lockrequest_waiting_queue",
+            ),
+            models.Index(
+                fields=["agent"], condition=Q(status="waiting"), name="lockrequest_waiting_agent"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mode} request #{self.pk} on {self.resource_id} by {self.agent_id}"
+
+
+class ConflictKind(models.TextChoices):
+    WRITE_CONFLICT = "write_conflict", "Write conflict (stale version)"
+    STALE_FENCE = "stale_fence", "Stale fencing token"
+    DEADLOCK = "deadlock", "Deadlock"
+    LEASE_LOST = "lease_lost", "Lease lost"
+
+
+class ConflictStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    RESOLVED = "resolved", "Resolved"
+
+
+class Conflict(models.Model):
+    kind = models.CharField(max_length=16, choices=ConflictKind.choices)
+    status = models.CharField(
+        max_length=16, choices=ConflictStatus.choices, default=ConflictStatus.OPEN
+    )
+    team = models.ForeignKey(
+        Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="conflicts"
+    )
+    agents = models.ManyToManyField(Agent, blank=True, related_name="conflicts")
+    resources = models.ManyToManyField(Resource, blank=True, related_name="conflicts")
+    # Identifies the situation (for a deadlock, its cycle) so that it is open only once.
+    key = models.CharField(max_length=500, blank=True)
+    detail = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    resolution = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "key"],
+                condition=Q(status="open") & ~Q(key=""),
+                name="one_open_conflict_per_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="open", resolved_at__isnull=True)
+                | Q(status="resolved", resolved_at__isnull=False),
+                name="conflict_resolution_consistent",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "kind"], name="conflict_status_kind"),
+            models.Index(fields=["team", "status"], name="conflict_team_status"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} conflict #{self.pk}"
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    FAILED = "failed", "Could not be applied"
+
+
+class ApprovalReason(models.TextChoices):
+    REQUIRES_APPROVAL = "requires_approval", "The resource requires approval"
+    VERSION_CONFLICT = "version_conflict", "Contested write (stale version)"
+    REQUESTED = "requested", "Requested by the agent"
+
+
+class Approval(models.Model):
+    resource = models.ForeignKey(Resource, on_delete=models.CASCADE, related_name="approvals")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="approvals")
+    team = models.ForeignKey(Team, on_delete=models.SET_NULL, null=True, related_name="approvals")
+    step = models.ForeignKey(
+        Step, on_delete=models.SET_NULL, null=True, blank=True, related_name="approvals"
+    )
+    conflict = models.ForeignKey(
+        Conflict, on_delete=models.SET_NULL, null=True, blank=True, related_name="approvals"
+    )
+    reason = models.CharField(max_length=32, choices=ApprovalReason.choices)
+    status = models.CharField(
+        max_length=16, choices=ApprovalStatus.choices, default=ApprovalStatus.PENDING
+    )
+    base_version = models.BigIntegerField(null=True, blank=True)
+    base_value = models.JSONField(null=True, blank=True)
+    current_version = models.BigIntegerField()
+    current_value = models.JSONField(null=True, blank=True)
+    proposed_value = models.JSONField(null=True, blank=True)
+    fence = models.BigIntegerField(null=True, blank=True)
+    note = models.TextField(blank=True, help_text="What the agent said about this write.")
+    applied_value = models.JSONField(null=True, blank=True)
+    applied_version = models.BigIntegerField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status="pending", decided_at__isnull=True)
+                | ~Q(status="pending") & Q(decided_at__isnull=False),
+                name="approval_decision_consistent",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "team"], name="approval_status_team")]
+
+    def __str__(self) -> str:
+        return f"approval #{self.pk} on {self.resource_id}"
+
+
+class Event(models.Model):
+    """Append-only log. Ids are strictly increasing in commit order (see events.py)."""
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=64)
+    actor = models.CharField(max_length=NAME_MAX_LENGTH + 16, help_text="agent:NAME, user:NAME…")
+    team = models.ForeignKey(
+        Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+    )
+    agent = models.ForeignKey(
+        Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    subject_type = models.CharField(max_length=32, blank=True)
+    subject_id = models.BigIntegerField(null=True, blank=True)
+    payload = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["team", "id"], name="event_team_id"),
+            models.Index(fields=["subject_type", "subject_id", "id"], name="event_subject"),
+            models.Index(fields=["kind", "id"], name="event_kind_id"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.kind}"

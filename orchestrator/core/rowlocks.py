@@ -1,0 +1,79 @@
+"""The one home for row locks.
+
+Every ``select_for_update`` in the project goes through these helpers, which
+lock rows in primary-key order within a kind, and callers that lock several
+kinds do so in the global order Team -> Agent -> Run -> Resource -> Lock ->
+LockRequest -> Approval -> Conflict. Two transactions that follow this order
+can wait for each other but never deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from django.db.models import Model, QuerySet
+
+from orchestrator.core.models import (
+    Agent,
+    Approval,
+    Conflict,
+    Lock,
+    LockRequest,
+    Resource,
+    Run,
+    Team,
+)
+
+
+def _locked(model: type[Model], ids: Iterable[int]) -> QuerySet:
+    return model.objects.select_for_update().filter(pk__in=sorted(set(ids))).order_by("pk")
+
+
+def lock_teams(ids: Iterable[int]) -> list[Team]:
+    """Lock and return the Team rows with these ids, in pk order."""
+    return list(_locked(Team, ids))
+
+
+def lock_agents(ids: Iterable[int]) -> list[Agent]:
+    """Lock and return the Agent rows with these ids, in pk order."""
+    return list(_locked(Agent, ids))
+
+
+def lock_runs(ids: Iterable[int]) -> list[Run]:
+    """Lock and return the Run rows with these ids, in pk order."""
+    return list(_locked(Run, ids))
+
+
+def lock_resources(ids: Iterable[int]) -> list[Resource]:
+    """Lock and return the Resource rows with these ids, in pk order."""
+    return list(_locked(Resource, ids))
+
+
+def lock_resource(resource_id: int) -> Resource:
+    """Lock one Resource row. Raises Resource.DoesNotExist."""
+    return Resource.objects.select_for_update().get(pk=resource_id)
+
+
+def lock_resource_by_name(name: str) -> Resource:
+    """Lock one Resource row by name. Raises Resource.DoesNotExist."""
+    return Resource.objects.select_for_update().get(name=name)
+
+
+def lock_locks(ids: Iterable[int]) -> list[Lock]:
+    """Lock and return Lock rows. Caller already holds their Resource row locks."""
+    return list(_locked(Lock, ids))
+
+
+def lock_requests(ids: Iterable[int]) -> list[LockRequest]:
+    """Lock and return LockRequest rows. Caller holds their Resource row locks."""
+    return list(_locked(LockRequest, ids))
+
+
+def lock_approval(approval_id: int) -> Approval:
+    """Lock one Approval row. Caller holds its Resource row lock. Raises DoesNotExist."""
+    return Approval.objects.select_for_update().get(pk=approval_id)
+
+
+def lock_conflicts(ids: Iterable[int]) -> list[Conflict]:
+    """Lock and return Conflict rows, after any Resource/Lock rows the caller needs."""
+    return list(_locked(Conflict, ids))

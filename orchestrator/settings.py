@@ -1,0 +1,122 @@
+"""Django settings. The environment is read once, by :mod:`orchestrator.config`."""
+
+from __future__ import annotations
+
+import os
+
+from orchestrator import config as _config
+
+CONFIG = _config.load(os.environ)
+
+BASE_DIR = _config.BASE_DIR
+DEBUG = CONFIG.debug
+SECRET_KEY = CONFIG.secret_key or _config.local_secret_key(CONFIG.data_dir)
+ALLOWED_HOSTS = CONFIG.allowed_hosts
+REDIS_URL = CONFIG.redis_url
+DATA_DIR = CONFIG.data_dir
+
+INSTALLED_APPS = [
+    # daphne first: its runserver replaces Django's and serves ASGI.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "django_rq",
+    "orchestrator.core",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator.urls"
+ASGI_APPLICATION = "orchestrator.asgi.application"
+WSGI_APPLICATION = "orchestrator.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": CONFIG.database}
+DATABASE_IS_EMBEDDED = CONFIG.database_is_embedded
+if DATABASE_IS_EMBEDDED:
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "admin:login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves static files from the web process: hashed, compressed files
+# from STATIC_ROOT once `collectstatic` has run (production), otherwise straight
+# from the app folders (a development checkout, the test suite).
+STATIC_COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns about a missing root on every start
+WHITENOISE_USE_FINDERS = not STATIC_COLLECTED
+WHITENOISE_AUTOREFRESH = DEBUG
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if STATIC_COLLECTED
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "orchestrator"},
+    },
+}
+
+RQ_QUEUES = {
+    "steps": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+    "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
+}
+# Jobs are enqueued only once the transaction that asked for them commits.
+RQ = {"COMMIT_MODE": "on_db_commit"}
+RQ_SHOW_ADMIN_LINK = True
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "INFO" if DEBUG else "WARNING"},
+    "loggers": {"orchestrator": {"level": "INFO", "propagate": True}},
+}

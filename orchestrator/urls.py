@@ -1,0 +1,14 @@
+"""URL configuration."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+
+from orchestrator.core import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("healthz", views.healthz, name="healthz"),
+    path("", views.home, name="home"),
+]

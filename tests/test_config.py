@@ -1,0 +1,86 @@
+"""Parsing the environment (orchestrator.config), without touching os.environ."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import config
+
+
+def test_postgres_url_is_parsed(tmp_path: Path) -> None:
+    cfg = config.load(
+        {
+            "DATABASE_URL": "postgres://alice:s3cret@db.example:6543/orch",
+            "ORCHESTRATOR_DATA_DIR": str(tmp_path),
+        }
+    )
+    db = cfg.database
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert (db["HOST"], db["PORT"], db["NAME"], db["USER"], db["PASSWORD"]) == (
+        "db.example",
+        6543,
+        "orch",
+        "alice",
+        "s3cret",
+    )
+    assert cfg.database_is_embedded is False
+
+
+def test_without_database_url_falls_back_to_embedded_sqlite(tmp_path: Path) -> None:
+    cfg = config.load({"ORCHESTRATOR_DATA_DIR": str(tmp_path)})
+    db = cfg.database
+    assert db["ENGINE"] == "django.db.backends.sqlite3"
+    assert db["NAME"] == str(tmp_path / "orchestrator.sqlite3")
+    assert db["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
+    assert "journal_mode=WAL" in db["OPTIONS"]["init_command"]
+    assert cfg.database_is_embedded is True
+
+
+def test_other_database_engines_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(config.ConfigError, match="PostgreSQL"):
+        config.load({"DATABASE_URL": "mysql://root@localhost/x"})
+
+
+def test_unparseable_database_url_names_the_variable() -> None:
+    with pytest.raises(config.ConfigError, match="DATABASE_URL"):
+        config.load({"DATABASE_URL": "nonsense://"})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("true", True), ("YES", True), ("on", True), ("0", False), ("off", False)],
+)
+def test_debug_flag(raw: str, expected: bool) -> None:
+    assert config.load({"DEBUG": raw}).debug is expected
+
+
+def test_bad_debug_flag_is_an_error() -> None:
+    with pytest.raises(config.ConfigError, match="DEBUG"):
+        config.load({"DEBUG": "maybe"})
+
+
+def test_allowed_hosts() -> None:
+    assert config.load({"ALLOWED_HOSTS": "a.example, b.example ,"}).allowed_hosts == [
+        "a.example",
+        "b.example",
+    ]
+    assert config.load({}).allowed_hosts == []
+    assert "localhost" in config.load({"DEBUG": "1"}).allowed_hosts
+
+
+def test_redis_url_default_and_validation() -> None:
+    assert config.load({}).redis_url == config.DEFAULT_REDIS_URL
+    assert config.load({"REDIS_URL": "redis://cache:6380/2"}).redis_url == "redis://cache:6380/2"
+    with pytest.raises(config.ConfigError, match="REDIS_URL"):
+        config.load({"REDIS_URL": "http://cache"})
+
+
+def test_secret_key_from_env_or_generated_once_per_machine(tmp_path: Path) -> None:
+    assert config.load({"SECRET_KEY": "k" * 60}).secret_key == "k" * 60
+    assert config.load({}).secret_key is None
+    first = config.local_secret_key(tmp_path)
+    assert len(first) >= 50
+    assert config.local_secret_key(tmp_path) == first
+    assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
