@@ -197,7 +197,12 @@ class Lock(models.Model):
                 condition=Q(released_at__isnull=True),
                 name="one_live_lock_per_agent_and_resource",
             ),
-            models.CheckConstraint(condition=Q(token__gte=1), name="lock_token_positive"),
+            # Exclusive tokens start at 1; a shared lock carries the fence current at
+            # grant time, which is 0 before any exclusive grant.
+            models.CheckConstraint(
+                condition=Q(token__gte=1) | Q(mode="shared", token__gte=0),
+                name="lock_token_positive",
+            ),
             models.CheckConstraint(
                 condition=Q(expires_at__gt=F("acquired_at")), name="lock_lease_after_grant"
             ),

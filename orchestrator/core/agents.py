@@ -1,0 +1,33 @@
+"""Agent and team records (configuration lives in the admin; this is for scripts)."""
+
+from __future__ import annotations
+
+from django.db import IntegrityError, transaction
+
+from orchestrator.core.events import event_emit, service
+from orchestrator.core.models import Agent, Team
+from orchestrator.core.resources import clean_name
+
+
+@service
+def agent_ensure(*, name: str, team_name: str = "default") -> tuple[Agent, bool]:
+    """The agent called ``name``, created (with its team if needed) when missing."""
+    name = clean_name(name)
+    team_name = clean_name(team_name)
+    agent = Agent.objects.select_related("team").filter(name=name).first()
+    if agent is not None:
+        return agent, False
+    team, team_created = Team.objects.get_or_create(name=team_name)
+    if team_created:
+        event_emit("team.created", team=team, actor="cli", subject=team)
+    try:
+        with transaction.atomic():
+            agent = Agent.objects.create(
+                name=name,
+                team=team,
+                config={"script": [{"tool": "finish", "args": {}}]},
+            )
+    except IntegrityError:  # created concurrently
+        return Agent.objects.select_related("team").get(name=name), False
+    event_emit("agent.created", agent=agent, actor="cli", subject=agent)
+    return agent, True
