@@ -259,9 +259,7 @@ def deadlock_sweep() -> SweepResult:
             continue
         conflict.status = ConflictStatus.RESOLVED
         conflict.resolved_at = db_now()
-        conflict.resolution = (
-            "dissolved: the cycle is gone (a lease or a wait ended)"
-        )
+        conflict.resolution = "dissolved: the cycle is gone (a lease or a wait ended)"
         conflict.save(update_fields=["status", "resolved_at", "resolution"])
         event_emit(
             "conflict.resolved",
