@@ -7,7 +7,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 
-from orchestrator.core.models import Agent, Resource, Team
+from orchestrator.core.models import Agent, Resource, Run, Team
 
 _seq = itertools.count(1)
 
@@ -30,3 +30,8 @@ def resource(**fields: Any) -> Resource:
 
 def superuser(username: str = "root") -> Any:
     return get_user_model().objects.create_superuser(username, f"{username}@example.com", "pw")
+
+
+def run(*, team: Team, **fields: Any) -> Run:
+    fields.setdefault("goal", "test")
+    return Run.objects.create(team=team, **fields)
