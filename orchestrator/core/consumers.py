@@ -29,5 +29,5 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         await self.send_json({"type": "error", "error": "unsupported", "detail": "read-only"})
 
-    async def event_logged(self, message: dict[str, Any]) -> None:
-        await self.send_json({"type": "event", "event": message["event"]})
+    async def events_logged(self, message: dict[str, Any]) -> None:
+        await self.send_json({"type": "events", "events": message["events"]})

@@ -48,7 +48,8 @@ async def test_logged_in_user_receives_committed_events(redis_conn) -> None:
     agent = await sync_to_async(factories.agent)()
     await sync_to_async(agents_set_paused)(agents=[agent], paused=True)
     frame = await communicator.receive_json_from(timeout=5)
-    assert frame["type"] == "event"
-    assert frame["event"]["kind"] == "agent.paused"
-    assert frame["event"]["agent"] == agent.pk
+    assert frame["type"] == "events"
+    (event,) = frame["events"]
+    assert event["kind"] == "agent.paused"
+    assert event["agent"] == agent.pk
     await communicator.disconnect()

@@ -80,6 +80,7 @@ def test_a_channel_layer_failure_does_not_fail_the_service(settings) -> None:
     try:
         with mock.patch.object(events.logger, "warning") as warning:
             resource_create(name="doc")
+            assert events.publish_flush()
     finally:
         channel_layers.backends.clear()
     assert Resource.objects.filter(name="doc").exists()
