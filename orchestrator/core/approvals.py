@@ -18,10 +18,10 @@ from typing import Any
 from orchestrator.core import wakeups
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import User, db_now, expire_leases, grant_waiters
-from orchestrator.core.models import Approval, ApprovalStatus, ConflictStatus
+from orchestrator.core.locks import Queue, User
+from orchestrator.core.models import Approval, ApprovalStatus, ConflictStatus, Resource
 from orchestrator.core.resources import apply_write, check_fence, clean_value
-from orchestrator.core.rowlocks import lock_approval, lock_conflicts, lock_resource
+from orchestrator.core.rowlocks import lock_approval, lock_conflicts, lock_resource_with_clock
 
 
 class Decision:
@@ -60,20 +60,18 @@ def approval_decide(
     edited = value is not _UNSET
     if edited:
         value = clean_value(value)
-    resource_id = Approval.objects.filter(pk=approval_id).values_list("resource_id", flat=True)
-    resource_id = resource_id.first()
-    if resource_id is None:
-        raise NotFound("approval_not_found", f"no approval with id {approval_id}")
-    res = lock_resource(resource_id)
+    try:
+        res, now = lock_resource_with_clock(approvals__id=approval_id)
+    except Resource.DoesNotExist:
+        raise NotFound("approval_not_found", f"no approval with id {approval_id}") from None
     approval = lock_approval(approval_id)
     if approval.status != ApprovalStatus.PENDING:
         who = approval.decided_by.get_username() if approval.decided_by else "the system"
         raise Conflicting(
             "already_decided", f"approval #{approval.pk} was already {approval.status} by {who}"
         )
-    now = db_now()
-    expire_leases(res, now)
-    grant_waiters(res, now)
+    queue = Queue(res, now)
+    queue.settle()
     agent = approval.agent
     approval.decided_by = user if user is not None and user.is_authenticated else None
     approval.decided_at = now
@@ -88,7 +86,7 @@ def approval_decide(
             f"not applied: {res.name} moved to version {res.version} since this approval "
             f"was shown at version {approval.current_version}"
         )
-    elif approval.fence is not None and check_fence(res, agent, approval.fence, now) is None:
+    elif approval.fence is not None and check_fence(queue, agent, approval.fence) is None:
         approval.status = ApprovalStatus.FAILED
         detail = (
             f"not applied: {agent.name}'s lock with fencing token {approval.fence} is no "

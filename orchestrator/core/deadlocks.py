@@ -29,7 +29,7 @@ from django.db.models import Count, Q
 from orchestrator.core import wakeups
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import User, db_now, expire_leases, grant_waiters, revoke
+from orchestrator.core.locks import Queue, User, db_now, revoke
 from orchestrator.core.models import (
     Agent,
     Conflict,
@@ -347,15 +347,14 @@ def deadlock_break(
     now = db_now()
     done: list[str] = []
     for res in resources:
-        expire_leases(res, now)
+        queue = Queue(res, now)
         if action in (BreakAction.ABORT, BreakAction.CANCEL_WAIT):
-            for request in LockRequest.objects.filter(
-                resource=res, agent_id=victim_id, status=RequestStatus.WAITING
-            ):
+            for request in [r for r in queue.waiting if r.agent_id == victim_id]:
                 request.status = RequestStatus.ABORTED
                 request.resolved_at = now
                 request.reason = f"deadlock victim (conflict #{conflict.pk})"
                 request.save(update_fields=["status", "resolved_at", "reason"])
+                queue.waiting.remove(request)
                 event_emit(
                     "request.aborted",
                     team=conflict.team_id,
@@ -367,12 +366,10 @@ def deadlock_break(
                 wakeups.schedule(agent_id=victim_id, step_id=request.step_id, reason="aborted")
                 done.append(f"wait for {res.name} cancelled")
         if action in (BreakAction.ABORT, BreakAction.REVOKE) and res.pk in cycle_resources:
-            for lock in Lock.objects.filter(
-                resource=res, agent_id=victim_id, released_at__isnull=True
-            ).select_related("agent"):
-                revoke(res, lock, now, user=user)
+            for lock in [lock for lock in queue.live if lock.agent_id == victim_id]:
+                revoke(queue, lock, user=user)
                 done.append(f"lock on {res.name} revoked")
-        grant_waiters(res, now)
+        queue.grant_waiters()
     by = f"operator {user.get_username()}" if user else f"policy {policy or 'automatic'}"
     conflict.status = ConflictStatus.RESOLVED
     conflict.resolved_at = now

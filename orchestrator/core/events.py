@@ -2,13 +2,14 @@
 
 Every service runs inside :func:`service`, a durable transaction that
 buffers the events the service emits and writes them as its very last
-statements. On PostgreSQL the flush first takes a transaction-level
-advisory lock, held until commit, so that event ids are handed out and made
-visible in the same order: a reader that has seen id N never later sees a
-new id below N appear. Because the advisory lock is taken after every row
-lock the transaction needs, it cannot take part in a deadlock, and it is held
-only for the insert and the commit itself. On SQLite (laptop mode) write
-transactions are serialized by ``BEGIN IMMEDIATE`` already.
+statement. On PostgreSQL a BEFORE INSERT trigger (migration 0002) takes a
+transaction-level advisory lock, held until commit, and only then draws the
+id, so that event ids are handed out and made visible in the same order: a
+reader that has seen id N never later sees a new id below N appear. Because
+the advisory lock is taken after every row lock the transaction needs, it
+cannot take part in a deadlock, and it is held only for the insert and the
+commit itself. On SQLite (laptop mode) write transactions are serialized by
+``BEGIN IMMEDIATE`` already.
 
 After commit each event is pushed to the channel layer, to the group of its
 team and to the ``events`` group. The layer may drop messages; readers catch
@@ -26,14 +27,15 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import QuerySet
 
 from orchestrator.core.models import Agent, Event, Team
 
 logger = logging.getLogger(__name__)
 
-# An arbitrary constant naming the event log's advisory lock.
+# An arbitrary constant naming the event log's advisory lock (taken by the
+# trigger of migration 0002, which spells the same number).
 EVENT_LOG_LOCK_KEY = 0x4F524348  # "ORCH"
 ALL_EVENTS_GROUP = "events"
 
@@ -120,9 +122,8 @@ def event_emit(
 def _flush(buffer: list[Event]) -> None:
     if not buffer:
         return
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK_KEY])
+    # On PostgreSQL a trigger takes the event log's advisory lock before it
+    # draws each id (migration 0002), so this insert is the only statement.
     Event.objects.bulk_create(buffer)
     messages = [event_message(event) for event in buffer]
     transaction.on_commit(lambda: publish(messages))

@@ -13,6 +13,15 @@ Protocol (DESIGN.md, "The coordination protocol"):
   lock's fencing token. Shared locks carry the fence current at grant time.
 * Releasing, expiring or revoking a lock grants the next compatible waiters in
   the same transaction; their agents are woken after commit.
+
+The clock is the database's, read together with the row lock (see
+``rowlocks.lock_resource_with_clock``): the same on every host. It may be
+read a little before a wait for the row lock ends, never after, so a lease is
+never granted longer than asked.
+
+Each operation reads the resource's live locks and queue once
+(:class:`Queue`) and decides in memory: a lock cycle costs a handful of
+statements per transaction.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ from orchestrator.core.models import (
     Resource,
     Step,
 )
-from orchestrator.core.rowlocks import lock_resource, lock_resource_by_name
+from orchestrator.core.rowlocks import lock_resource_with_clock
 
 MAX_TTL = 86400
 User = AbstractBaseUser | AnonymousUser | None
@@ -74,6 +83,7 @@ class AcquireResult:
     request: LockRequest | None = None
     holders: list[dict[str, Any]] = field(default_factory=list)
     deadlock: Conflict | None = None
+    resource: Resource | None = None  # the row as of the grant, when granted at once
 
 
 @dataclass
@@ -99,112 +109,176 @@ def clean_mode(mode: Any) -> str:
     return mode
 
 
-def resource_for_update(resource: Resource | str | int) -> Resource:
+def storable_text(text: str) -> bool:
+    """Whether PostgreSQL can store (and so compare) ``text``: no NUL, no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datetime]:
+    """Lock a resource given as a row, an id or a name; return it with the clock."""
     try:
         if isinstance(resource, Resource):
-            return lock_resource(resource.pk)
-        if isinstance(resource, int):
-            return lock_resource(resource)
+            return lock_resource_with_clock(pk=resource.pk)
+        if isinstance(resource, int) and not isinstance(resource, bool):
+            return lock_resource_with_clock(pk=resource)
         if not isinstance(resource, str) or len(resource) > NAME_MAX_LENGTH:
             raise Resource.DoesNotExist
-        return lock_resource_by_name(resource)
+        if not storable_text(resource):  # PostgreSQL would raise, not just find nothing
+            raise Resource.DoesNotExist
+        return lock_resource_with_clock(name=resource)
     except Resource.DoesNotExist:
         raise NotFound("resource_not_found", f"no resource named {resource!s:.200}") from None
 
 
-def live_locks(resource: Resource) -> list[Lock]:
-    """Live locks on a resource. Caller holds the Resource row lock and has expired leases."""
-    return list(
-        Lock.objects.filter(resource=resource, released_at__isnull=True)
-        .select_related("agent")
-        .order_by("pk")
-    )
+class Queue:
+    """The live locks and waiting requests of one resource, read once.
 
+    Caller holds the Resource row lock for as long as it uses this object.
+    Creating it marks leases that ran out as expired (with their Events).
+    """
 
-def waiting_requests(resource: Resource) -> list[LockRequest]:
-    """The FIFO queue of a resource. Caller holds the Resource row lock."""
-    return list(
-        LockRequest.objects.filter(resource=resource, status=RequestStatus.WAITING)
-        .select_related("agent")
-        .order_by("pk")
-    )
-
-
-def expire_leases(resource: Resource, now: datetime) -> list[Lock]:
-    """Mark the locks whose lease ran out as expired. Caller holds the Resource row lock."""
-    expired = list(
-        Lock.objects.filter(
-            resource=resource, released_at__isnull=True, expires_at__lte=now
-        ).select_related("agent")
-    )
-    for lock in expired:
-        lock.released_at = max(now, lock.acquired_at)
-        lock.end = LockEnd.EXPIRED
-        lock.save(update_fields=["released_at", "end"])
-        event_emit(
-            "lock.expired",
-            agent=lock.agent,
-            actor="system",
-            subject=lock,
-            payload={"resource": resource.name, "mode": lock.mode, "fence": lock.token},
+    def __init__(self, resource: Resource, now: datetime) -> None:
+        self.resource = resource
+        self.now = now
+        rows = list(
+            Lock.objects.filter(resource=resource, released_at__isnull=True)
+            .select_related("agent")
+            .order_by("pk")
         )
-    return expired
+        self.expired = [lock for lock in rows if lock.expires_at <= now]
+        self.live = [lock for lock in rows if lock.expires_at > now]
+        self._waiting: list[LockRequest] | None = None
+        for lock in self.expired:
+            lock.released_at = max(now, lock.acquired_at)
+            lock.end = LockEnd.EXPIRED
+            lock.save(update_fields=["released_at", "end"])
+            event_emit(
+                "lock.expired",
+                agent=lock.agent,
+                actor="system",
+                subject=lock,
+                payload=self._payload(lock),
+            )
 
-
-def _grant(
-    resource: Resource, agent: Agent, mode: str, ttl: int, now: datetime, *, actor: str = ""
-) -> Lock:
-    """Create a lock. Caller holds the Resource row lock and checked compatibility."""
-    if mode == LockMode.EXCLUSIVE:
-        resource.fence += 1
-        resource.save(update_fields=["fence"])
-    lock = Lock.objects.create(
-        resource=resource,
-        agent=agent,
-        mode=mode,
-        token=resource.fence,
-        acquired_at=now,
-        expires_at=now + timedelta(seconds=ttl),
-    )
-    event_emit(
-        "lock.granted",
-        agent=agent,
-        actor=actor or None,
-        subject=lock,
-        payload={
-            "resource": resource.name,
-            "resource_id": resource.pk,
-            "mode": mode,
+    def _payload(self, lock: Lock) -> dict[str, Any]:
+        return {
+            "resource": self.resource.name,
+            "resource_id": self.resource.pk,
+            "mode": lock.mode,
             "fence": lock.token,
-            "expires_at": lock.expires_at.isoformat(),
-        },
-    )
-    return lock
+            "holder": lock.agent.name,
+        }
+
+    @property
+    def waiting(self) -> list[LockRequest]:
+        """The FIFO queue (read on first use)."""
+        if self._waiting is None:
+            self._waiting = list(
+                LockRequest.objects.filter(resource=self.resource, status=RequestStatus.WAITING)
+                .select_related("agent")
+                .order_by("pk")
+            )
+        return self._waiting
+
+    def holding(self, agent_id: int) -> Lock | None:
+        return next((lock for lock in self.live if lock.agent_id == agent_id), None)
+
+    def compatible(self, mode: str) -> bool:
+        if mode == LockMode.EXCLUSIVE:
+            return not self.live
+        return all(lock.mode == LockMode.SHARED for lock in self.live)
+
+    def grant(self, agent: Agent, mode: str, ttl: int, *, actor: str | None = None) -> Lock:
+        """Create a live lock. Caller checked compatibility."""
+        res = self.resource
+        if mode == LockMode.EXCLUSIVE:
+            res.fence += 1
+            Resource.objects.filter(pk=res.pk).update(fence=res.fence)
+        lock = Lock.objects.create(
+            resource=res,
+            agent=agent,
+            mode=mode,
+            token=res.fence,
+            acquired_at=self.now,
+            expires_at=self.now + timedelta(seconds=ttl),
+        )
+        self.live.append(lock)
+        event_emit(
+            "lock.granted",
+            agent=agent,
+            actor=actor,
+            subject=lock,
+            payload={**self._payload(lock), "expires_at": lock.expires_at.isoformat()},
+        )
+        return lock
+
+    def end(self, lock: Lock, end: str, **emit: Any) -> None:
+        """End a live lock (released, revoked, force-released)."""
+        lock.released_at = self.now
+        lock.end = end
+        Lock.objects.filter(pk=lock.pk).update(released_at=self.now, end=end)
+        self.live = [other for other in self.live if other.pk != lock.pk]
+        kind = {
+            LockEnd.RELEASED: "lock.released",
+            LockEnd.REVOKED: "lock.revoked",
+            LockEnd.FORCE_RELEASED: "lock.force_released",
+        }[end]
+        event_emit(kind, subject=lock, payload=self._payload(lock), **emit)
+
+    def bump_fence(self) -> None:
+        """Invalidate every token issued so far (the former holder's writes fail)."""
+        self.resource.fence += 1
+        Resource.objects.filter(pk=self.resource.pk).update(fence=self.resource.fence)
+
+    def grant_waiters(self) -> list[LockRequest]:
+        """Grant the queue's head requests that are now compatible, FIFO.
+
+        The agents of granted requests are woken after commit.
+        """
+        granted: list[LockRequest] = []
+        for request in list(self.waiting):
+            if not self.compatible(request.mode):
+                break
+            lock = self.grant(request.agent, request.mode, request.ttl, actor="system")
+            request.status = RequestStatus.GRANTED
+            request.lock = lock
+            request.resolved_at = self.now
+            LockRequest.objects.filter(pk=request.pk).update(
+                status=request.status, lock=lock, resolved_at=self.now
+            )
+            self.waiting.remove(request)
+            granted.append(request)
+            wakeups.schedule(agent_id=request.agent_id, step_id=request.step_id, reason="lock")
+        return granted
+
+    def settle(self) -> list[LockRequest]:
+        """After expiries, grant whoever can go now. Returns the granted requests."""
+        if self.expired or not self.live:
+            return self.grant_waiters()
+        return []
+
+
+def open_queue(resource: Resource | str | int) -> Queue:
+    """Lock the resource row, expire its leases and grant freed waiters."""
+    res, now = resource_for_update(resource)
+    queue = Queue(res, now)
+    queue.settle()
+    return queue
+
+
+# Kept for the other services: the same steps as free functions.
+def expire_leases(resource: Resource, now: datetime) -> list[Lock]:
+    """Mark expired leases of ``resource``. Caller holds its row lock."""
+    return Queue(resource, now).expired
 
 
 def grant_waiters(resource: Resource, now: datetime) -> list[LockRequest]:
-    """Grant the queue's head requests that are now compatible, FIFO.
-
-    Caller holds the Resource row lock and has expired leases. The agents of
-    granted requests are woken after commit.
-    """
-    live = live_locks(resource)
-    granted: list[LockRequest] = []
-    for request in waiting_requests(resource):
-        exclusive_held = any(lock.mode == LockMode.EXCLUSIVE for lock in live)
-        if request.mode == LockMode.EXCLUSIVE and live:
-            break
-        if request.mode == LockMode.SHARED and exclusive_held:
-            break
-        lock = _grant(resource, request.agent, request.mode, request.ttl, now, actor="system")
-        request.status = RequestStatus.GRANTED
-        request.lock = lock
-        request.resolved_at = now
-        request.save(update_fields=["status", "lock", "resolved_at"])
-        live.append(lock)
-        granted.append(request)
-        wakeups.schedule(agent_id=request.agent_id, step_id=request.step_id, reason="lock")
-    return granted
+    """Expire leases and grant the waiters that can go. Caller holds the row lock."""
+    return Queue(resource, now).grant_waiters()
 
 
 def _open_deadlock_check(agent: Agent) -> Conflict | None:
@@ -231,35 +305,26 @@ def lock_acquire(
     """
     mode = clean_mode(mode)
     ttl = clean_ttl(ttl, agent.team.default_lease_ttl)
-    res = resource_for_update(resource)
-    now = db_now()
-    expire_leases(res, now)
-    grant_waiters(res, now)  # an expiry may have freed the head of the queue
-    live = live_locks(res)
-    mine = next((lock for lock in live if lock.agent_id == agent.pk), None)
+    queue = open_queue(resource)
+    res = queue.resource
+    mine = queue.holding(agent.pk)
     if mine is not None:
         if mine.mode == mode or mine.mode == LockMode.EXCLUSIVE:
-            return AcquireResult("granted", lock=mine)
+            return AcquireResult("granted", lock=mine, resource=res)
         raise Invalid(
             "upgrade_not_supported",
             "you hold a shared lock on this resource; release it before asking for exclusive",
         )
-    queue = waiting_requests(res)
-    queued = next((req for req in queue if req.agent_id == agent.pk), None)
+    queued = next((req for req in queue.waiting if req.agent_id == agent.pk), None)
     if queued is not None:
         return AcquireResult("waiting", request=queued)
-    compatible = (
-        not live
-        if mode == LockMode.EXCLUSIVE
-        else all(lock.mode == LockMode.SHARED for lock in live)
-    )
-    if compatible and not queue:
-        return AcquireResult("granted", lock=_grant(res, agent, mode, ttl, now))
-    holders = [holder_dict(lock) for lock in live]
+    if queue.compatible(mode) and not queue.waiting:
+        return AcquireResult("granted", lock=queue.grant(agent, mode, ttl), resource=res)
+    holders = [holder_dict(lock) for lock in queue.live]
     if not wait:
         return AcquireResult("busy", holders=holders)
     request = LockRequest.objects.create(
-        resource=res, agent=agent, mode=mode, ttl=ttl, step=step, requested_at=now
+        resource=res, agent=agent, mode=mode, ttl=ttl, step=step, requested_at=queue.now
     )
     event_emit(
         "lock.waiting",
@@ -270,23 +335,27 @@ def lock_acquire(
             "resource_id": res.pk,
             "mode": mode,
             "holders": [h["agent"] for h in holders],
-            "ahead": len(queue),
+            "ahead": len(queue.waiting),
         },
     )
     deadlock = _open_deadlock_check(agent)
     return AcquireResult("waiting", request=request, holders=holders, deadlock=deadlock)
 
 
-def _lock_for_update(lock_id: int) -> tuple[Resource, Lock]:
-    """Lock the resource of a lock, then re-read the lock under that row lock."""
-    resource_id = Lock.objects.filter(pk=lock_id).values_list("resource_id", flat=True).first()
-    if resource_id is None:
-        raise NotFound("lock_not_found", f"no lock with id {lock_id}")
-    res = lock_resource(resource_id)
-    return res, Lock.objects.select_related("agent").get(pk=lock_id)
+def _queue_of_lock(lock_id: int) -> tuple[Queue, Lock]:
+    """Lock the resource of a lock and return its queue and the lock as of now."""
+    try:
+        res, now = lock_resource_with_clock(locks__id=lock_id)
+    except Resource.DoesNotExist:
+        raise NotFound("lock_not_found", f"no lock with id {lock_id}") from None
+    queue = Queue(res, now)
+    lock = next((lock for lock in queue.live if lock.pk == lock_id), None)
+    if lock is None:  # ended: read it as it is
+        lock = Lock.objects.select_related("agent").get(pk=lock_id)
+    return queue, lock
 
 
-def _lease_lost(res: Resource, lock: Lock, *, attempted: str) -> Conflict:
+def _lease_lost(res: Resource, lock: Lock, *, attempted: str, now: datetime) -> Conflict:
     conflict = Conflict.objects.create(
         kind=ConflictKind.LEASE_LOST,
         status=ConflictStatus.RESOLVED,
@@ -296,7 +365,7 @@ def _lease_lost(res: Resource, lock: Lock, *, attempted: str) -> Conflict:
             f"which had ended ({lock.end})"
         ),
         data={"lock": lock.pk, "fence": lock.token, "end": lock.end, "attempted": attempted},
-        resolved_at=timezone.now(),
+        resolved_at=now,
         resolution="refused: the holder must acquire the lock again",
     )
     conflict.agents.add(lock.agent)
@@ -318,47 +387,22 @@ def lock_renew(*, lock_id: int, agent: Agent, ttl: Any = None) -> LockOutcome:
     renewed: the outcome is ``lost`` and a lease_lost Conflict records it.
     """
     ttl = clean_ttl(ttl, agent.team.default_lease_ttl)
-    res, lock = _lock_for_update(lock_id)
+    queue, lock = _queue_of_lock(lock_id)
     if lock.agent_id != agent.pk:
         raise Forbidden("not_your_lock", "this lock belongs to another agent")
-    now = db_now()
-    expire_leases(res, now)
-    grant_waiters(res, now)
-    lock.refresh_from_db()
+    queue.settle()
     if lock.released_at is not None:
-        return LockOutcome("lost", lock, lock.end, _lease_lost(res, lock, attempted="renew"))
-    lock.expires_at = now + timedelta(seconds=ttl)
-    lock.save(update_fields=["expires_at"])
+        conflict = _lease_lost(queue.resource, lock, attempted="renew", now=queue.now)
+        return LockOutcome("lost", lock, lock.end, conflict)
+    lock.expires_at = queue.now + timedelta(seconds=ttl)
+    Lock.objects.filter(pk=lock.pk).update(expires_at=lock.expires_at)
     event_emit(
         "lock.renewed",
         agent=agent,
         subject=lock,
-        payload={"resource": res.name, "expires_at": lock.expires_at.isoformat()},
+        payload={"resource": queue.resource.name, "expires_at": lock.expires_at.isoformat()},
     )
     return LockOutcome("renewed", lock)
-
-
-def _end_lock(res: Resource, lock: Lock, end: str, now: datetime, **emit: Any) -> None:
-    lock.released_at = now
-    lock.end = end
-    lock.save(update_fields=["released_at", "end"])
-    kind = {
-        LockEnd.RELEASED: "lock.released",
-        LockEnd.REVOKED: "lock.revoked",
-        LockEnd.FORCE_RELEASED: "lock.force_released",
-    }[end]
-    event_emit(
-        kind,
-        subject=lock,
-        payload={
-            "resource": res.name,
-            "resource_id": res.pk,
-            "mode": lock.mode,
-            "fence": lock.token,
-            "holder": lock.agent.name,
-        },
-        **emit,
-    )
 
 
 @service
@@ -367,21 +411,20 @@ def lock_release(*, lock_id: int, agent: Agent) -> LockOutcome:
 
     Raises Forbidden for another agent's lock. Releasing a lock that has
     already ended is ``lost`` (a lease_lost Conflict records it), so a holder
-    learns that someone else may have written in between.
+    learns that someone else may have written in between; releasing twice is
+    harmless.
     """
-    res, lock = _lock_for_update(lock_id)
+    queue, lock = _queue_of_lock(lock_id)
     if lock.agent_id != agent.pk:
         raise Forbidden("not_your_lock", "this lock belongs to another agent")
-    now = db_now()
-    expire_leases(res, now)
-    lock.refresh_from_db()
     if lock.released_at is not None:
-        grant_waiters(res, now)
-        if lock.end == LockEnd.RELEASED:  # a repeated release: idempotent
+        queue.settle()
+        if lock.end == LockEnd.RELEASED:
             return LockOutcome("released", lock)
-        return LockOutcome("lost", lock, lock.end, _lease_lost(res, lock, attempted="release"))
-    _end_lock(res, lock, LockEnd.RELEASED, now, agent=agent)
-    grant_waiters(res, now)
+        conflict = _lease_lost(queue.resource, lock, attempted="release", now=queue.now)
+        return LockOutcome("lost", lock, lock.end, conflict)
+    queue.end(lock, LockEnd.RELEASED, agent=agent)
+    queue.grant_waiters()
     return LockOutcome("released", lock)
 
 
@@ -392,52 +435,40 @@ def lock_force_release(*, lock_id: int, user: User, reason: str = "") -> LockOut
     The resource's fence is bumped so that the former holder's later writes
     are rejected even if it still believes it holds the lock.
     """
-    res, lock = _lock_for_update(lock_id)
-    now = db_now()
-    expire_leases(res, now)
-    lock.refresh_from_db()
+    queue, lock = _queue_of_lock(lock_id)
     if lock.released_at is not None:
+        queue.settle()
         raise Gone("lock_not_live", f"lock #{lock.pk} already ended ({lock.end})")
-    _end_lock(res, lock, LockEnd.FORCE_RELEASED, now, user=user, team=lock.agent.team_id)
-    _bump_fence(res)
-    grant_waiters(res, now)
+    queue.end(lock, LockEnd.FORCE_RELEASED, user=user, team=lock.agent.team_id)
+    queue.bump_fence()
+    queue.grant_waiters()
     return LockOutcome("released", lock, reason)
 
 
-def _bump_fence(res: Resource) -> None:
-    res.fence += 1
-    res.save(update_fields=["fence"])
-
-
-def revoke(res: Resource, lock: Lock, now: datetime, *, user: User = None) -> None:
+def revoke(queue: Queue, lock: Lock, *, user: User = None) -> None:
     """End a live lock to break a deadlock, bumping the fence. Caller holds the row lock."""
-    _end_lock(
-        res,
+    queue.end(
         lock,
         LockEnd.REVOKED,
-        now,
         user=user,
         team=lock.agent.team_id,
         agent=lock.agent if user is None else None,
     )
-    _bump_fence(res)
+    queue.bump_fence()
 
 
 @service
 def lock_request_cancel(*, request_id: int, agent: Agent | None, user: User = None) -> LockRequest:
     """Withdraw a waiting request (its agent, or an operator). Idempotent once resolved."""
-    resource_id = (
-        LockRequest.objects.filter(pk=request_id).values_list("resource_id", flat=True).first()
-    )
-    if resource_id is None:
-        raise NotFound("request_not_found", f"no lock request with id {request_id}")
-    res = lock_resource(resource_id)
+    try:
+        res, now = lock_resource_with_clock(requests__id=request_id)
+    except Resource.DoesNotExist:
+        raise NotFound("request_not_found", f"no lock request with id {request_id}") from None
     request = LockRequest.objects.select_related("agent").get(pk=request_id)
     if agent is not None and request.agent_id != agent.pk:
         raise Forbidden("not_your_request", "this request belongs to another agent")
     if request.status != RequestStatus.WAITING:
         return request
-    now = db_now()
     request.status = RequestStatus.CANCELLED
     request.resolved_at = now
     request.reason = "cancelled by operator" if user is not None else "cancelled by its agent"
@@ -450,6 +481,5 @@ def lock_request_cancel(*, request_id: int, agent: Agent | None, user: User = No
         subject=request,
         payload={"resource": res.name, "agent": request.agent.name},
     )
-    expire_leases(res, now)
-    grant_waiters(res, now)  # a cancelled head may have been blocking shared waiters
+    Queue(res, now).grant_waiters()  # a cancelled head may have been blocking others
     return request

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from orchestrator.core.deadlocks import auto_break_pending, deadlock_sweep
 from orchestrator.core.events import service
-from orchestrator.core.locks import db_now, expire_leases, grant_waiters
+from orchestrator.core.locks import Queue, db_now
 from orchestrator.core.models import Lock, LockRequest, RequestStatus
-from orchestrator.core.rowlocks import lock_resource
+from orchestrator.core.rowlocks import lock_resource_with_clock
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +34,10 @@ class SweepReport:
 
 @service
 def _sweep_resource(resource_id: int) -> tuple[int, int]:
-    res = lock_resource(resource_id)
-    now = db_now()
-    expired = expire_leases(res, now)
-    granted = grant_waiters(res, now)
-    return len(expired), len(granted)
+    res, now = lock_resource_with_clock(pk=resource_id)
+    queue = Queue(res, now)
+    granted = queue.grant_waiters()
+    return len(queue.expired), len(granted)
 
 
 def monitor_sweep() -> SweepReport:

@@ -22,10 +22,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from orchestrator.core.errors import Conflicting, Invalid
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import User, db_now, expire_leases, grant_waiters, resource_for_update
+from orchestrator.core.locks import Queue, User, db_now, open_queue, resource_for_update
 from orchestrator.core.models import (
     NAME_MAX_LENGTH,
     Agent,
@@ -60,10 +61,10 @@ def clean_name(name: Any) -> str:
 
 
 def clean_value(value: Any) -> Any:
-    """A JSON value within the size limit."""
+    """A JSON value within the size and nesting limits that PostgreSQL's jsonb can store."""
     try:
         encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise Invalid("invalid_value", f"value must be JSON: {exc}") from None
     limit = max_value_bytes()
     if len(encoded) > limit:
@@ -72,9 +73,37 @@ def clean_value(value: Any) -> Any:
             f"value is {len(encoded)} bytes of JSON; the limit is {limit}",
             status=413,
         )
-    if "\x00" in encoded.decode("utf-8"):
-        raise Invalid("invalid_value", "value must not contain NUL characters")
+    _check_nesting_and_nul(value)
     return value
+
+
+MAX_VALUE_DEPTH = 100
+
+
+def _check_nesting_and_nul(value: Any) -> None:
+    """Refuse what jsonb cannot store and what a later encoder cannot write.
+
+    json.dumps writes NUL as \\u0000, which jsonb rejects; nesting deeper than
+    MAX_VALUE_DEPTH could exhaust the stack of psycopg's encoder or a renderer.
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                raise Invalid("invalid_value", "value must not contain NUL characters")
+            continue
+        if isinstance(item, dict):
+            children = [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            children = list(item)
+        else:
+            continue
+        if depth > MAX_VALUE_DEPTH:
+            raise Invalid(
+                "invalid_value", f"value must not be nested deeper than {MAX_VALUE_DEPTH} levels"
+            )
+        stack.extend((child, depth + 1) for child in children)
 
 
 def clean_version(version: Any, field: str = "expected_version") -> int | None:
@@ -137,8 +166,7 @@ def resource_read(*, resource: Resource | str | int) -> ResourceState:
     to the same moment; expired leases are left out (they count as free).
     """
     with transaction.atomic():
-        res = resource_for_update(resource)
-        now = db_now()
+        res, now = resource_for_update(resource)
         holders = list(
             Lock.objects.filter(resource=res, released_at__isnull=True, expires_at__gt=now)
             .select_related("agent")
@@ -200,18 +228,18 @@ def _conflict(
     return conflict
 
 
-def check_fence(res: Resource, agent: Agent | None, fence: int, now: Any) -> Lock | None:
+def check_fence(queue: Queue, agent: Agent | None, fence: int) -> Lock | None:
     """The live exclusive lock of ``agent`` whose token is ``fence``, if it is current."""
-    if agent is None or fence != res.fence:
+    if agent is None or fence != queue.resource.fence:
         return None
-    return Lock.objects.filter(
-        resource=res,
-        agent=agent,
-        mode=LockMode.EXCLUSIVE,
-        token=fence,
-        released_at__isnull=True,
-        expires_at__gt=now,
-    ).first()
+    return next(
+        (
+            lock
+            for lock in queue.live
+            if lock.agent_id == agent.pk and lock.mode == LockMode.EXCLUSIVE and lock.token == fence
+        ),
+        None,
+    )
 
 
 def apply_write(
@@ -227,7 +255,10 @@ def apply_write(
     """Store ``value`` as the next version. Caller holds the Resource row lock and checked."""
     res.value = value
     res.version += 1
-    res.save(update_fields=["value", "version", "updated_at"])
+    res.updated_at = timezone.now()
+    Resource.objects.filter(pk=res.pk).update(
+        value=value, version=res.version, updated_at=res.updated_at
+    )
     ResourceVersion.objects.create(
         resource=res,
         version=res.version,
@@ -323,18 +354,12 @@ def resource_write(
     value = clean_value(value)
     expected_version = clean_version(expected_version)
     fence = clean_version(fence, "fence")
-    res = resource_for_update(resource)
-    now = db_now()
-    expire_leases(res, now)
-    grant_waiters(res, now)
+    queue = open_queue(resource)
+    res = queue.resource
     team_id = agent.team_id
-    others = list(
-        Lock.objects.filter(resource=res, released_at__isnull=True)
-        .exclude(agent=agent)
-        .select_related("agent")
-    )
+    others = [lock for lock in queue.live if lock.agent_id != agent.pk]
     if fence is not None:
-        if check_fence(res, agent, fence, now) is None:
+        if check_fence(queue, agent, fence) is None:
             mine = Lock.objects.filter(resource=res, agent=agent, token=fence).first()
             detail = (
                 f"{agent.name} wrote to {res.name} with fencing token {fence}, "

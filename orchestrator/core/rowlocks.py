@@ -10,8 +10,12 @@ can wait for each other but never deadlock.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db import connection
+from django.db.models import DateTimeField, Func, Model, QuerySet
+from django.utils import timezone
 
 from orchestrator.core.models import (
     Agent,
@@ -57,6 +61,26 @@ def lock_resource(resource_id: int) -> Resource:
 def lock_resource_by_name(name: str) -> Resource:
     """Lock one Resource row by name. Raises Resource.DoesNotExist."""
     return Resource.objects.select_for_update().get(name=name)
+
+
+def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
+    """Lock one Resource row (``lookup`` as for ``get``) and read the database clock.
+
+    One round trip: the clock comes back with the row, read after the row lock
+    was granted, so lease decisions use the time at which this transaction
+    owns the resource (and the same clock on every host). Lookups may go
+    through a lock or request (``locks__id=...``): only the Resource row is
+    locked. Raises Resource.DoesNotExist.
+    """
+    queryset = Resource.objects.all()
+    if connection.vendor == "postgresql":
+        queryset = queryset.select_for_update(of=("self",)).annotate(
+            db_clock=Func(function="clock_timestamp", output_field=DateTimeField())
+        )
+        resource = queryset.get(**lookup)
+        return resource, resource.db_clock
+    # SQLite serializes writers with BEGIN IMMEDIATE; it has no row locks.
+    return queryset.get(**lookup), timezone.now()
 
 
 def lock_locks(ids: Iterable[int]) -> list[Lock]:

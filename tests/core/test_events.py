@@ -85,3 +85,48 @@ def test_a_channel_layer_failure_does_not_fail_the_service(settings) -> None:
         channel_layers.backends.clear()
     assert Resource.objects.filter(name="doc").exists()
     warning.assert_called_once()
+
+
+def test_event_ids_are_drawn_in_commit_order() -> None:
+    """A second writer waits for the first to commit before it draws an id."""
+    import threading
+    import time
+
+    from django.db import connection, connections
+
+    first_inserted, release_first = threading.Event(), threading.Event()
+    ids: dict[str, int] = {}
+
+    def first() -> None:
+        with transaction.atomic():
+            ids["first"] = Event.objects.create(kind="t.first", actor="test").pk
+            first_inserted.set()
+            release_first.wait(10)
+        connections.close_all()
+
+    def second() -> None:
+        first_inserted.wait(10)
+        with transaction.atomic():
+            ids["second"] = Event.objects.create(kind="t.second", actor="test").pk
+        connections.close_all()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    # Wait (with a deadline) until the second writer blocks on the event log's lock.
+    deadline = time.monotonic() + 10
+    while True:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND wait_event = 'advisory' AND datname = current_database()"
+            )
+            if cursor.fetchone()[0] == 1:
+                break
+        assert time.monotonic() < deadline, "the second insert never waited"
+        time.sleep(0.01)
+    assert "second" not in ids
+    release_first.set()
+    for thread in threads:
+        thread.join(10)
+    assert ids["second"] > ids["first"]
