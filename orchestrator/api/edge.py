@@ -1,0 +1,154 @@
+"""What every agent API response shares: authentication and JSON errors.
+
+Every refusal is a 4xx with the body ``{"error": code, "detail": text}``,
+the shape of :meth:`ProtocolError.as_dict`. That covers django-ninja's own
+refusals (validation, unparsable bodies, missing tokens) and the ones Django
+would answer with HTML: unknown paths, wrong methods, oversized bodies.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
+from django.urls import URLPattern, URLResolver, re_path
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import HttpBearer
+
+from orchestrator.core.errors import ProtocolError
+from orchestrator.core.models import Agent
+from orchestrator.core.tokens import agent_by_token
+
+# Used when DATA_UPLOAD_MAX_MEMORY_SIZE is None (no Django limit): values are
+# capped far below this by the services anyway.
+FALLBACK_MAX_BODY_BYTES = 2_621_440
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JsonResponse:
+    return JsonResponse({"error": code, "detail": detail, **extra}, status=status, headers=headers)
+
+
+class AgentToken(HttpBearer):
+    """``Authorization: Bearer <agent token>``; ``request.auth`` is the Agent."""
+
+    def authenticate(self, request: HttpRequest, token: str) -> Agent | None:
+        return agent_by_token(token.strip())
+
+
+def max_body_bytes() -> int:
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return FALLBACK_MAX_BODY_BYTES if limit is None else limit
+
+
+def _content_length(request: HttpRequest) -> int:
+    try:
+        return max(int(request.META.get("CONTENT_LENGTH") or 0), 0)
+    except ValueError:
+        return 0
+
+
+def _validation_detail(errors: Iterable[dict[str, Any]]) -> str:
+    """``ttl: Input should be a valid integer; mode: ...``, one message per field."""
+    seen: dict[str, str] = {}
+    for error in errors:
+        # loc is (source, [parameter name,] field, ...); union types add their member names.
+        loc = [str(part) for part in error.get("loc", ())[1:]]
+        if loc[:1] == ["payload"]:  # the body's parameter name means the body itself
+            loc = loc[1:]
+        field = ".".join(part for part in loc if part not in ("int", "float", "str", "bool"))
+        seen.setdefault(field or "body", error.get("msg", "invalid"))
+    return "; ".join(f"{field}: {msg}" for field, msg in seen.items())
+
+
+def install_error_handlers(api: NinjaAPI) -> None:
+    """Map every exception the API can see on a client's input to a JSON 4xx."""
+
+    @api.exception_handler(ProtocolError)
+    def protocol_error(request: HttpRequest, exc: ProtocolError) -> HttpResponse:
+        return JsonResponse(exc.as_dict(), status=exc.status)
+
+    @api.exception_handler(ValidationError)
+    def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+        return error_response(400, "invalid_request", _validation_detail(exc.errors))
+
+    @api.exception_handler(AuthenticationError)
+    def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+        challenge = 'Bearer realm="orchestrator"'
+        if request.headers.get("Authorization"):
+            challenge += ', error="invalid_token"'
+        return error_response(
+            401,
+            "unauthorized",
+            "send a valid agent token as 'Authorization: Bearer <token>'",
+            headers={"WWW-Authenticate": challenge},
+        )
+
+    @api.exception_handler(HttpError)
+    def http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+        # ninja raises these itself; 400 means the body is not JSON.
+        code = "invalid_request" if exc.status_code == 400 else f"http_{exc.status_code}"
+        detail = "the request body is not valid JSON" if exc.status_code == 400 else str(exc)
+        return error_response(exc.status_code, code, detail)
+
+    @api.exception_handler(Http404)
+    def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+        return error_response(404, "not_found", "no such API endpoint")
+
+
+def json_edges(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """Wrap a URL's view: refuse oversized bodies, and answer 404/405 in JSON, not HTML."""
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        limit = max_body_bytes()
+        if _content_length(request) > limit:
+            return error_response(
+                413, "request_too_large", f"the request body is larger than {limit} bytes"
+            )
+        try:
+            response = view(request, *args, **kwargs)
+        except Http404:
+            return endpoint_not_found(request)
+        if response.status_code == 405 and not _is_json(response):
+            allowed = response.get("Allow", "")
+            return error_response(
+                405,
+                "method_not_allowed",
+                f"{request.method} is not allowed here; allowed: {allowed}",
+                headers={"Allow": allowed},
+            )
+        return response
+
+    # Agents authenticate with bearer tokens, never cookies: CSRF does not apply, and
+    # Django's CSRF refusal would be an HTML page.
+    wrapper.csrf_exempt = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _is_json(response: HttpResponseBase) -> bool:
+    return response.get("Content-Type", "").startswith("application/json")
+
+
+def endpoint_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    return error_response(404, "not_found", f"no API endpoint at {request.path}")
+
+
+class AgentAPI(NinjaAPI):
+    """A NinjaAPI whose URLs never answer in HTML (see :func:`json_edges`)."""
+
+    @property
+    def urls(self) -> tuple[list[URLPattern | URLResolver], str, str]:
+        patterns, app_name, namespace = super().urls
+        for pattern in patterns:
+            if isinstance(pattern, URLPattern):
+                pattern.callback = json_edges(pattern.callback)
+        # Last: anything else under the API prefix, including trailing-slash variants.
+        patterns.append(re_path(r"^.*$", json_edges(endpoint_not_found)))
+        return patterns, app_name, namespace

@@ -1,0 +1,293 @@
+"""The agent HTTP API: the coordination protocol for agents that run elsewhere.
+
+Each endpoint validates its input (schemas.py), calls one service or selector
+of the core, and shapes the answer; it writes nothing itself. Agents are
+untrusted and authenticate with their bearer token; a paused agent may still
+call the API (pausing is the runtime's concern, not a protocol rule).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest
+from ninja import Path, Query, Status
+
+from orchestrator.api.edge import AgentAPI, AgentToken, install_error_handlers
+from orchestrator.api.schemas import (
+    MAX_ID,
+    ApprovalPendingOut,
+    BusyOut,
+    ConflictFilters,
+    ConflictOut,
+    ErrorOut,
+    LockAcquireIn,
+    LockOut,
+    LockRenewIn,
+    LockRequestOut,
+    LockWaitingOut,
+    RenewOut,
+    ResourceCreateIn,
+    ResourceOut,
+    ResourceWriteIn,
+    VersionOut,
+    WriteRejectedOut,
+)
+from orchestrator.core.errors import Gone
+from orchestrator.core.locks import LockOutcome, lock_acquire, lock_release, lock_renew
+from orchestrator.core.models import Lock
+from orchestrator.core.resources import (
+    ResourceState,
+    resource_create,
+    resource_read,
+    resource_write,
+)
+from orchestrator.core.selectors import CONFLICTS_LIMIT, conflicts_recent, lock_request_for_agent
+
+api = AgentAPI(
+    title="Orchestrator agent API",
+    version="1",
+    description=(
+        "Locks with leases and fencing tokens, and versioned writes to shared resources, "
+        "for agents that run outside the orchestrator. Authenticate with "
+        "`Authorization: Bearer <agent token>`. Every error is a 4xx with the JSON body "
+        '`{"error": code, "detail": text}`; clients switch on `error`.'
+    ),
+    urls_namespace="agent_api",
+    auth=AgentToken(),
+)
+install_error_handlers(api)
+
+# Every operation can refuse a malformed request, a missing token and an oversized body.
+COMMON_ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 413: ErrorOut}
+LockId = Path(..., ge=1, le=MAX_ID, description="A lock id, as returned by POST /locks.")
+
+
+def _errors(*codes: int) -> dict[int, Any]:
+    return {**COMMON_ERRORS, **dict.fromkeys(codes, ErrorOut)}
+
+
+def _resource_out(state: ResourceState) -> dict[str, Any]:
+    res = state.resource
+    return {
+        "name": res.name,
+        "value": res.value,
+        "version": res.version,
+        "fence": res.fence,
+        "holders": [_holder_out(lock) for lock in state.holders],
+        "waiters": [
+            {"agent": req.agent.name, "mode": req.mode, "since": req.requested_at}
+            for req in state.waiters
+        ],
+    }
+
+
+def _holder_out(lock: Lock) -> dict[str, Any]:
+    return {
+        "agent": lock.agent.name,
+        "mode": lock.mode,
+        "fence": lock.token,
+        "expires_at": lock.expires_at,
+    }
+
+
+def _lock_out(lock: Lock, resource_name: str) -> dict[str, Any]:
+    return {
+        "id": lock.pk,
+        "resource": resource_name,
+        "mode": lock.mode,
+        "fence": lock.token,
+        "expires_at": lock.expires_at,
+    }
+
+
+def _lease_lost(outcome: LockOutcome) -> Gone:
+    return Gone(
+        "lease_lost",
+        f"lock #{outcome.lock.pk} already ended ({outcome.reason}); acquire it again, and "
+        "re-read the resource: someone else may have written it",
+        conflict_id=outcome.conflict.pk if outcome.conflict else None,
+    )
+
+
+@api.post(
+    "/resources",
+    response={201: ResourceOut, **_errors(409)},
+    tags=["resources"],
+    summary="Create a resource",
+    description="Creates a resource at version 0 in the caller's team. 409 `name_taken`.",
+)
+def create_resource(request: HttpRequest, payload: ResourceCreateIn) -> Status:
+    resource = resource_create(
+        name=payload.name,
+        value=payload.value,
+        requires_approval=payload.requires_approval,
+        agent=request.auth,
+    )
+    return Status(201, _resource_out(ResourceState(resource, holders=[], waiters=[])))
+
+
+@api.get(
+    "/resources/{path:name}",
+    response={200: ResourceOut, **_errors(404)},
+    tags=["resources"],
+    summary="Read a resource",
+    description=(
+        "Value, version, current fence, live holders and queued waiters, read at one "
+        "moment. The name may contain any character (percent-encode it), including `/`."
+    ),
+)
+def read_resource(request: HttpRequest, name: str) -> dict[str, Any]:
+    return _resource_out(resource_read(resource=name))
+
+
+@api.put(
+    "/resources/{path:name}",
+    response={
+        200: VersionOut,
+        202: ApprovalPendingOut,
+        409: WriteRejectedOut,
+        **_errors(404),
+    },
+    tags=["resources"],
+    summary="Write a resource",
+    description=(
+        "Applies the value as the next version (200), or refuses it (409: `stale_fence` "
+        "when `fence` is not the caller's live lock and current fence, `not_holder` "
+        "when another agent holds a lock and no fence is given, `version_conflict` when "
+        "`expected_version` is not current), or turns it into an approval for an "
+        "operator (202). Rejections are recorded as conflicts."
+    ),
+)
+def write_resource(request: HttpRequest, name: str, payload: ResourceWriteIn) -> Status:
+    result = resource_write(
+        agent=request.auth,
+        resource=name,
+        value=payload.value,
+        expected_version=payload.expected_version,
+        fence=payload.fence,
+    )
+    if result.status == "applied":
+        return Status(200, {"version": result.version})
+    if result.status == "approval_pending":
+        return Status(202, {"approval_id": result.approval.pk})
+    body: dict[str, Any] = {"error": result.status, "detail": result.detail}
+    if result.conflict is not None:
+        body["conflict_id"] = result.conflict.pk
+    if result.status == "version_conflict":
+        body["current_version"] = result.resource.version
+    return Status(409, body)
+
+
+@api.post(
+    "/locks",
+    response={201: LockOut, 202: LockWaitingOut, 409: BusyOut, **_errors(404)},
+    tags=["locks"],
+    summary="Acquire a lock",
+    description=(
+        "Grants the lock (201) with its fencing token, or, when it is busy, queues the "
+        "request if `wait` is true (202: poll GET /lock-requests/{id}) or answers 409 "
+        "`busy` with the holders. Idempotent: a holder asking again gets its lock back."
+    ),
+)
+def acquire_lock(request: HttpRequest, payload: LockAcquireIn) -> Status:
+    result = lock_acquire(
+        agent=request.auth,
+        resource=payload.resource,
+        mode=payload.mode,
+        ttl=payload.ttl,
+        wait=payload.wait,
+    )
+    if result.status == "granted":
+        return Status(201, _lock_out(result.lock, payload.resource))
+    if result.status == "waiting":
+        return Status(202, {"request_id": result.request.pk, "status": "waiting"})
+    holders = [
+        {key: holder[key] for key in ("agent", "mode", "fence", "expires_at")}
+        for holder in result.holders
+    ]
+    names = ", ".join(holder["agent"] for holder in holders) or "queued agents"
+    return Status(
+        409,
+        {
+            "error": "busy",
+            "detail": f"{payload.resource} is held by or promised to {names}",
+            "holders": holders,
+        },
+    )
+
+
+@api.get(
+    "/lock-requests/{request_id}",
+    response={200: LockRequestOut, **_errors(403, 404)},
+    tags=["locks"],
+    summary="Poll a queued lock request",
+    description="`lock` is set once the request is granted. Only its agent may read it.",
+)
+def read_lock_request(
+    request: HttpRequest,
+    request_id: int = Path(..., ge=1, le=MAX_ID),
+) -> dict[str, Any]:
+    lock_request = lock_request_for_agent(request_id=request_id, agent=request.auth)
+    lock = lock_request.lock
+    return {
+        "status": lock_request.status,
+        "lock": _lock_out(lock, lock.resource.name) if lock is not None else None,
+        "reason": lock_request.reason,
+    }
+
+
+@api.post(
+    "/locks/{lock_id}/renew",
+    response={200: RenewOut, **_errors(403, 404, 410)},
+    tags=["locks"],
+    summary="Renew a lease",
+    description="410 `lease_lost` if the lock already ended (expired, revoked, released).",
+)
+def renew_lock(
+    request: HttpRequest, lock_id: int = LockId, payload: LockRenewIn | None = None
+) -> dict[str, Any]:
+    ttl = payload.ttl if payload is not None else None
+    outcome = lock_renew(lock_id=lock_id, agent=request.auth, ttl=ttl)
+    if outcome.status == "lost":
+        raise _lease_lost(outcome)
+    return {"expires_at": outcome.lock.expires_at}
+
+
+@api.delete(
+    "/locks/{lock_id}",
+    response={204: None, **_errors(403, 404, 410)},
+    tags=["locks"],
+    summary="Release a lock",
+    description=(
+        "Releases the lock and grants the next waiters. Releasing twice is harmless; "
+        "410 `lease_lost` if the lock had ended otherwise (expired, revoked)."
+    ),
+)
+def release_lock(request: HttpRequest, lock_id: int = LockId) -> Status:
+    outcome = lock_release(lock_id=lock_id, agent=request.auth)
+    if outcome.status == "lost":
+        raise _lease_lost(outcome)
+    return Status(204, None)
+
+
+@api.get(
+    "/conflicts",
+    response={200: list[ConflictOut], **_errors()},
+    tags=["conflicts"],
+    summary="List recent conflicts",
+    description=f"The newest {CONFLICTS_LIMIT} conflicts, newest first, optionally filtered.",
+)
+def list_conflicts(request: HttpRequest, filters: Query[ConflictFilters]) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": conflict.pk,
+            "kind": conflict.kind,
+            "status": conflict.status,
+            "agents": sorted(agent.name for agent in conflict.agents.all()),
+            "resources": sorted(res.name for res in conflict.resources.all()),
+            "detail": conflict.detail,
+            "created_at": conflict.created_at,
+        }
+        for conflict in conflicts_recent(kind=filters.kind, status=filters.status)
+    ]
