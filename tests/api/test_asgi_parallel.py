@@ -1,0 +1,101 @@
+"""Under ASGI (daphne), requests to the sync API views are served in parallel.
+
+Django's ASGIHandler gives each request its own thread context, so one
+request blocked in the database must not hold up the others. The check is
+not timed: a request is parked on a row lock held by the test, and another
+request must be answered while it is parked. If views ran one at a time, the
+second request would queue behind the first and the deadline would expire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from asgiref.sync import sync_to_async
+from asgiref.testing import ApplicationCommunicator
+from django.core.asgi import get_asgi_application
+from django.db import connection, transaction
+
+from orchestrator.core.models import Resource
+from orchestrator.core.rowlocks import lock_resource
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+DEADLINE = 20  # seconds; only reached when the check fails
+
+
+async def asgi_get(path: str, token: str) -> int:
+    """GET ``path`` through Django's ASGI handler, as daphne calls it; the status code."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    communicator = ApplicationCommunicator(get_asgi_application(), scope)
+    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start = await communicator.receive_output(DEADLINE)
+    await communicator.receive_output(DEADLINE)  # the body
+    await communicator.wait(DEADLINE)
+    return start["status"]
+
+
+def hold_row_lock(resource_id: int, locked: threading.Event, release: threading.Event) -> None:
+    try:
+        with transaction.atomic():
+            lock_resource(resource_id)
+            locked.set()
+            release.wait(DEADLINE)
+    finally:
+        connection.close()
+
+
+def close_connection() -> None:
+    connection.close()
+
+
+def lock_waiters() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+async def test_a_request_blocked_in_the_database_does_not_block_others(alice) -> None:
+    try:
+        await sync_to_async(alice.create)("hot")
+        await sync_to_async(alice.create)("cold")
+        hot_id = await sync_to_async(lambda: Resource.objects.get(name="hot").pk)()
+        locked, release = threading.Event(), threading.Event()
+        holder = threading.Thread(target=hold_row_lock, args=(hot_id, locked, release))
+        holder.start()
+        try:
+            assert await asyncio.to_thread(locked.wait, DEADLINE)
+            hot = asyncio.create_task(asgi_get("/api/v1/resources/hot", alice.token))
+            # Wait (with a deadline) until the hot request is parked on the row lock.
+            async with asyncio.timeout(DEADLINE):
+                while not await sync_to_async(lock_waiters)():
+                    await asyncio.sleep(0.01)
+
+            cold = await asyncio.wait_for(asgi_get("/api/v1/resources/cold", alice.token), DEADLINE)
+
+            assert cold == 200
+            assert not hot.done()
+        finally:
+            release.set()
+            await asyncio.to_thread(holder.join, DEADLINE)
+        assert await asyncio.wait_for(hot, DEADLINE) == 200
+    finally:
+        # The thread that ran this test's own queries would keep its connection open.
+        await sync_to_async(close_connection)()
