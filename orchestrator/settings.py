@@ -26,6 +26,8 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "django_rq",
+    # Listed so that the API docs page serves Swagger UI from our static files, not a CDN.
+    "ninja",
     "orchestrator.core",
 ]
 
