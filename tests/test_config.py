@@ -26,6 +26,8 @@ def test_postgres_url_is_parsed(tmp_path: Path) -> None:
         "s3cret",
     )
     assert cfg.database_is_embedded is False
+    assert db["OPTIONS"]["pool"]["max_size"] >= 8  # one pool per process, threads share it
+    assert db["CONN_MAX_AGE"] == 0
 
 
 def test_without_database_url_falls_back_to_embedded_sqlite(tmp_path: Path) -> None:
