@@ -14,10 +14,10 @@ Protocol (DESIGN.md, "The coordination protocol"):
 * Releasing, expiring or revoking a lock grants the next compatible waiters in
   the same transaction; their agents are woken after commit.
 
-The clock is the database's, read together with the row lock (see
-``rowlocks.lock_resource_with_clock``): the same on every host. It may be
-read a little before a wait for the row lock ends, never after, so a lease is
-never granted longer than asked.
+The clock is the database's, read right after the row lock is granted (see
+``rowlocks.lock_resource_with_clock``): the same on every host, and a lease
+runs from the moment its transaction owns the resource, however long it
+waited for the row.
 
 Each operation reads the resource's live locks and queue once
 (:class:`Queue`) and decides in memory: a lock cycle costs a handful of

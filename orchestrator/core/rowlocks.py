@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import DateTimeField, Func, Model, QuerySet
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 
 from orchestrator.core.models import (
@@ -66,19 +66,21 @@ def lock_resource_by_name(name: str) -> Resource:
 def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
     """Lock one Resource row (``lookup`` as for ``get``) and read the database clock.
 
-    One round trip: the clock comes back with the row, read after the row lock
-    was granted, so lease decisions use the time at which this transaction
-    owns the resource (and the same clock on every host). Lookups may go
-    through a lock or request (``locks__id=...``): only the Resource row is
-    locked. Raises Resource.DoesNotExist.
+    The clock is read after the row lock was granted, so lease decisions use
+    the time at which this transaction owns the resource (and the same clock
+    on every host). It takes a statement of its own: PostgreSQL evaluates a
+    clock in the locking SELECT before it waits for the row lock, which would
+    date a lease granted after a wait in the past (see
+    tests/concurrency/test_lock_clock.py). Lookups may go through a lock or
+    request (``locks__id=...``): only the Resource row is locked. Raises
+    Resource.DoesNotExist.
     """
     queryset = Resource.objects.all()
     if connection.vendor == "postgresql":
-        queryset = queryset.select_for_update(of=("self",)).annotate(
-            db_clock=Func(function="clock_timestamp", output_field=DateTimeField())
-        )
-        resource = queryset.get(**lookup)
-        return resource, resource.db_clock
+        resource = queryset.select_for_update(of=("self",)).get(**lookup)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT clock_timestamp()")
+            return resource, cursor.fetchone()[0]
     # SQLite serializes writers with BEGIN IMMEDIATE; it has no row locks.
     return queryset.get(**lookup), timezone.now()
 

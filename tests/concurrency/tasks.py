@@ -270,3 +270,12 @@ def event_writer(
         services += 1
     return services
 
+
+def acquire_once(*, agent_id: int, resource_id: int, ttl: int) -> dict[str, Any]:
+    """One lock_acquire(wait=False); the lock's times as the database recorded them."""
+    agent = Agent.objects.select_related("team").get(pk=agent_id)
+    acquired = lock_acquire(agent=agent, resource=resource_id, ttl=ttl, wait=False)
+    if acquired.status != "granted":
+        return {"status": acquired.status}
+    lock = Lock.objects.get(pk=acquired.lock.pk)
+    return {"status": "granted", "acquired_at": lock.acquired_at, "expires_at": lock.expires_at}
