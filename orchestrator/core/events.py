@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 # trigger of migration 0002, which spells the same number).
 EVENT_LOG_LOCK_KEY = 0x4F524348  # "ORCH"
 ALL_EVENTS_GROUP = "events"
+# Seconds during which committed events are gathered into one push per group.
+PUBLISH_WINDOW = 0.05
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -194,7 +197,15 @@ class _Publisher:
         # One loop for the thread's life, so channels_redis keeps its connections.
         loop = asyncio.new_event_loop()
         while True:
-            batch = self._queue.get()
+            batch = list(self._queue.get())
+            # Coalesce: whatever else is committed within the window goes in the same
+            # push, so a burst costs a few messages per group, not one per transaction.
+            deadline = time.monotonic() + PUBLISH_WINDOW
+            while (left := deadline - time.monotonic()) > 0 and len(batch) < 1000:
+                try:
+                    batch.extend(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
             markers = [m["_flush"] for m in batch if "_flush" in m]
             events = [m for m in batch if "_flush" not in m]
             if events:

@@ -134,6 +134,72 @@ def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datet
         raise NotFound("resource_not_found", f"no resource named {resource!s:.200}") from None
 
 
+_LOCK_FIELDS = [
+    "id", "resource_id", "agent_id", "mode", "token", "acquired_at", "expires_at",
+    "released_at", "end",
+]  # fmt: skip
+_REQUEST_FIELDS = [
+    "id", "resource_id", "agent_id", "mode", "ttl", "status", "step_id", "lock_id", "reason",
+    "requested_at", "resolved_at",
+]  # fmt: skip
+# One statement, hence one snapshot, for both lists: live locks, then waiting requests.
+_QUEUE_SQL = """
+SELECT 0, l.id, l.agent_id, l.mode, l.token, l.acquired_at, l.expires_at,
+       NULL::integer, NULL::bigint, NULL::timestamptz, a.name, a.team_id
+  FROM core_lock l JOIN core_agent a ON a.id = l.agent_id
+ WHERE l.resource_id = %s AND l.released_at IS NULL
+UNION ALL
+SELECT 1, r.id, r.agent_id, r.mode, NULL, NULL, NULL,
+       r.ttl, r.step_id, r.requested_at, a.name, a.team_id
+  FROM core_lockrequest r JOIN core_agent a ON a.id = r.agent_id
+ WHERE r.resource_id = %s AND r.status = 'waiting'
+ ORDER BY 1, 2
+"""
+
+
+def _load_queue(resource: Resource) -> tuple[list[Lock], list[LockRequest]]:
+    """Live (possibly expired) locks and waiting requests of a resource, in id order.
+
+    On PostgreSQL one hand-written statement; this is the hot path of every
+    lock operation, and the ORM's two queries with select_related cost about
+    three times as much. Elsewhere (SQLite), the ORM.
+    """
+    if connection.vendor != "postgresql":
+        locks = list(
+            Lock.objects.filter(resource=resource, released_at__isnull=True)
+            .select_related("agent")
+            .order_by("pk")
+        )
+        waiting = list(
+            LockRequest.objects.filter(resource=resource, status=RequestStatus.WAITING)
+            .select_related("agent")
+            .order_by("pk")
+        )
+        return locks, waiting
+    with connection.cursor() as cursor:
+        cursor.execute(_QUEUE_SQL, [resource.pk, resource.pk])
+        rows = cursor.fetchall()
+    agents: dict[int, Agent] = {}
+    locks, waiting = [], []
+    for kind, pk, agent_id, mode, token, acquired, expires, ttl, step, since, name, team in rows:
+        agent = agents.get(agent_id)
+        if agent is None:
+            # from_db takes values in the model's field order (id, team, name).
+            agent = Agent.from_db("default", ["id", "team_id", "name"], [agent_id, team, name])
+            agents[agent_id] = agent
+        if kind == 0:
+            values = [pk, resource.pk, agent_id, mode, token, acquired, expires, None, ""]
+            lock = Lock.from_db("default", _LOCK_FIELDS, values)
+            lock.agent, lock.resource = agent, resource
+            locks.append(lock)
+        else:
+            values = [pk, resource.pk, agent_id, mode, ttl, "waiting", step, None, "", since, None]
+            request = LockRequest.from_db("default", _REQUEST_FIELDS, values)
+            request.agent, request.resource = agent, resource
+            waiting.append(request)
+    return locks, waiting
+
+
 class Queue:
     """The live locks and waiting requests of one resource, read once.
 
@@ -144,14 +210,9 @@ class Queue:
     def __init__(self, resource: Resource, now: datetime) -> None:
         self.resource = resource
         self.now = now
-        rows = list(
-            Lock.objects.filter(resource=resource, released_at__isnull=True)
-            .select_related("agent")
-            .order_by("pk")
-        )
+        rows, self._waiting = _load_queue(resource)
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
-        self._waiting: list[LockRequest] | None = None
         for lock in self.expired:
             lock.released_at = max(now, lock.acquired_at)
             lock.end = LockEnd.EXPIRED
@@ -175,13 +236,7 @@ class Queue:
 
     @property
     def waiting(self) -> list[LockRequest]:
-        """The FIFO queue (read on first use)."""
-        if self._waiting is None:
-            self._waiting = list(
-                LockRequest.objects.filter(resource=self.resource, status=RequestStatus.WAITING)
-                .select_related("agent")
-                .order_by("pk")
-            )
+        """The FIFO queue of waiting requests."""
         return self._waiting
 
     def holding(self, agent_id: int) -> Lock | None:

@@ -63,26 +63,45 @@ def lock_resource_by_name(name: str) -> Resource:
     return Resource.objects.select_for_update().get(name=name)
 
 
-def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
-    """Lock one Resource row (``lookup`` as for ``get``) and read the database clock.
+_LOCK_WITH_CLOCK = {
+    # lookup keyword -> how the inner query finds the resource
+    "pk": "id = %s",
+    "name": "name = %s",
+    "locks__id": "id = (SELECT resource_id FROM core_lock WHERE id = %s)",
+    "requests__id": "id = (SELECT resource_id FROM core_lockrequest WHERE id = %s)",
+    "approvals__id": "id = (SELECT resource_id FROM core_approval WHERE id = %s)",
+}
 
-    The clock is read after the row lock was granted, so lease decisions use
-    the time at which this transaction owns the resource (and the same clock
-    on every host). It takes a statement of its own: PostgreSQL evaluates a
-    clock in the locking SELECT before it waits for the row lock, which would
-    date a lease granted after a wait in the past (see
-    tests/concurrency/test_lock_clock.py). Lookups may go through a lock or
-    request (``locks__id=...``): only the Resource row is locked. Raises
-    Resource.DoesNotExist.
+
+def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
+    """Lock one Resource row and read the database clock, in one round trip.
+
+    ``lookup`` is one of ``pk=``, ``name=``, ``locks__id=``, ``requests__id=``,
+    ``approvals__id=``. The clock is read *after* the row lock is granted, so
+    lease decisions use the time at which this transaction owns the resource
+    (and the same clock on every host): the row is locked in a subquery and the
+    clock is computed by the outer query, on the row the subquery returns.
+    (In a plain ``SELECT clock_timestamp() ... FOR UPDATE`` PostgreSQL would
+    evaluate the clock before waiting for the row lock, dating a lease granted
+    after a wait in the past: tests/concurrency/test_lock_clock.py.) Only the
+    Resource row is locked. Raises Resource.DoesNotExist.
     """
-    queryset = Resource.objects.all()
-    if connection.vendor == "postgresql":
-        resource = queryset.select_for_update(of=("self",)).get(**lookup)
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT clock_timestamp()")
-            return resource, cursor.fetchone()[0]
-    # SQLite serializes writers with BEGIN IMMEDIATE; it has no row locks.
-    return queryset.get(**lookup), timezone.now()
+    ((key, value),) = lookup.items()
+    where = _LOCK_WITH_CLOCK[key]
+    if connection.vendor != "postgresql":
+        # SQLite serializes writers with BEGIN IMMEDIATE; it has no row locks.
+        return Resource.objects.get(**lookup), timezone.now()
+    table = Resource._meta.db_table
+    rows = list(
+        Resource.objects.raw(
+            f"SELECT locked.*, clock_timestamp() AS db_clock "  # noqa: S608 (constant SQL)
+            f"FROM (SELECT * FROM {table} WHERE {where} FOR UPDATE) AS locked",
+            [value],
+        )
+    )
+    if not rows:
+        raise Resource.DoesNotExist(f"no resource with {key}={value!r}")
+    return rows[0], rows[0].db_clock
 
 
 def lock_locks(ids: Iterable[int]) -> list[Lock]:

@@ -223,3 +223,32 @@ def test_lease_really_expires_with_time(agents) -> None:
     while lock_acquire(agent=b, resource="r", wait=False).status != "granted":
         assert time.monotonic() < deadline, "lease did not expire"
         time.sleep(0.05)
+
+
+def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
+    from orchestrator.core.locks import _load_queue
+    from orchestrator.core.models import Resource
+
+    a, b, c, d = agents[:4]
+    resource_create(name="r")
+    lock_acquire(agent=a, resource="r", mode="shared")
+    lock_acquire(agent=b, resource="r", mode="shared")
+    lock_acquire(agent=c, resource="r", mode="exclusive")
+    lock_acquire(agent=d, resource="r", mode="shared")
+    res = Resource.objects.get(name="r")
+    locks, waiting = _load_queue(res)
+    orm_locks = list(Lock.objects.filter(resource=res, released_at__isnull=True).order_by("pk"))
+    orm_waiting = list(LockRequest.objects.filter(resource=res, status="waiting").order_by("pk"))
+    fields = [f.attname for f in Lock._meta.concrete_fields]
+    assert [[getattr(x, f) for f in fields] for x in locks] == [
+        [getattr(x, f) for f in fields] for x in orm_locks
+    ]
+    fields = [f.attname for f in LockRequest._meta.concrete_fields]
+    assert [[getattr(x, f) for f in fields] for x in waiting] == [
+        [getattr(x, f) for f in fields] for x in orm_waiting
+    ]
+    assert [x.agent.name for x in locks] == [a.name, b.name]
+    assert [(x.agent.name, x.agent.team_id) for x in waiting] == [
+        (c.name, c.team_id),
+        (d.name, d.team_id),
+    ]
