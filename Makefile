@@ -29,8 +29,10 @@ setup: $(STAMP)
 
 run: setup
 	@$(BIN)/python manage.py migrate --noinput
-	@echo "==> Orchestrator on http://127.0.0.1:$(PORT)/ (create an operator: $(BIN)/python manage.py createsuperuser)"
-	DEBUG=$${DEBUG:-1} $(BIN)/daphne -b 127.0.0.1 -p $(PORT) orchestrator.asgi:application
+	@echo "==> Orchestrator on http://127.0.0.1:$(PORT)/ (web, worker, monitor; Ctrl-C stops all)"
+	@echo "    create an operator with: $(BIN)/python manage.py createsuperuser"
+	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} PORT=$(PORT) \
+		$(BIN)/honcho --no-colour -f Procfile.dev start
 
 test: setup
 	$(BIN)/ruff check .
