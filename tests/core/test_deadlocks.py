@@ -69,7 +69,9 @@ def test_three_agent_cycle_then_break_lets_every_remaining_waiter_finish() -> No
     locks = {a.pk: hold(a, r[0]), b.pk: hold(b, r[1]), c.pk: hold(c, r[2])}
     lock_acquire(agent=a, resource=r[1])
     lock_acquire(agent=b, resource=r[2])
+    started = time.monotonic()
     last = lock_acquire(agent=c, resource=r[0])
+    assert time.monotonic() - started < 1.0  # liveness deadline, not a performance claim
     conflict = last.deadlock
     assert conflict is not None
     assert conflict.agents.count() == 3

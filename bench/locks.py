@@ -1,0 +1,413 @@
+"""Lock manager throughput, beside the raw ORM loop it is built on.
+
+Run:  .venv/bin/python bench/locks.py [--seconds 5] [--skip-api] [--web-processes 2]
+
+Each figure is acquire -> read -> write -> release cycles per second, summed
+over N worker processes (each with its own database connection), on 10 hot
+resources and on 10,000 cold ones:
+
+* raw:      the same loop written directly with the ORM: acquire, write and
+            release are each SELECT ... FOR UPDATE + save (a naive lock held
+            in a column; busy -> retry after 1 ms). Three transactions, like
+            ours, with no leases, fences, queue, history or events.
+* protocol: our services: lock_acquire (which returns the row as locked; a
+            queued agent blocks until the granting transaction wakes it, as
+            the runtime does, then resource_read),
+            resource_write with the fencing token and the version read,
+            lock_release. Three transactions, each with its events.
+* one-transaction loop, for reference: SELECT ... FOR UPDATE + save in a
+            single transaction (the row lock is the lock, commit releases it).
+* api:      the same protocol over HTTP: 8 client processes against daphne,
+            POST /locks with "wait": true (polling GET /lock-requests/{id}
+            when queued), GET, PUT with the fence, DELETE.
+
+The ratio protocol/raw is the figure of merit (target >= 0.5), and api /
+in-process protocol with 8 clients (target >= 0.2). Absolute numbers depend
+on the machine; the ratios are what to compare.
+
+It uses its own database (``orchestrator_bench`` on the server of
+DATABASE_URL, default postgres://postgres@127.0.0.1:5432), created and
+migrated on each run, so it never touches a development or test database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import dataclass
+from http.client import HTTPConnection
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DB = "orchestrator_bench"
+
+
+def bench_database_url() -> str:
+    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
+    parts = urllib.parse.urlsplit(base)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + BENCH_DB))
+
+
+def setup_django() -> None:
+    os.environ["DATABASE_URL"] = bench_database_url()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+
+
+def recreate_database() -> None:
+    import psycopg
+
+    parts = urllib.parse.urlsplit(bench_database_url())
+    admin = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {BENCH_DB}")
+    env = {**os.environ, "DATABASE_URL": bench_database_url()}
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True
+    )
+
+
+def prepare(n_resources: int, n_agents: int) -> None:
+    """Create resources r0..rN and agents bench-0..bench-K (in the parent)."""
+    from orchestrator.core.models import Agent, Resource, ResourceVersion, Team
+
+    team, _ = Team.objects.get_or_create(name="bench", defaults={"default_lease_ttl": 30})
+    Resource.objects.all().delete()
+    resources = Resource.objects.bulk_create(
+        Resource(name=f"r{i}", value=0, team=team) for i in range(n_resources)
+    )
+    ResourceVersion.objects.bulk_create(
+        ResourceVersion(resource=r, version=0, value=0) for r in resources
+    )
+    for i in range(n_agents):
+        Agent.objects.get_or_create(name=f"bench-{i}", defaults={"team": team})
+
+
+def raw_worker(index: int, n_resources: int, seconds: float, start, out) -> None:
+    """The baseline: acquire, write and release as three plain ORM transactions.
+
+    A naive lock: ``fence`` holds the holder's number (0 = free); acquiring is
+    SELECT ... FOR UPDATE + save, retried after 1 ms while someone holds it;
+    the write and the release are SELECT ... FOR UPDATE + save each. Mutual
+    exclusion, nothing else: no leases, no fencing, no queue, no history, no
+    events. (The bench database is its own, so borrowing ``fence`` is harmless.)
+    """
+    setup_django()
+    from django.db import transaction
+
+    from orchestrator.core.models import Resource
+
+    rng = random.Random(index)
+    me = index + 1
+    ids = list(Resource.objects.order_by("pk").values_list("pk", flat=True))
+    start.wait()
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rid = rng.choice(ids)
+        while True:  # acquire
+            with transaction.atomic():
+                res = Resource.objects.select_for_update().get(pk=rid)
+                if res.fence == 0:
+                    res.fence = me
+                    res.save(update_fields=["fence"])
+                    break
+            time.sleep(0.001)
+        with transaction.atomic():  # write
+            res = Resource.objects.select_for_update().get(pk=rid)
+            assert res.fence == me
+            res.value = res.value + 1
+            res.version += 1
+            res.save(update_fields=["value", "version", "updated_at"])
+        with transaction.atomic():  # release
+            res = Resource.objects.select_for_update().get(pk=rid)
+            res.fence = 0
+            res.save(update_fields=["fence"])
+        done += 1
+    out.put(done)
+
+
+def raw1_worker(index: int, n_resources: int, seconds: float, start, out) -> None:
+    """For reference: the whole cycle as ONE transaction (lock = row lock, release = commit)."""
+    setup_django()
+    from django.db import transaction
+
+    from orchestrator.core.models import Resource
+
+    rng = random.Random(index)
+    ids = list(Resource.objects.order_by("pk").values_list("pk", flat=True))
+    start.wait()
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with transaction.atomic():
+            res = Resource.objects.select_for_update().get(pk=rng.choice(ids))
+            res.value = res.value + 1
+            res.version += 1
+            res.save(update_fields=["value", "version", "updated_at"])
+        done += 1
+    out.put(done)
+
+
+def protocol_worker(index: int, n_resources: int, seconds: float, start, out) -> None:
+    setup_django()
+    import django_rq
+
+    from orchestrator.core import wakeups
+    from orchestrator.core.locks import lock_acquire, lock_release
+    from orchestrator.core.models import Agent, LockRequest, Resource
+    from orchestrator.core.resources import resource_read, resource_write
+
+    # Waiting the way the runtime does: the transaction that grants a queued request
+    # wakes its agent after commit (here through a Redis list the waiter blocks on).
+    redis = django_rq.get_connection("default")
+    wakeups.register(lambda agent_id, **_: redis.rpush(f"bench:wake:{agent_id}", 1))
+    rng = random.Random(index)
+    ids = list(Resource.objects.order_by("pk").values_list("pk", flat=True))
+    agent = Agent.objects.select_related("team").get(name=f"bench-{index}")
+    redis.delete(f"bench:wake:{agent.pk}")
+    start.wait()
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        rid = rng.choice(ids)
+        result = lock_acquire(agent=agent, resource=rid, ttl=30)
+        lock, state = result.lock, result.resource  # granted at once: the row as locked
+        if lock is None:  # queued: block until woken (re-check every 0.5 s), then read
+            while lock is None:
+                redis.blpop([f"bench:wake:{agent.pk}"], timeout=0.5)
+                request = LockRequest.objects.select_related("lock").get(pk=result.request.pk)
+                lock = request.lock
+            state = resource_read(resource=rid).resource
+        written = resource_write(
+            agent=agent,
+            resource=rid,
+            value=state.value + 1,
+            expected_version=state.version,
+            fence=lock.token,
+        )
+        assert written.status == "applied", written.detail
+        lock_release(lock_id=lock.pk, agent=agent)
+        done += 1
+    out.put(done)
+
+
+def api_worker(index: int, base: str, tokens: list[str], seconds: float, start, out) -> None:
+    rng = random.Random(index)
+    url = urllib.parse.urlsplit(base)
+    conn = HTTPConnection(url.hostname, url.port, timeout=30)
+    headers = {"Authorization": f"Bearer {tokens[index]}", "Content-Type": "application/json"}
+    n_resources = int(os.environ["BENCH_N_RESOURCES"])
+
+    def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        payload = response.read()
+        return response.status, json.loads(payload) if payload else {}
+
+    start.wait()
+    done, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        name = f"r{rng.randrange(n_resources)}"
+        ask = {"resource": name, "mode": "exclusive", "ttl": 30, "wait": True}
+        status, body = call("POST", "/api/v1/locks", ask)
+        if status == 202:
+            request_id = body["request_id"]
+            while status != 201:
+                time.sleep(0.002)
+                _, polled = call("GET", f"/api/v1/lock-requests/{request_id}")
+                if polled["status"] == "granted":
+                    status, body = 201, polled["lock"]
+        assert status == 201, (status, body)
+        _, state = call("GET", f"/api/v1/resources/{name}")
+        write = {
+            "value": state["value"] + 1,
+            "expected_version": state["version"],
+            "fence": body["fence"],
+        }
+        status, written = call("PUT", f"/api/v1/resources/{name}", write)
+        assert status == 200, (status, written)
+        status, _ = call("DELETE", f"/api/v1/locks/{body['id']}")
+        assert status == 204, status
+        done += 1
+    out.put(done)
+
+
+def run_workers(target, processes: int, args: tuple, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    start = ctx.Event()
+    out = ctx.Queue()
+    workers = [
+        ctx.Process(target=target, args=(i, *args, seconds, start, out)) for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    time.sleep(2.0)  # let every child import Django and connect before the clock starts
+    began = time.monotonic()
+    start.set()
+    total = sum(out.get(timeout=seconds + 120) for _ in workers)
+    elapsed = time.monotonic() - began
+    for worker in workers:
+        worker.join()
+        if worker.exitcode != 0:
+            raise SystemExit(f"a worker failed (exit code {worker.exitcode})")
+    return total / elapsed
+
+
+def check_counters(expected_min: int) -> None:
+    """Every counter equals its version: no lost update, whatever ran."""
+    from orchestrator.core.models import Resource
+
+    bad = [r.name for r in Resource.objects.all() if r.value != r.version]
+    assert not bad, f"lost updates on {bad[:5]}"
+    assert sum(Resource.objects.values_list("version", flat=True)) >= expected_min
+
+
+@dataclass
+class Row:
+    label: str
+    raw: float
+    protocol: float
+    raw1: float
+
+    def line(self) -> str:
+        return (
+            f"{self.label:<26} raw {self.raw:7.1f}/s  protocol {self.protocol:7.1f}/s  "
+            f"ratio {self.protocol / self.raw:4.2f}   (one-transaction loop {self.raw1:7.1f}/s, "
+            f"ratio {self.protocol / self.raw1:4.2f})"
+        )
+
+
+def start_web(port: int, processes: int) -> list[subprocess.Popen]:
+    env = {**os.environ, "DATABASE_URL": bench_database_url(), "ALLOWED_HOSTS": "127.0.0.1"}
+    servers = []
+    for i in range(processes):
+        servers.append(
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "daphne"),
+                    "-b",
+                    "127.0.0.1",
+                    "-p",
+                    str(port + i),
+                    "orchestrator.asgi:application",
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    deadline = time.monotonic() + 30
+    for i in range(processes):
+        while True:
+            try:
+                conn = HTTPConnection("127.0.0.1", port + i, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("daphne did not start")
+            time.sleep(0.1)
+    return servers
+
+
+def api_figure(seconds: float, web_processes: int, n_resources: int) -> float:
+    from orchestrator.core.models import Agent
+    from orchestrator.core.tokens import agent_token_reset
+
+    tokens = [
+        agent_token_reset(agent=Agent.objects.get(name=f"bench-{i}"), actor="bench")
+        for i in range(8)
+    ]
+    port = 8950
+    servers = start_web(port, web_processes)
+    os.environ["BENCH_N_RESOURCES"] = str(n_resources)
+    try:
+        ctx = mp.get_context("spawn")
+        start, out = ctx.Event(), ctx.Queue()
+        sync = (start, out)
+        clients = [
+            ctx.Process(
+                target=api_worker,
+                args=(i, f"http://127.0.0.1:{port + i % web_processes}", tokens, seconds, *sync),
+            )
+            for i in range(8)
+        ]
+        for client in clients:
+            client.start()
+        time.sleep(1.0)
+        began = time.monotonic()
+        start.set()
+        total = sum(out.get(timeout=seconds + 120) for _ in clients)
+        elapsed = time.monotonic() - began
+        for client in clients:
+            client.join()
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(10)
+    return total / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--skip-api", action="store_true")
+    parser.add_argument("--web-processes", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+
+    recreate_database()
+    setup_django()
+    from django.db import connection
+
+    rows: list[Row] = []
+    figures: dict[str, float] = {}
+    for n_resources, label in ((10, "10 hot"), (10_000, "10,000 cold")):
+        for processes in (1, 8):
+            prepare(n_resources, 8)
+            connection.close()
+            raw = run_workers(raw_worker, processes, (n_resources,), args.seconds)
+            prepare(n_resources, 8)
+            connection.close()
+            protocol = run_workers(protocol_worker, processes, (n_resources,), args.seconds)
+            check_counters(1)
+            prepare(n_resources, 8)
+            connection.close()
+            raw1 = run_workers(raw1_worker, processes, (n_resources,), args.seconds)
+            label_n = f"{label}, {processes} process{'es' if processes > 1 else ''}"
+            row = Row(label_n, raw, protocol, raw1)
+            rows.append(row)
+            print(row.line(), flush=True)
+            figures[f"{n_resources}_{processes}_raw"] = raw
+            figures[f"{n_resources}_{processes}_protocol"] = protocol
+            figures[f"{n_resources}_{processes}_raw_one_transaction"] = raw1
+    if not args.skip_api:
+        prepare(10, 8)
+        connection.close()
+        api = api_figure(args.seconds, args.web_processes, 10)
+        check_counters(1)
+        in_process = figures["10_8_protocol"]
+        figures["api_8_clients"] = api
+        print(
+            f"{'HTTP API, 8 clients, 10 hot':<28} api {api:8.1f}/s   in-process {in_process:8.1f}/s"
+            f"   ratio {api / in_process:5.2f}   ({args.web_processes} daphne processes)"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
