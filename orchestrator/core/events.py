@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from orchestrator.core.models import Agent, Event, Team
 
@@ -127,7 +128,9 @@ def _flush(buffer: list[Event]) -> None:
         return
     # On PostgreSQL a trigger takes the event log's advisory lock before it
     # draws each id (migration 0002), so this insert is the only statement.
-    Event.objects.bulk_create(buffer)
+    from orchestrator.core.hotpath import insert_events
+
+    insert_events(buffer, timezone.now())
     messages = [event_message(event) for event in buffer]
     transaction.on_commit(lambda: publish(messages))
 

@@ -34,7 +34,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection
 from django.utils import timezone
 
-from orchestrator.core import wakeups
+from orchestrator.core import hotpath, wakeups
 from orchestrator.core.errors import Forbidden, Gone, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import (
@@ -118,18 +118,22 @@ def storable_text(text: str) -> bool:
     return "\x00" not in text
 
 
+def resource_lookup(resource: Resource | str | int) -> dict[str, Any]:
+    """The lookup for a resource given as a row, an id or a name; NotFound if none can match."""
+    if isinstance(resource, Resource):
+        return {"pk": resource.pk}
+    if isinstance(resource, int) and not isinstance(resource, bool):
+        return {"pk": resource}
+    # Names PostgreSQL cannot store would make it raise rather than find nothing.
+    if isinstance(resource, str) and len(resource) <= NAME_MAX_LENGTH and storable_text(resource):
+        return {"name": resource}
+    raise NotFound("resource_not_found", f"no resource named {resource!s:.200}")
+
+
 def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datetime]:
     """Lock a resource given as a row, an id or a name; return it with the clock."""
     try:
-        if isinstance(resource, Resource):
-            return lock_resource_with_clock(pk=resource.pk)
-        if isinstance(resource, int) and not isinstance(resource, bool):
-            return lock_resource_with_clock(pk=resource)
-        if not isinstance(resource, str) or len(resource) > NAME_MAX_LENGTH:
-            raise Resource.DoesNotExist
-        if not storable_text(resource):  # PostgreSQL would raise, not just find nothing
-            raise Resource.DoesNotExist
-        return lock_resource_with_clock(name=resource)
+        return lock_resource_with_clock(**resource_lookup(resource))
     except Resource.DoesNotExist:
         raise NotFound("resource_not_found", f"no resource named {resource!s:.200}") from None
 
@@ -250,17 +254,8 @@ class Queue:
     def grant(self, agent: Agent, mode: str, ttl: int, *, actor: str | None = None) -> Lock:
         """Create a live lock. Caller checked compatibility."""
         res = self.resource
-        if mode == LockMode.EXCLUSIVE:
-            res.fence += 1
-            Resource.objects.filter(pk=res.pk).update(fence=res.fence)
-        lock = Lock.objects.create(
-            resource=res,
-            agent=agent,
-            mode=mode,
-            token=res.fence,
-            acquired_at=self.now,
-            expires_at=self.now + timedelta(seconds=ttl),
-        )
+        lock = hotpath.grant_lock(res, agent_id=agent.pk, mode=mode, ttl=ttl, now=self.now)
+        lock.agent, lock.resource = agent, res
         self.live.append(lock)
         event_emit(
             "lock.granted",
@@ -273,9 +268,7 @@ class Queue:
 
     def end(self, lock: Lock, end: str, **emit: Any) -> None:
         """End a live lock (released, revoked, force-released)."""
-        lock.released_at = self.now
-        lock.end = end
-        Lock.objects.filter(pk=lock.pk).update(released_at=self.now, end=end)
+        hotpath.end_lock(lock, end=end, now=self.now)
         self.live = [other for other in self.live if other.pk != lock.pk]
         kind = {
             LockEnd.RELEASED: "lock.released",

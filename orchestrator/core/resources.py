@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from orchestrator.core.errors import Conflicting, Invalid
+from orchestrator.core import hotpath
+from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import Queue, User, db_now, open_queue, resource_for_update
+from orchestrator.core.locks import Queue, User, db_now, open_queue, resource_lookup
 from orchestrator.core.models import (
     NAME_MAX_LENGTH,
     Agent,
@@ -162,11 +163,20 @@ class ResourceState:
 def resource_read(*, resource: Resource | str | int) -> ResourceState:
     """Value, version, fence, live holders and waiting requests, read consistently.
 
-    Reads take the Resource row lock briefly so that holders and value belong
-    to the same moment; expired leases are left out (they count as free).
+    On PostgreSQL the reads share one REPEATABLE READ snapshot, so holders and
+    value belong to the same moment without taking the row lock: a reader never
+    waits behind lock traffic and never delays it. Expired leases are left out
+    (they count as free).
     """
+    lookup = resource_lookup(resource)
     with transaction.atomic():
-        res, now = resource_for_update(resource)
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        res = Resource.objects.filter(**lookup).first()
+        if res is None:
+            raise NotFound("resource_not_found", f"no resource named {resource!s:.200}")
+        now = db_now()
         holders = list(
             Lock.objects.filter(resource=res, released_at__isnull=True, expires_at__gt=now)
             .select_related("agent")
@@ -253,19 +263,13 @@ def apply_write(
     approval: Approval | None = None,
 ) -> int:
     """Store ``value`` as the next version. Caller holds the Resource row lock and checked."""
-    res.value = value
-    res.version += 1
-    res.updated_at = timezone.now()
-    Resource.objects.filter(pk=res.pk).update(
-        value=value, version=res.version, updated_at=res.updated_at
-    )
-    ResourceVersion.objects.create(
-        resource=res,
-        version=res.version,
-        value=value,
-        agent=agent,
-        user=user if user is not None and user.is_authenticated else None,
+    hotpath.write_value(
+        res,
+        value,
+        agent_id=agent.pk if agent else None,
+        user_id=user.pk if user is not None and user.is_authenticated else None,
         fence=fence,
+        now=timezone.now(),
     )
     event_emit(
         "resource.written",

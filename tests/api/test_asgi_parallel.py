@@ -26,23 +26,28 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 DEADLINE = 20  # seconds; only reached when the check fails
 
 
-async def asgi_get(path: str, token: str) -> int:
-    """GET ``path`` through Django's ASGI handler, as daphne calls it; the status code."""
+async def asgi_get(path: str, token: str, *, method: str = "GET", body: bytes = b"") -> int:
+    """Call ``path`` through Django's ASGI handler, as daphne does; the status code."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
-        "method": "GET",
+        "method": method,
         "scheme": "http",
         "path": path,
         "raw_path": path.encode(),
         "query_string": b"",
-        "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
+        "headers": [
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
     communicator = ApplicationCommunicator(get_asgi_application(), scope)
-    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+    await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
     start = await communicator.receive_output(DEADLINE)
     await communicator.receive_output(DEADLINE)  # the body
     await communicator.wait(DEADLINE)
@@ -82,7 +87,11 @@ async def test_a_request_blocked_in_the_database_does_not_block_others(alice) ->
         holder.start()
         try:
             assert await asyncio.to_thread(locked.wait, DEADLINE)
-            hot = asyncio.create_task(asgi_get("/api/v1/resources/hot", alice.token))
+            # Acquiring takes the resource's row lock, so this request parks on it.
+            acquire = b'{"resource": "hot", "mode": "exclusive", "ttl": 30, "wait": false}'
+            hot = asyncio.create_task(
+                asgi_get("/api/v1/locks", alice.token, method="POST", body=acquire)
+            )
             # Wait (with a deadline) until the hot request is parked on the row lock.
             async with asyncio.timeout(DEADLINE):
                 while not await sync_to_async(lock_waiters)():
@@ -95,7 +104,7 @@ async def test_a_request_blocked_in_the_database_does_not_block_others(alice) ->
         finally:
             release.set()
             await asyncio.to_thread(holder.join, DEADLINE)
-        assert await asyncio.wait_for(hot, DEADLINE) == 200
+        assert await asyncio.wait_for(hot, DEADLINE) == 201
     finally:
         # The thread that ran this test's own queries would keep its connection open.
         await sync_to_async(close_connection)()

@@ -252,3 +252,33 @@ def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
         (c.name, c.team_id),
         (d.name, d.team_id),
     ]
+
+
+def test_reads_do_not_wait_for_the_row_lock(agents) -> None:
+    import threading
+
+    from django.db import connections, transaction
+
+    from orchestrator.core.rowlocks import lock_resource
+
+    res = resource_create(name="r", value=1)
+    locked, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with transaction.atomic():
+            lock_resource(res.pk)
+            locked.set()
+            release.wait(10)
+        ended.set()
+        connections.close_all()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        state = resource_read(resource="r")
+        assert not ended.is_set(), "the read waited for the row lock"
+        assert (state.resource.value, state.resource.version) == (1, 0)
+    finally:
+        release.set()
+        holder.join(10)
