@@ -214,8 +214,22 @@ def choose_victim(component: frozenset[int], policy: str) -> int:
     return _youngest(component)
 
 
-def deadlock_check_for(agent: Agent) -> Conflict | None:
-    """Check for a cycle reachable from ``agent`` right after it queued. Inside a service."""
+def deadlock_check_for(
+    agent: Agent, *, resource: Resource | None = None, nearby: set[int] | None = None
+) -> Conflict | None:
+    """Check for a cycle reachable from ``agent`` right after it queued. Inside a service.
+
+    ``nearby`` (the other agents holding or queued on ``resource``) allows a
+    cheap exit: every wait-for edge out of ``resource``'s holders and queue
+    stays among them unless one of them also waits on another resource. When
+    none does, no cycle is reachable and the graph is not built (the usual case).
+    """
+    if nearby is not None and resource is not None:
+        elsewhere = LockRequest.objects.filter(
+            status=RequestStatus.WAITING, agent_id__in=nearby
+        ).exclude(resource=resource)
+        if not nearby or not elsewhere.exists():
+            return None
     graph = wait_for_graph()
     if agent.pk not in graph:
         return None

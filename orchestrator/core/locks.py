@@ -161,7 +161,7 @@ SELECT 1, r.id, r.agent_id, r.mode, NULL, NULL, NULL,
 """
 
 
-def _load_queue(resource: Resource) -> tuple[list[Lock], list[LockRequest]]:
+def load_queue(resource: Resource) -> tuple[list[Lock], list[LockRequest]]:
     """Live (possibly expired) locks and waiting requests of a resource, in id order.
 
     On PostgreSQL one hand-written statement; this is the hot path of every
@@ -214,7 +214,7 @@ class Queue:
     def __init__(self, resource: Resource, now: datetime) -> None:
         self.resource = resource
         self.now = now
-        rows, self._waiting = _load_queue(resource)
+        rows, self._waiting = load_queue(resource)
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
         for lock in self.expired:
@@ -329,10 +329,15 @@ def grant_waiters(resource: Resource, now: datetime) -> list[LockRequest]:
     return Queue(resource, now).grant_waiters()
 
 
-def _open_deadlock_check(agent: Agent) -> Conflict | None:
+def _open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
     from orchestrator.core.deadlocks import deadlock_check_for
 
-    return deadlock_check_for(agent)
+    # Everyone holding or queued on this resource: every wait-for path out of
+    # the new request runs through them (not only through the incompatible ones:
+    # a queued writer ahead of a reader waits for the shared holders).
+    nearby = {lock.agent_id for lock in queue.live} | {req.agent_id for req in queue.waiting}
+    nearby.discard(agent.pk)
+    return deadlock_check_for(agent, resource=queue.resource, nearby=nearby)
 
 
 @service
@@ -386,7 +391,8 @@ def lock_acquire(
             "ahead": len(queue.waiting),
         },
     )
-    deadlock = _open_deadlock_check(agent)
+    deadlock = _open_deadlock_check(agent, queue)
+    queue.waiting.append(request)
     return AcquireResult("waiting", request=request, holders=holders, deadlock=deadlock)
 
 

@@ -22,12 +22,21 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
+from django.db.models import DateTimeField as DTField
+from django.db.models import Func
 from django.utils import timezone
 
 from orchestrator.core import hotpath
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import Queue, User, db_now, open_queue, resource_lookup
+from orchestrator.core.locks import (
+    Queue,
+    User,
+    db_now,
+    load_queue,
+    open_queue,
+    resource_lookup,
+)
 from orchestrator.core.models import (
     NAME_MAX_LENGTH,
     Agent,
@@ -40,7 +49,6 @@ from orchestrator.core.models import (
     Lock,
     LockMode,
     LockRequest,
-    RequestStatus,
     Resource,
     ResourceVersion,
     Step,
@@ -173,21 +181,15 @@ def resource_read(*, resource: Resource | str | int) -> ResourceState:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        res = Resource.objects.filter(**lookup).first()
+        rows = Resource.objects.filter(**lookup)
+        if connection.vendor == "postgresql":  # the clock in the same statement
+            rows = rows.annotate(db_clock=Func(function="clock_timestamp", output_field=DTField()))
+        res = rows.first()
         if res is None:
             raise NotFound("resource_not_found", f"no resource named {resource!s:.200}")
-        now = db_now()
-        holders = list(
-            Lock.objects.filter(resource=res, released_at__isnull=True, expires_at__gt=now)
-            .select_related("agent")
-            .order_by("pk")
-        )
-        waiters = list(
-            LockRequest.objects.filter(resource=res, status=RequestStatus.WAITING)
-            .select_related("agent")
-            .order_by("pk")
-        )
-    return ResourceState(res, holders, waiters)
+        now = getattr(res, "db_clock", None) or db_now()
+        locks, waiters = load_queue(res)
+    return ResourceState(res, [lock for lock in locks if lock.expires_at > now], waiters)
 
 
 @dataclass

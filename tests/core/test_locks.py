@@ -226,7 +226,7 @@ def test_lease_really_expires_with_time(agents) -> None:
 
 
 def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
-    from orchestrator.core.locks import _load_queue
+    from orchestrator.core.locks import load_queue
     from orchestrator.core.models import Resource
 
     a, b, c, d = agents[:4]
@@ -236,7 +236,7 @@ def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
     lock_acquire(agent=c, resource="r", mode="exclusive")
     lock_acquire(agent=d, resource="r", mode="shared")
     res = Resource.objects.get(name="r")
-    locks, waiting = _load_queue(res)
+    locks, waiting = load_queue(res)
     orm_locks = list(Lock.objects.filter(resource=res, released_at__isnull=True).order_by("pk"))
     orm_waiting = list(LockRequest.objects.filter(resource=res, status="waiting").order_by("pk"))
     fields = [f.attname for f in Lock._meta.concrete_fields]
