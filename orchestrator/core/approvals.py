@@ -19,8 +19,21 @@ from orchestrator.core import wakeups
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.locks import Queue, User
-from orchestrator.core.models import Approval, ApprovalStatus, ConflictStatus, Resource
-from orchestrator.core.resources import apply_write, check_fence, clean_value
+from orchestrator.core.models import (
+    Agent,
+    Approval,
+    ApprovalStatus,
+    ConflictStatus,
+    Resource,
+    Step,
+)
+from orchestrator.core.resources import (
+    WriteResult,
+    apply_write,
+    check_fence,
+    clean_value,
+    resource_write,
+)
 from orchestrator.core.rowlocks import lock_approval, lock_conflicts, lock_resource_with_clock
 
 
@@ -38,6 +51,34 @@ class DecisionResult:
 
 
 _UNSET = object()
+
+
+def approval_request(
+    *,
+    agent: Agent,
+    resource: Resource | str | int,
+    value: Any,
+    expected_version: Any = None,
+    fence: Any = None,
+    step: Step | None = None,
+    note: str = "",
+) -> WriteResult:
+    """An agent asks an operator to approve a write, whatever the resource's settings.
+
+    The same checks as any write run first (fence, version); if they pass,
+    the write waits as a pending Approval (status ``approval_pending``).
+    ``resource_write`` owns the transaction.
+    """
+    return resource_write(
+        agent=agent,
+        resource=resource,
+        value=value,
+        expected_version=expected_version,
+        fence=fence,
+        step=step,
+        note=note,
+        force_approval=True,
+    )
 
 
 @service

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.core.approvals import approval_decide
+from orchestrator.core.approvals import approval_decide, approval_request
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.locks import lock_acquire, lock_force_release
 from orchestrator.core.models import Approval, Conflict, Event, ResourceVersion
@@ -142,3 +142,21 @@ def test_bad_decisions_are_refused(operator) -> None:
         )
     pending.refresh_from_db()
     assert pending.status == "pending"
+
+
+def test_an_agent_can_ask_for_approval_of_any_write(operator) -> None:
+    a = factories.agent()
+    resource_create(name="doc", value="draft")
+    result = approval_request(
+        agent=a, resource="doc", value="final", expected_version=0, note="please check"
+    )
+    assert result.status == "approval_pending"
+    approval = result.approval
+    assert (approval.reason, approval.note, approval.base_value) == (
+        "requested",
+        "please check",
+        "draft",
+    )
+    assert value_of("doc") == "draft"
+    approval_decide(approval_id=approval.pk, decision="approve", user=operator)
+    assert value_of("doc") == "final"
