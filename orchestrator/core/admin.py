@@ -30,6 +30,7 @@ from orchestrator.core.models import (
     ResourceVersion,
     Run,
     Step,
+    Switchboard,
     Team,
 )
 from orchestrator.core.tokens import agent_token_reset
@@ -267,3 +268,8 @@ class EventAdmin(ReadOnlyAdmin):
     search_fields = ["kind", "actor", "=subject_id"]
     list_select_related = ["team"]
     date_hierarchy = "created_at"
+
+
+@admin.register(Switchboard)
+class SwitchboardAdmin(ReadOnlyAdmin):
+    list_display = ["id", "paused", "updated_at"]

@@ -8,3 +8,8 @@ class CoreConfig(AppConfig):
     label = "core"
     verbose_name = "Orchestrator"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # The runtime registers its wake-up handler (continuations after a lock grant,
+        # an approval or a resume) in every process that can cause a wake-up.
+        import agents.runtime  # noqa: F401

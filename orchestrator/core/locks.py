@@ -537,3 +537,44 @@ def lock_request_cancel(*, request_id: int, agent: Agent | None, user: User = No
     )
     Queue(res, now).grant_waiters()  # a cancelled head may have been blocking others
     return request
+
+
+def lock_release_all(*, agent_id: int, reason: str, user: User = None) -> int:
+    """End every live lock and waiting request of an agent (it finished, failed or was
+    cancelled). Called inside a service; takes each resource's row lock in id order.
+    Returns how many locks were released."""
+    resource_ids = sorted(
+        set(
+            Lock.objects.filter(agent_id=agent_id, released_at__isnull=True).values_list(
+                "resource_id", flat=True
+            )
+        )
+        | set(
+            LockRequest.objects.filter(agent_id=agent_id, status=RequestStatus.WAITING).values_list(
+                "resource_id", flat=True
+            )
+        )
+    )
+    released = 0
+    for resource_id in resource_ids:
+        res, now = lock_resource_with_clock(pk=resource_id)
+        queue = Queue(res, now)
+        for request in [r for r in queue.waiting if r.agent_id == agent_id]:
+            LockRequest.objects.filter(pk=request.pk).update(
+                status=RequestStatus.CANCELLED, resolved_at=now, reason=reason[:500]
+            )
+            queue.waiting.remove(request)
+            event_emit(
+                "request.cancelled",
+                agent=request.agent,
+                user=user,
+                actor=None if user else "system",
+                subject=request,
+                payload={"resource": res.name, "agent": request.agent.name, "reason": reason},
+            )
+        for lock in [lock for lock in queue.live if lock.agent_id == agent_id]:
+            queue.end(lock, LockEnd.RELEASED, agent=lock.agent, user=user,
+                      actor=None if user else "system")  # fmt: skip
+            released += 1
+        queue.grant_waiters()
+    return released

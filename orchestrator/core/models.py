@@ -504,3 +504,16 @@ class Event(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.kind}"
+
+
+class Switchboard(models.Model):
+    """System-wide controls: one row (pk=1). ``paused`` stops every agent at its next step."""
+
+    paused = models.BooleanField(default=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(id=1), name="switchboard_single_row")]
+
+    def __str__(self) -> str:
+        return "switchboard"

@@ -2,7 +2,7 @@
 
 Every ``select_for_update`` in the project goes through these helpers, which
 lock rows in primary-key order within a kind, and callers that lock several
-kinds do so in the global order Team -> Agent -> Run -> Resource -> Lock ->
+kinds do so in the global order Team -> Agent -> Run -> Step -> Resource -> Lock ->
 LockRequest -> Approval -> Conflict. Two transactions that follow this order
 can wait for each other but never deadlock.
 """
@@ -25,12 +25,20 @@ from orchestrator.core.models import (
     LockRequest,
     Resource,
     Run,
+    Step,
+    Switchboard,
     Team,
 )
 
 
 def _locked(model: type[Model], ids: Iterable[int]) -> QuerySet:
     return model.objects.select_for_update().filter(pk__in=sorted(set(ids))).order_by("pk")
+
+
+def lock_switchboard() -> Switchboard:
+    """Lock the system-wide switchboard row (created on first use). Locked first of all."""
+    Switchboard.objects.get_or_create(pk=1)
+    return Switchboard.objects.select_for_update().get(pk=1)
 
 
 def lock_teams(ids: Iterable[int]) -> list[Team]:
@@ -46,6 +54,11 @@ def lock_agents(ids: Iterable[int]) -> list[Agent]:
 def lock_runs(ids: Iterable[int]) -> list[Run]:
     """Lock and return the Run rows with these ids, in pk order."""
     return list(_locked(Run, ids))
+
+
+def lock_steps(ids: Iterable[int]) -> list[Step]:
+    """Lock and return Step rows (after any Run rows), in pk order."""
+    return list(_locked(Step, ids))
 
 
 def lock_resources(ids: Iterable[int]) -> list[Resource]:

@@ -1,0 +1,498 @@
+"""The agent runtime: runs, steps, and the RQ jobs that execute them.
+
+A step is one agent turn, executed as one RQ job on the ``steps`` queue:
+
+1. ``step_begin`` (a short transaction) checks that the system, the team, the
+   agent and the run are not paused or cancelled and marks the step running.
+   A paused step stays queued; resuming re-enqueues it (exactly once).
+2. Outside any transaction, the backend decides: it gets the agent's role,
+   the run's goal, the recent transcript and the tool specs.
+3. Each tool call runs through the coordination services (its own short
+   transaction); pause and cancel are re-checked between calls. A call that
+   must wait (a queued lock, a pending approval) ends the job with the step
+   ``waiting``; the grant or the decision wakes the agent after commit
+   (orchestrator.core.wakeups) and ``resume_step`` completes the step. No
+   worker ever sleeps on a lock or a human.
+4. ``step_finish`` records the transcript and enqueues the next step, unless
+   the agent finished or reached its step limit; when every agent of a run is
+   done the run ends.
+
+Jobs carry ids only; every job re-reads the rows it needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import django_rq
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from agents.backends import BackendError, StepContext, get_backend
+from agents.tools import TOOL_SPECS
+from orchestrator.core import wakeups
+from orchestrator.core.errors import ProtocolError
+from orchestrator.core.events import event_emit, service
+from orchestrator.core.models import (
+    Agent,
+    AgentStatus,
+    Approval,
+    ApprovalStatus,
+    Lock,
+    LockRequest,
+    RequestStatus,
+    Run,
+    Step,
+    Switchboard,
+    Team,
+)
+from orchestrator.core.rowlocks import lock_agents, lock_runs, lock_steps
+
+logger = logging.getLogger(__name__)
+
+QUEUE = "steps"
+# Step.job_id of a step whose job is in the queue: a step with job_id "" is parked
+# (paused) and needs a new job to go on; anything else must not be enqueued again.
+ENQUEUED = "enqueued"
+TRANSCRIPT_WINDOW = 60  # messages given to the backend
+User = AbstractBaseUser | AnonymousUser | None
+
+
+def enqueue(func: Any, *args: Any) -> None:
+    """Enqueue a job on the steps queue once the current transaction commits."""
+    django_rq.get_queue(QUEUE).enqueue(func, *args, job_timeout=600)
+
+
+# --- starting a run -------------------------------------------------------------------
+
+
+@service
+def run_start(
+    *,
+    team: Team,
+    goal: str,
+    agents: list[Agent] | None = None,
+    max_steps: int = 50,
+    seed: int | None = None,
+    user: User = None,
+) -> Run:
+    """Create a run and enqueue the first step of each of its agents (after commit)."""
+    members = agents if agents is not None else list(team.agents.order_by("pk"))
+    run = Run.objects.create(
+        team=team,
+        goal=goal,
+        status=Run.Status.RUNNING,
+        max_steps=max_steps,
+        seed=seed,
+        created_by=user if user is not None and user.is_authenticated else None,
+        started_at=timezone.now(),
+    )
+    for agent in lock_agents(a.pk for a in members):
+        agent.status = AgentStatus.RUNNING
+        agent.save(update_fields=["status"])
+        step = Step.objects.create(run=run, agent=agent, number=1, job_id=ENQUEUED)
+        enqueue(execute_step, step.pk)
+    event_emit(
+        "run.started",
+        team=team,
+        user=user,
+        subject=run,
+        payload={"run": run.pk, "goal": goal[:500], "agents": [a.name for a in members]},
+    )
+    return run
+
+
+# --- pause checks ---------------------------------------------------------------------
+
+
+def stop_reason(step: Step) -> str:
+    """Why this step must not go on now: '' (go), 'paused' or 'cancelled'."""
+    run = Run.objects.only("status", "paused").get(pk=step.run_id)
+    if run.status == Run.Status.CANCELLED:
+        return "cancelled"
+    paused = (
+        run.paused
+        or Agent.objects.filter(pk=step.agent_id, paused=True).exists()
+        or Team.objects.filter(pk=run.team_id, paused=True).exists()
+        or Switchboard.objects.filter(pk=1, paused=True).exists()
+    )
+    return "paused" if paused else ""
+
+
+# --- one step -------------------------------------------------------------------------
+
+
+@dataclass
+class Begin:
+    go: bool
+    step: Step | None = None
+    reason: str = ""
+
+
+@service
+def step_begin(*, step_id: int, job_id: str = "") -> Begin:
+    """Claim a queued step for execution, or leave it queued (paused) or cancel it."""
+    (step,) = lock_steps([step_id]) or [None]
+    if step is None or step.status != Step.Status.QUEUED:
+        return Begin(False, reason="not runnable")  # a duplicate delivery, or already done
+    reason = stop_reason(step)
+    if reason == "cancelled":
+        step.status = Step.Status.CANCELLED
+        step.finished_at = timezone.now()
+        step.save(update_fields=["status", "finished_at"])
+        return Begin(False, step, reason)
+    if reason == "paused":
+        step.status = Step.Status.QUEUED
+        step.job_id = ""
+        step.save(update_fields=["status", "job_id"])
+        event_emit("step.deferred", agent=step.agent, subject=step, payload={"reason": "paused"})
+        return Begin(False, step, reason)
+    step.status = Step.Status.RUNNING
+    step.attempts += 1
+    step.job_id = job_id[:64]
+    step.started_at = step.started_at or timezone.now()
+    step.save(update_fields=["status", "attempts", "job_id", "started_at"])
+    event_emit(
+        "step.started",
+        agent=step.agent,
+        subject=step,
+        payload={"run": step.run_id, "number": step.number, "attempt": step.attempts},
+    )
+    return Begin(True, step)
+
+
+def transcript_of(run_id: int, agent_id: int, before: int) -> list[dict[str, Any]]:
+    """The agent's messages in this run, from the steps before ``before``."""
+    messages: list[dict[str, Any]] = []
+    for transcript in (
+        Step.objects.filter(run_id=run_id, agent_id=agent_id, number__lt=before)
+        .order_by("number")
+        .values_list("transcript", flat=True)
+    ):
+        messages.extend(transcript)
+    return messages[-TRANSCRIPT_WINDOW:]
+
+
+def _current_job_id() -> str:
+    from rq import get_current_job
+
+    job = get_current_job()
+    return job.id if job is not None else ""
+
+
+def execute_step(step_id: int) -> str:
+    """RQ job: one agent turn. Returns the step's status."""
+    begin = step_begin(step_id=step_id, job_id=_current_job_id())
+    if not begin.go:
+        return begin.reason
+    step = begin.step
+    agent = Agent.objects.select_related("team").get(pk=step.agent_id)
+    run = Run.objects.get(pk=step.run_id)
+    renew_leases(agent)
+    history = transcript_of(run.pk, agent.pk, step.number)
+    context = StepContext(
+        agent=agent.name,
+        role=agent.role,
+        goal=run.goal,
+        config=agent.config,
+        transcript=history,
+        tools=TOOL_SPECS,
+        step_number=step.number,
+        seed=random.Random(f"{run.seed}:{agent.pk}:{step.number}").randrange(2**32),  # noqa: S311
+    )
+    try:
+        decision = get_backend(agent.backend, agent.config).decide(context)
+    except BackendError as exc:
+        return step_fail(step_id=step.pk, error=str(exc))
+    except Exception as exc:  # a backend bug must fail the step, not the worker
+        logger.exception("backend of %s crashed", agent.name)
+        return step_fail(step_id=step.pk, error=f"backend crashed: {exc!r}")
+    calls = [
+        {
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+        }
+        for call in decision.tool_calls
+    ]
+    assistant: dict[str, Any] = {"role": "assistant", "content": decision.message or None}
+    if calls:
+        assistant["tool_calls"] = calls
+    executed: list[dict[str, Any]] = []
+    waiting: dict[str, Any] | None = None
+    finished = False
+    for call in decision.tool_calls:
+        if waiting is not None:
+            executed.append(_record(call.id, call.name, call.arguments, _skipped()))
+            continue
+        if executed and stop_reason(step):
+            executed.append(_record(call.id, call.name, call.arguments, _stopped(step)))
+            continue
+        if call.arguments is None:
+            result = {"ok": False, "error": "bad_arguments", "detail": call.error}
+        else:
+            result = run_tool(agent, step, call.name, call.arguments)
+        executed.append(_record(call.id, call.name, call.arguments, result))
+        if result.get("status") == "waiting":
+            waiting = executed[-1]
+        if call.name == "finish" and result.get("ok"):
+            finished = True
+    return step_finish(
+        step_id=step.pk,
+        assistant=assistant,
+        executed=executed,
+        waiting=waiting is not None,
+        finished=finished,
+    )
+
+
+def _record(call_id: str, name: str, arguments: Any, result: dict[str, Any]) -> dict[str, Any]:
+    return {"id": call_id, "tool": name, "arguments": arguments, "result": result}
+
+
+def _skipped() -> dict[str, Any]:
+    return {"ok": False, "error": "skipped", "detail": "an earlier call of this turn is waiting"}
+
+
+def _stopped(step: Step) -> dict[str, Any]:
+    return {"ok": False, "error": "stopped", "detail": f"the run was {stop_reason(step)}"}
+
+
+# --- tools ----------------------------------------------------------------------------
+
+
+def run_tool(agent: Agent, step: Step, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Execute one tool call through the services; the JSON-safe result for the model."""
+    from agents import tools_exec
+
+    try:
+        return tools_exec.execute(agent, step, name, args)
+    except ProtocolError as exc:
+        return {"ok": False, **exc.as_dict()}
+
+
+# --- finishing, failing, resuming -----------------------------------------------------
+
+
+def _tool_messages(executed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(call["result"])}
+        for call in executed
+    ]
+
+
+@service
+def step_finish(
+    *,
+    step_id: int,
+    assistant: dict[str, Any],
+    executed: list[dict[str, Any]],
+    waiting: bool,
+    finished: bool,
+) -> str:
+    """Record a turn; then wait, or enqueue the next step, or end the agent."""
+    (step,) = lock_steps([step_id])
+    step.tool_calls = executed
+    if waiting:
+        # The tool messages are written when the wait ends (resume_step).
+        step.transcript = [assistant]
+        step.status = Step.Status.WAITING
+        step.save(update_fields=["tool_calls", "transcript", "status"])
+        event_emit("step.waiting", agent=step.agent, subject=step, payload=_summary(step))
+        return step.status
+    step.transcript = [assistant, *_tool_messages(executed)]
+    return _complete(step, finished=finished)
+
+
+def _summary(step: Step) -> dict[str, Any]:
+    return {
+        "run": step.run_id,
+        "number": step.number,
+        "tools": [call["tool"] for call in step.tool_calls],
+    }
+
+
+def _complete(step: Step, *, finished: bool) -> str:
+    """Mark a step done and continue the agent. Inside a service, step row locked."""
+    step.status = Step.Status.DONE
+    step.finished_at = timezone.now()
+    step.save(update_fields=["tool_calls", "transcript", "status", "finished_at"])
+    event_emit("step.done", agent=step.agent, subject=step, payload=_summary(step))
+    run = Run.objects.get(pk=step.run_id)
+    if finished:
+        _agent_ends(step, AgentStatus.DONE, "finished")
+    elif step.number >= run.max_steps:
+        _agent_ends(step, AgentStatus.FAILED, f"reached its step limit ({run.max_steps})")
+    elif run.status == Run.Status.CANCELLED:
+        pass
+    else:
+        following = Step.objects.create(
+            run_id=step.run_id, agent_id=step.agent_id, number=step.number + 1, job_id=ENQUEUED
+        )
+        enqueue(execute_step, following.pk)
+    return step.status
+
+
+def _agent_ends(step: Step, status: str, why: str) -> None:
+    """An agent is done with its run: release what it still holds, maybe end the run."""
+    from orchestrator.core.locks import lock_release_all
+
+    Agent.objects.filter(pk=step.agent_id).update(status=status)
+    lock_release_all(agent_id=step.agent_id, reason=why)
+    event_emit(
+        "agent.finished" if status == AgentStatus.DONE else "agent.failed",
+        agent=step.agent,
+        subject=step.agent,
+        payload={"run": step.run_id, "why": why},
+    )
+    _maybe_end_run(step.run_id)
+
+
+def _maybe_end_run(run_id: int) -> None:
+    open_steps = Step.objects.filter(run_id=run_id).filter(
+        Q(status__in=[Step.Status.QUEUED, Step.Status.RUNNING, Step.Status.WAITING])
+    )
+    if open_steps.exists():
+        return
+    run = Run.objects.get(pk=run_id)
+    if run.status != Run.Status.RUNNING:
+        return
+    failed = Agent.objects.filter(steps__run_id=run_id, status=AgentStatus.FAILED).exists()
+    run.status = Run.Status.FAILED if failed else Run.Status.FINISHED
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "finished_at"])
+    event_emit(f"run.{run.status}", team=run.team_id, subject=run, payload={"run": run.pk})
+
+
+@service
+def step_fail(*, step_id: int, error: str) -> str:
+    """The step cannot go on (its backend failed): the agent fails, its locks are released."""
+    (step,) = lock_steps([step_id])
+    step.status = Step.Status.FAILED
+    step.error = error[:5000]
+    step.finished_at = timezone.now()
+    step.save(update_fields=["status", "error", "finished_at"])
+    event_emit("step.failed", agent=step.agent, subject=step, payload={"error": step.error})
+    _agent_ends(step, AgentStatus.FAILED, error[:200])
+    return step.status
+
+
+def wait_result(call: dict[str, Any]) -> dict[str, Any] | None:
+    """The final result of a waiting call, or None if it is still waiting."""
+    result = call["result"]
+    if "request_id" in result:
+        request = LockRequest.objects.select_related("lock", "resource").get(
+            pk=result["request_id"]
+        )
+        if request.status == RequestStatus.WAITING:
+            return None
+        if request.status == RequestStatus.GRANTED:
+            return {
+                "ok": True,
+                "status": "granted",
+                "resource": request.resource.name,
+                "mode": request.mode,
+                "fence": request.lock.token,
+                "expires_at": request.lock.expires_at.isoformat(),
+            }
+        return {"ok": False, "status": request.status, "error": request.status,
+                "detail": request.reason}  # fmt: skip
+    approval = Approval.objects.get(pk=result["approval_id"])
+    if approval.status == ApprovalStatus.PENDING:
+        return None
+    return {
+        "ok": approval.status == ApprovalStatus.APPROVED,
+        "status": approval.status,
+        "version": approval.applied_version,
+        "detail": approval.decision_note,
+    }
+
+
+@service
+def resume_step(step_id: int) -> str:
+    """RQ job: a waiting step's wait ended; complete the turn and go on."""
+    (step,) = lock_steps([step_id]) or [None]
+    if step is None or step.status != Step.Status.WAITING:
+        return "not waiting"
+    calls = list(step.tool_calls)
+    for index, call in enumerate(calls):
+        if call["result"].get("status") == "waiting":
+            final = wait_result(call)
+            if final is None:
+                return "still waiting"
+            calls[index] = {**call, "result": final}
+    step.tool_calls = calls
+    step.transcript = [*step.transcript[:1], *_tool_messages(calls)]
+    return _complete(step, finished=False)
+
+
+def _wake(*, agent_id: int, step_id: int | None, reason: str) -> None:
+    """Wake-up handler (after commit): a wait ended, or the agent may go on again."""
+    if step_id is not None:
+        enqueue(resume_step, step_id)
+    elif reason == "resumed":
+        resume_queued(agent_ids=[agent_id])
+
+
+wakeups.register(_wake)
+
+
+# --- pause, resume, cancel ------------------------------------------------------------
+
+
+@service
+def run_cancel(*, run_id: int, user: User = None) -> Run:
+    """Cancel a run: no further tool call executes; its agents' locks and waits end."""
+    from orchestrator.core.locks import lock_release_all
+
+    (run,) = lock_runs([run_id])
+    if run.status in (Run.Status.FINISHED, Run.Status.FAILED, Run.Status.CANCELLED):
+        return run
+    run.status = Run.Status.CANCELLED
+    run.finished_at = timezone.now()
+    run.save(update_fields=["status", "finished_at"])
+    open_steps = Step.objects.filter(run=run, status__in=[Step.Status.QUEUED, Step.Status.WAITING])
+    agent_ids = set(open_steps.values_list("agent_id", flat=True))
+    open_steps.update(status=Step.Status.CANCELLED, finished_at=timezone.now())
+    event_emit("run.cancelled", team=run.team_id, user=user, subject=run, payload={"run": run.pk})
+    for agent_id in sorted(agent_ids | set(run.steps.values_list("agent_id", flat=True))):
+        lock_release_all(agent_id=agent_id, reason=f"run {run.pk} cancelled", user=user)
+    return run
+
+
+def resume_queued(*, agent_ids: list[int] | None = None, run_id: int | None = None) -> int:
+    """After a resume: enqueue each queued step with no job (exactly one per agent)."""
+    steps = Step.objects.filter(status=Step.Status.QUEUED, job_id="")
+    if agent_ids is not None:
+        steps = steps.filter(agent_id__in=agent_ids)
+    if run_id is not None:
+        steps = steps.filter(run_id=run_id)
+    count = 0
+    for step_id in steps.values_list("pk", flat=True):
+        with transaction.atomic():
+            claimed = Step.objects.filter(pk=step_id, status=Step.Status.QUEUED, job_id="").update(
+                job_id=ENQUEUED
+            )
+            if claimed:
+                enqueue(execute_step, step_id)
+                count += 1
+    return count
+
+
+def renew_leases(agent: Agent) -> None:
+    """Extend the agent's live leases to its team's TTL at the start of a step."""
+    from orchestrator.core.locks import lock_renew
+
+    for lock_id in Lock.objects.filter(agent=agent, released_at__isnull=True).values_list(
+        "pk", flat=True
+    ):
+        try:
+            lock_renew(lock_id=lock_id, agent=agent)
+        except ProtocolError:
+            logger.info("lease %s of %s could not be renewed", lock_id, agent.name)

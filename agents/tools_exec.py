@@ -1,0 +1,103 @@
+"""Executing an agent's tool calls through the coordination services.
+
+Every result is a JSON-safe dict for the model: ``ok`` says whether the call
+did what was asked; ``status`` ``waiting`` (with ``request_id`` or
+``approval_id``) means the step waits and the result is completed when the
+wait ends. Refusals come back as ``{"ok": false, "error", "detail"}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.core.approvals import approval_request
+from orchestrator.core.errors import Invalid
+from orchestrator.core.locks import holder_dict, lock_acquire, lock_release
+from orchestrator.core.models import Agent, Lock, LockMode, Step
+from orchestrator.core.resources import WriteResult, resource_read, resource_write
+
+
+def _resource(args: dict[str, Any]) -> str:
+    name = args.get("resource")
+    if not isinstance(name, str) or not name:
+        raise Invalid("bad_arguments", "'resource' must be a resource name")
+    return name
+
+
+def _held(agent: Agent, resource: str, *, exclusive: bool = False) -> Lock | None:
+    locks = Lock.objects.filter(agent=agent, resource__name=resource, released_at__isnull=True)
+    if exclusive:
+        locks = locks.filter(mode=LockMode.EXCLUSIVE)
+    return locks.first()
+
+
+def _write_result(result: WriteResult) -> dict[str, Any]:
+    if result.status == "applied":
+        return {"ok": True, "status": "applied", "version": result.version}
+    if result.status == "approval_pending":
+        return {"ok": True, "status": "waiting", "approval_id": result.approval.pk,
+                "detail": "waiting for an operator's approval"}  # fmt: skip
+    return {"ok": False, "error": result.status, "detail": result.detail}
+
+
+def execute(agent: Agent, step: Step, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run one tool call as ``agent`` in ``step``. Raises ProtocolError for refusals."""
+    if name == "finish":
+        return {"ok": True, "status": "finished", "summary": str(args.get("summary", ""))[:2000]}
+    resource = _resource(args)
+    if name == "acquire":
+        result = lock_acquire(
+            agent=agent,
+            resource=resource,
+            mode=args.get("mode", LockMode.EXCLUSIVE),
+            ttl=args.get("ttl"),
+            wait=True,
+            step=step,
+        )
+        if result.status == "granted":
+            return {
+                "ok": True,
+                "status": "granted",
+                "resource": resource,
+                "mode": result.lock.mode,
+                "fence": result.lock.token,
+                "expires_at": result.lock.expires_at.isoformat(),
+            }
+        return {"ok": True, "status": "waiting", "request_id": result.request.pk,
+                "holders": [h["agent"] for h in result.holders]}  # fmt: skip
+    if name == "read":
+        state = resource_read(resource=resource)
+        return {
+            "ok": True,
+            "value": state.resource.value,
+            "version": state.resource.version,
+            "fence": state.resource.fence,
+            "holders": [holder_dict(lock) for lock in state.holders],
+            "waiters": [{"agent": r.agent.name, "mode": r.mode} for r in state.waiters],
+        }
+    if name in ("write", "request_approval"):
+        if "value" not in args:
+            raise Invalid("bad_arguments", "'value' is required")
+        held = _held(agent, resource, exclusive=True)
+        fence = held.token if held is not None else None
+        if name == "write":
+            written = resource_write(
+                agent=agent, resource=resource, value=args["value"],
+                expected_version=args.get("expected_version"), fence=fence, step=step,
+            )  # fmt: skip
+        else:
+            written = approval_request(
+                agent=agent, resource=resource, value=args["value"],
+                expected_version=args.get("expected_version"), fence=fence, step=step,
+                note=str(args.get("note", "")),
+            )  # fmt: skip
+        return _write_result(written)
+    if name == "release":
+        held = _held(agent, resource)
+        if held is None:
+            return {"ok": False, "error": "not_holder", "detail": f"you hold no lock on {resource}"}
+        outcome = lock_release(lock_id=held.pk, agent=agent)
+        if outcome.status == "released":
+            return {"ok": True, "status": "released"}
+        return {"ok": False, "error": "lease_lost", "detail": f"the lock had {outcome.reason}"}
+    return {"ok": False, "error": "unknown_tool", "detail": f"there is no tool named {name!r}"}

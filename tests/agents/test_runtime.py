@@ -1,0 +1,185 @@
+"""The runtime on real RQ (in-process SimpleWorker in burst mode), PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import django_rq
+import pytest
+from rq import SimpleWorker
+
+from agents.backends import Decision, StepContext, ToolCall
+from agents.runtime import run_cancel, run_start
+from orchestrator.core.control import agents_set_paused, system_set_paused
+from orchestrator.core.locks import lock_acquire, lock_release
+from orchestrator.core.models import Agent, Event, Lock, Resource, Run, Step
+from orchestrator.core.resources import resource_create
+from tests import factories
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COUNTER_SCRIPT = [
+    {"tool": "acquire", "args": {"resource": "counter"}},
+    {"tool": "read", "args": {"resource": "counter"}},
+    {
+        "tool": "write",
+        "args": {"resource": "counter", "value": {"$inc": 1}, "expected_version": "$version"},
+    },
+    {"tool": "release", "args": {"resource": "counter"}},
+]
+
+
+@pytest.fixture
+def queue(redis_conn):
+    return django_rq.get_queue("steps")
+
+
+def drain() -> None:
+    """Run every queued job (and the jobs they enqueue) in this process, then return."""
+    django_rq.get_worker("steps", worker_class=SimpleWorker).work(burst=True)
+
+
+def scripted(team, name: str, script: list[dict], **config) -> Agent:
+    return factories.agent(
+        team_=team, name=name, backend="scripted", config={"script": script, **config}
+    )
+
+
+def test_a_run_of_scripted_agents_finishes_without_losing_updates(queue) -> None:
+    team = factories.team()
+    resource_create(name="counter", value=0)
+    agents = [scripted(team, f"inc-{i}", COUNTER_SCRIPT * 3) for i in range(3)]
+    run = run_start(team=team, goal="count to nine", seed=1)
+    assert queue.count == 3
+    drain()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+    counter = Resource.objects.get(name="counter")
+    assert (counter.value, counter.version) == (9, 9)
+    for agent in agents:
+        agent.refresh_from_db()
+        assert agent.status == "done"
+        steps = list(Step.objects.filter(run=run, agent=agent).order_by("number"))
+        assert all(step.status == "done" for step in steps)
+        assert steps[-1].tool_calls[0]["tool"] == "finish"
+        assert steps[0].transcript[0]["tool_calls"][0]["function"]["name"] == "acquire"
+    assert not Lock.objects.filter(released_at__isnull=True).exists()
+    assert Event.objects.filter(kind="run.finished", subject_id=run.pk).exists()
+
+
+def test_a_waiting_step_ends_its_job_and_the_grant_continues_it(queue) -> None:
+    team = factories.team()
+    resource_create(name="counter", value=0)
+    holder = factories.agent(team_=team, name="holder")
+    held = lock_acquire(agent=holder, resource="counter")
+    agent = scripted(team, "waiter", COUNTER_SCRIPT)
+    run = run_start(team=team, goal="wait", agents=[agent])
+    drain()  # returns: no worker sleeps on the lock
+    step = Step.objects.get(run=run, agent=agent, number=1)
+    assert step.status == "waiting"
+    assert queue.count == 0
+    lock_release(lock_id=held.lock.pk, agent=holder)  # the grant enqueues the continuation
+    assert queue.count == 1
+    drain()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+    step.refresh_from_db()
+    granted = step.tool_calls[0]["result"]
+    assert (granted["status"], granted["fence"]) == ("granted", 2)
+    assert step.transcript[1]["role"] == "tool"
+    assert Resource.objects.get(name="counter").value == 1
+
+
+def pausing_decider(context: StepContext) -> Decision:
+    """A custom agent that pauses itself after its first call (a human pressing pause)."""
+    if context.step_number == 1:
+        agents_set_paused(agents=[Agent.objects.get(name=context.agent)], paused=True)
+        return Decision(
+            tool_calls=[
+                ToolCall("c1", "read", {"resource": "doc"}),
+                ToolCall("c2", "write", {"resource": "doc", "value": "x"}),
+            ]
+        )
+    return Decision(tool_calls=[ToolCall(f"f{context.step_number}", "finish", {})])
+
+
+def test_pause_stops_between_tool_calls_and_resume_continues_once(queue) -> None:
+    team = factories.team()
+    resource_create(name="doc", value="original")
+    agent = factories.agent(
+        team_=team,
+        name="pausable",
+        backend="python",
+        config={"callable": "tests.agents.test_runtime.pausing_decider"},
+    )
+    run = run_start(team=team, goal="pause me", agents=[agent])
+    drain()
+    first = Step.objects.get(run=run, number=1)
+    results = [call["result"] for call in first.tool_calls]
+    assert results[0]["ok"] and results[1]["error"] == "stopped"
+    assert Resource.objects.get(name="doc").value == "original"
+    second = Step.objects.get(run=run, number=2)
+    assert (second.status, second.job_id) == ("queued", "")  # parked while paused
+    assert queue.count == 0
+    agents_set_paused(agents=[agent], paused=False)
+    agents_set_paused(agents=[agent], paused=False)  # a second resume changes nothing
+    assert queue.count == 1
+    drain()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+
+
+def test_pause_everything_parks_every_step(queue) -> None:
+    team = factories.team()
+    resource_create(name="counter", value=0)
+    scripted(team, "a", COUNTER_SCRIPT)
+    scripted(team, "b", COUNTER_SCRIPT)
+    system_set_paused(paused=True)
+    run = run_start(team=team, goal="parked")
+    drain()
+    assert Step.objects.filter(run=run, status="queued", job_id="").count() == 2
+    system_set_paused(paused=False)
+    drain()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+    assert Resource.objects.get(name="counter").value == 2
+
+
+def test_cancel_stops_the_run_and_releases_its_locks(queue) -> None:
+    team = factories.team()
+    resource_create(name="counter", value=0)
+    holder = factories.agent(team_=team, name="holder")
+    held = lock_acquire(agent=holder, resource="counter")
+    hog = scripted(
+        team,
+        "hog",
+        [
+            {"tool": "acquire", "args": {"resource": "other"}},
+            {"tool": "acquire", "args": {"resource": "counter"}},  # waits behind the holder
+        ],
+    )
+    resource_create(name="other")
+    waiter = scripted(team, "waiter", COUNTER_SCRIPT)
+    run = run_start(team=team, goal="cancel me", agents=[hog, waiter])
+    drain()
+    assert Lock.objects.filter(agent=hog, released_at__isnull=True).exists()
+    run_cancel(run_id=run.pk)
+    run.refresh_from_db()
+    assert run.status == Run.Status.CANCELLED
+    assert not Lock.objects.filter(agent=hog, released_at__isnull=True).exists()
+    assert not Step.objects.filter(run=run, status__in=["queued", "waiting"]).exists()
+    lock_release(lock_id=held.lock.pk, agent=holder)  # the waiter's request was cancelled
+    drain()
+    assert Resource.objects.get(name="counter").value == 0
+
+
+def test_a_failing_backend_fails_the_step_with_its_error(queue) -> None:
+    team = factories.team()
+    agent = factories.agent(
+        team_=team, name="broken", backend="python", config={"callable": "no.such.thing"}
+    )
+    run = run_start(team=team, goal="fail", agents=[agent])
+    drain()
+    step = Step.objects.get(run=run)
+    assert step.status == "failed"
+    assert "no.such.thing" in step.error
+    run.refresh_from_db()
+    assert run.status == Run.Status.FAILED
