@@ -1,0 +1,531 @@
+"""The OpenAI-compatible backend against a real HTTP server on 127.0.0.1, with the real client.
+
+The server is a small threaded ``http.server`` that answers chat-completions
+requests from a script of replies and records every request it received, so
+the tests assert on what went over the wire. No sleeps: the backend's waits
+between retries go through an injected ``sleep`` that records them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from agents.backends import get_backend
+from agents.backends.base import BackendError, Decision, StepContext
+from agents.backends.openai_backend import OpenAIBackend, well_formed_transcript
+from agents.tools import TOOL_NAMES, TOOL_SPECS
+from orchestrator.api_keys import secret_from_env
+
+KEY_ENV = "ORCH_TEST_MODEL_KEY"
+KEY = "sk-test-0123456789"
+
+
+# --- a scripted OpenAI-compatible server ---------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    hang: bool = False  # never answer (until the test ends)
+
+
+class ModelServer:
+    """Answers POSTs with the scripted replies in order; records each request first."""
+
+    def __init__(self) -> None:
+        self.replies: deque[Reply] = deque()
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"null")
+                with server.lock:
+                    server.requests.append(
+                        {"path": self.path, "headers": dict(self.headers), "body": body}
+                    )
+                    reply = server.replies.popleft() if server.replies else None
+                if reply is None:
+                    reply = Reply(418, {"error": {"message": "no reply scripted"}})
+                if reply.hang:
+                    server.release.wait(timeout=30)
+                    return
+                data = json.dumps(reply.body).encode()
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:  # the client gave up already
+                    pass
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        # A short poll interval keeps shutdown() quick at teardown.
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def reply(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    def bodies(self) -> list[dict[str, Any]]:
+        return [request["body"] for request in self.requests]
+
+
+@pytest.fixture
+def server() -> Iterator[ModelServer]:
+    model_server = ModelServer()
+    model_server.thread.start()
+    yield model_server
+    model_server.release.set()
+    model_server.httpd.shutdown()
+    model_server.httpd.server_close()
+
+
+@pytest.fixture
+def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    return KEY
+
+
+class Sleeps(list):
+    """A ``sleep`` that records the delay instead of waiting."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+# --- builders ------------------------------------------------------------------------
+
+
+def config(base_url: str, **overrides: Any) -> dict[str, Any]:
+    return {
+        "model": "test-model",
+        "base_url": base_url,
+        "api_key_env": KEY_ENV,
+        "temperature": 0.3,
+        "system_prompt": "You book meeting rooms for the team.",
+        "max_steps": 50,
+        **overrides,
+    }
+
+
+def backend(base_url: str, sleep: Sleeps | None = None, **policy: Any) -> OpenAIBackend:
+    policy = {"attempts": 3, "base_delay": 0.01, "jitter": 0.0, "request_timeout": 5.0, **policy}
+    return OpenAIBackend(config(base_url), sleep=Sleeps() if sleep is None else sleep, **policy)
+
+
+def context(transcript: list[dict[str, Any]] | None = None, step: int = 1) -> StepContext:
+    return StepContext(
+        agent="booker-1",
+        role="books rooms",
+        goal="Book room 101 for Tuesday 10:00.",
+        config={},
+        transcript=transcript or [],
+        tools=TOOL_SPECS,
+        step_number=step,
+        seed=7,
+    )
+
+
+def call(call_id: str, name: str, arguments: Any) -> dict[str, Any]:
+    raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": raw}}
+
+
+def completion(content: str | None = None, calls: list[dict[str, Any]] | None = None) -> Reply:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = calls
+    return Reply(
+        body={
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "test-model",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": "tool_calls" if calls else "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }
+    )
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, {"error": {"message": message, "type": "test"}}, headers or {})
+
+
+def assistant_message(decision: Decision) -> dict[str, Any]:
+    """What the runtime records for a turn (OpenAI chat format)."""
+    return {
+        "role": "assistant",
+        "content": decision.message or None,
+        "tool_calls": [
+            call(tool_call.id, tool_call.name, tool_call.arguments)
+            for tool_call in decision.tool_calls
+        ],
+    }
+
+
+# --- a conversation ------------------------------------------------------------------
+
+
+def test_multi_turn_conversation_sends_the_right_messages(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(
+        completion(calls=[call("c1", "acquire", {"resource": "room-101", "mode": "exclusive"})]),
+        completion(
+            "Room 101 is free; booking it.",
+            [
+                call(
+                    "c2",
+                    "write",
+                    {
+                        "resource": "room-101",
+                        "value": {"tue-10": "booker-1"},
+                        "expected_version": 3,
+                    },
+                )
+            ],
+        ),
+        completion(calls=[call("c3", "release", {"resource": "room-101"})]),
+        completion("Done.", [call("c4", "finish", {"summary": "booked room 101"})]),
+    )
+    results = {
+        "c1": {"granted": True, "fence": 11},
+        "c2": {"ok": True, "version": 4},
+        "c3": {"released": True},
+        "c4": {"finished": True},
+    }
+    model = backend(server.url)
+    transcript: list[dict[str, Any]] = []
+    decisions = []
+    for step in range(1, 5):
+        decision = model.decide(context(list(transcript), step=step))
+        decisions.append(decision)
+        transcript.append(assistant_message(decision))
+        for tool_call in decision.tool_calls:
+            transcript.append(
+                {
+                    "role": "tool",
+                    "tool_call_id": tool_call.id,
+                    "content": json.dumps(results[tool_call.id]),
+                }
+            )
+
+    assert [[c.name for c in d.tool_calls] for d in decisions] == [
+        ["acquire"],
+        ["write"],
+        ["release"],
+        ["finish"],
+    ]
+    assert decisions[0].tool_calls[0].arguments == {"resource": "room-101", "mode": "exclusive"}
+    assert decisions[1].message == "Room 101 is free; booking it."
+    assert decisions[1].tool_calls[0].arguments == {
+        "resource": "room-101",
+        "value": {"tue-10": "booker-1"},
+        "expected_version": 3,
+    }
+    assert all(not c.error for d in decisions for c in d.tool_calls)
+
+    assert [r["path"] for r in server.requests] == ["/v1/chat/completions"] * 4
+    bodies = server.bodies()
+    for number, body in enumerate(bodies):
+        assert body["model"] == "test-model"
+        assert body["temperature"] == 0.3
+        assert body["tools"] == TOOL_SPECS
+        assert body["tool_choice"] == "auto"
+        system, kickoff, *rest = body["messages"]
+        assert system["role"] == "system"
+        assert system["content"].startswith("You book meeting rooms for the team.")
+        assert "booker-1" in system["content"]
+        assert "books rooms" in system["content"]
+        assert "Book room 101 for Tuesday 10:00." in system["content"]
+        assert kickoff["role"] == "user"
+        assert "Book room 101 for Tuesday 10:00." in kickoff["content"]
+        # Every prior turn, with its tool results, is sent back as it was recorded.
+        assert rest == transcript[: 2 * number]
+    # The last request carried the results of acquire, write and release.
+    tool_messages = [m for m in bodies[3]["messages"] if m["role"] == "tool"]
+    assert [(m["tool_call_id"], json.loads(m["content"])) for m in tool_messages] == [
+        ("c1", {"granted": True, "fence": 11}),
+        ("c2", {"ok": True, "version": 4}),
+        ("c3", {"released": True}),
+    ]
+
+
+def test_the_factory_builds_this_backend(server: ModelServer, api_key: str) -> None:
+    server.reply(completion("hello"))
+    decision = get_backend("openai", config(server.url)).decide(context())
+    assert decision == Decision(message="hello", tool_calls=[])
+
+
+def test_an_answer_without_text_or_calls_is_an_empty_decision(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(completion(None))
+    assert backend(server.url).decide(context()) == Decision(message="", tool_calls=[])
+
+
+# --- what the model gets wrong ---------------------------------------------------------
+
+
+def test_malformed_tool_calls_come_back_with_an_error_not_an_exception(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(
+        completion(
+            calls=[
+                call("bad-json", "write", '{"resource": "room-101", "value": '),
+                call("array", "acquire", '["room-101", "exclusive"]'),
+                call("unknown", "book_room", {"room": "101"}),
+                call("good", "read", {"resource": "room-101"}),
+                call("empty", "finish", ""),
+            ]
+        )
+    )
+    calls = {c.id: c for c in backend(server.url).decide(context()).tool_calls}
+
+    assert calls["bad-json"].arguments is None
+    assert calls["bad-json"].name == "write"
+    assert "not valid JSON" in calls["bad-json"].error
+    assert calls["array"].arguments is None
+    assert "must be a JSON object" in calls["array"].error
+    assert "array" in calls["array"].error
+    assert calls["unknown"].arguments is None
+    assert calls["unknown"].name == "book_room"
+    assert "no tool named 'book_room'" in calls["unknown"].error
+    assert all(name in calls["unknown"].error for name in TOOL_NAMES)
+    assert calls["good"].arguments == {"resource": "room-101"}
+    assert calls["good"].error == ""
+    assert calls["empty"].arguments == {}
+    assert list(calls) == ["bad-json", "array", "unknown", "good", "empty"]
+
+
+def test_a_tool_call_without_an_id_gets_one(server: ModelServer, api_key: str) -> None:
+    server.reply(completion(calls=[call("", "read", {"resource": "a"})]))
+    (tool_call,) = backend(server.url).decide(context(step=9)).tool_calls
+    assert tool_call.id == "call_9_0"
+
+
+# --- retries ---------------------------------------------------------------------------
+
+
+def test_429_is_retried_after_the_servers_retry_after(server: ModelServer, api_key: str) -> None:
+    server.reply(
+        error(429, "Rate limit reached", {"Retry-After": "0.5"}),
+        completion(calls=[call("c1", "read", {"resource": "room-101"})]),
+    )
+    sleeps = Sleeps()
+    decision = backend(server.url, sleeps).decide(context())
+    assert [c.name for c in decision.tool_calls] == ["read"]
+    assert len(server.requests) == 2
+    assert sleeps == [0.5]  # Retry-After wins over the 0.01 s backoff
+
+
+def test_500s_are_retried_with_exponential_backoff(server: ModelServer, api_key: str) -> None:
+    server.reply(error(500, "boom"), error(502, "bad gateway"), completion("ok"))
+    sleeps = Sleeps()
+    decision = backend(server.url, sleeps).decide(context())
+    assert decision.message == "ok"
+    assert len(server.requests) == 3
+    assert sleeps == [0.01, 0.02]
+    # The same request each time.
+    assert server.bodies()[0] == server.bodies()[1] == server.bodies()[2]
+
+
+def test_persistent_5xx_gives_up_after_the_attempts(server: ModelServer, api_key: str) -> None:
+    server.reply(*[error(503, "model is loading")] * 5)
+    with pytest.raises(BackendError) as failure:
+        backend(server.url).decide(context())
+    assert len(server.requests) == 3
+    assert str(failure.value) == (
+        f"model endpoint {server.url} kept failing after 3 attempts: HTTP 503: model is loading"
+    )
+
+
+def test_a_retry_after_beyond_the_time_budget_is_not_waited_for(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(error(429, "slow down", {"Retry-After": "120"}), completion("never"))
+    sleeps = Sleeps()
+    with pytest.raises(BackendError, match="kept failing after 1 attempt: HTTP 429: slow down"):
+        backend(server.url, sleeps, total_timeout=10.0).decide(context())
+    assert sleeps == []
+    assert len(server.requests) == 1
+
+
+def test_unreachable_endpoint_fails_readably_in_bounded_time() -> None:
+    # A port that is bound but not listening refuses connections, and nobody else can take it.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{reserved.getsockname()[1]}/v1"
+        sleeps = Sleeps()
+        started = time.monotonic()
+        with pytest.raises(BackendError) as failure:
+            backend(url, sleeps).decide(context())
+        elapsed = time.monotonic() - started
+    assert str(failure.value) == f"model endpoint {url} unreachable after 3 attempts: " + (
+        "Connection refused"
+    )
+    assert len(sleeps) == 2
+    assert elapsed < 5
+
+
+def test_a_silent_endpoint_times_out_within_the_total_budget(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(*[Reply(hang=True)] * 10)
+    started = time.monotonic()
+    with pytest.raises(BackendError) as failure:
+        backend(server.url, attempts=10, request_timeout=0.2, total_timeout=0.5).decide(context())
+    elapsed = time.monotonic() - started
+    assert f"model endpoint {server.url} timed out after " in str(failure.value)
+    assert 2 <= len(server.requests) <= 3
+    assert elapsed < 2
+
+
+def test_401_fails_at_once_without_retries(server: ModelServer, api_key: str) -> None:
+    server.reply(error(401, "Incorrect API key provided"), completion("never"))
+    sleeps = Sleeps()
+    with pytest.raises(BackendError) as failure:
+        backend(server.url, sleeps).decide(context())
+    assert str(failure.value) == (
+        f"model endpoint {server.url} refused the request (model test-model): "
+        "HTTP 401: Incorrect API key provided"
+    )
+    assert len(server.requests) == 1
+    assert sleeps == []
+    assert KEY not in str(failure.value)
+
+
+def test_404_names_the_model(server: ModelServer, api_key: str) -> None:
+    server.reply(error(404, "model 'test-model' not found, try pulling it first"))
+    with pytest.raises(BackendError, match=r"\(model test-model\): HTTP 404: model 'test-model'"):
+        backend(server.url).decide(context())
+    assert len(server.requests) == 1
+
+
+# --- the API key -----------------------------------------------------------------------
+
+
+def test_the_api_key_comes_from_the_named_variable_as_a_bearer_token(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "sk-from-the-environment")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-the-wrong-one")
+    server.reply(completion("ok"))
+    backend(server.url).decide(context())
+    assert server.requests[0]["headers"]["Authorization"] == "Bearer sk-from-the-environment"
+
+
+def test_a_self_hosted_endpoint_needs_no_key(
+    server: ModelServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    server.reply(completion("ok"))
+    assert backend(server.url).decide(context()).message == "ok"
+
+
+def test_openai_itself_without_a_key_fails_before_any_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    model = OpenAIBackend(config(""))
+    with pytest.raises(BackendError, match=f"environment variable {KEY_ENV} .* is not set"):
+        model.decide(context())
+
+
+def test_the_projects_own_settings_are_never_sent_as_keys(server: ModelServer) -> None:
+    model = OpenAIBackend({**config(server.url), "api_key_env": "SECRET_KEY"})
+    with pytest.raises(BackendError, match="SECRET_KEY is one of the project's own settings"):
+        model.decide(context())
+    assert server.requests == []
+
+
+def test_secret_from_env_accepts_only_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from orchestrator.api_keys import ENV_NAME
+    from orchestrator.core.backends import _ENV_NAME
+
+    assert ENV_NAME.pattern == _ENV_NAME.pattern
+    monkeypatch.setenv(KEY_ENV, "  sk-padded \n")
+    assert secret_from_env(KEY_ENV) == "sk-padded"
+    monkeypatch.setenv(KEY_ENV, " ")
+    assert secret_from_env(KEY_ENV) is None
+    for bad in ("sk-live-123", "lower_case", "", "A" * 129, "DATABASE_URL"):
+        with pytest.raises(ValueError):
+            secret_from_env(bad)
+
+
+# --- the transcript a window cut --------------------------------------------------------
+
+
+def test_a_transcript_cut_mid_turn_is_repaired_before_sending(
+    server: ModelServer, api_key: str
+) -> None:
+    transcript = [
+        # The window starts after an assistant message: its results answer nothing.
+        {"role": "tool", "tool_call_id": "old", "content": '{"ok": true}'},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [call("a", "read", {"resource": "x"})],
+        },
+        {"role": "tool", "tool_call_id": "a", "content": '{"value": 1}'},
+        # A turn whose second call never ran.
+        {
+            "role": "assistant",
+            "content": "two things",
+            "tool_calls": [call("b", "acquire", {"resource": "x"}), call("c", "read", {})],
+        },
+        {"role": "tool", "tool_call_id": "b", "content": '{"granted": true}'},
+    ]
+    original = json.loads(json.dumps(transcript))
+    server.reply(completion("ok"))
+    backend(server.url).decide(context(transcript))
+
+    sent = server.bodies()[0]["messages"][2:]
+    placeholder = json.dumps({"error": "no result was recorded for this call"})
+    assert sent == [*transcript[1:], {"role": "tool", "tool_call_id": "c", "content": placeholder}]
+    assert transcript == original  # not modified in place
+    assert well_formed_transcript(sent) == sent
+
+
+def test_a_transcript_that_opens_with_a_user_message_gets_no_second_one(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(completion("ok"))
+    backend(server.url).decide(context([{"role": "user", "content": "Operator: hurry."}]))
+    roles = [m["role"] for m in server.bodies()[0]["messages"]]
+    assert roles == ["system", "user"]
