@@ -80,9 +80,13 @@ def run_start(
     agents: list[Agent] | None = None,
     max_steps: int = 50,
     seed: int | None = None,
+    unguarded: bool = False,
     user: User = None,
 ) -> Run:
-    """Create a run and enqueue the first step of each of its agents (after commit)."""
+    """Create a run and enqueue the first step of each of its agents (after commit).
+
+    ``unguarded`` bypasses the protocol for this run's tool calls (agents.tools_exec).
+    """
     members = agents if agents is not None else list(team.agents.order_by("pk"))
     run = Run.objects.create(
         team=team,
@@ -90,6 +94,7 @@ def run_start(
         status=Run.Status.RUNNING,
         max_steps=max_steps,
         seed=seed,
+        unguarded=unguarded,
         created_by=user if user is not None and user.is_authenticated else None,
         started_at=timezone.now(),
     )

@@ -4,6 +4,11 @@ Every result is a JSON-safe dict for the model: ``ok`` says whether the call
 did what was asked; ``status`` ``waiting`` (with ``request_id`` or
 ``approval_id``) means the step waits and the result is completed when the
 wait ends. Refusals come back as ``{"ok": false, "error", "detail"}``.
+
+In an unguarded run (``Run.unguarded``) the protocol is bypassed, to show what
+goes wrong without it: ``acquire`` is granted without locking (fence null),
+``release`` answers released, and ``write`` is applied unconditionally
+(``resource_write_unguarded``, still recorded in the history and the event log).
 """
 
 from __future__ import annotations
@@ -13,8 +18,13 @@ from typing import Any
 from orchestrator.core.approvals import approval_request
 from orchestrator.core.errors import Invalid
 from orchestrator.core.locks import holder_dict, lock_acquire, lock_release
-from orchestrator.core.models import Agent, Lock, LockMode, Step
-from orchestrator.core.resources import WriteResult, resource_read, resource_write
+from orchestrator.core.models import Agent, Lock, LockMode, Run, Step
+from orchestrator.core.resources import (
+    WriteResult,
+    resource_read,
+    resource_write,
+    resource_write_unguarded,
+)
 
 
 def _resource(args: dict[str, Any]) -> str:
@@ -40,11 +50,40 @@ def _write_result(result: WriteResult) -> dict[str, Any]:
     return {"ok": False, "error": result.status, "detail": result.detail}
 
 
+def _unguarded(step: Step) -> bool:
+    return Run.objects.filter(pk=step.run_id, unguarded=True).exists()
+
+
+BYPASSED = ("acquire", "release", "write")
+
+
+def _execute_unguarded(
+    agent: Agent, name: str, resource: str, args: dict[str, Any]
+) -> dict[str, Any]:
+    """The unguarded answer to ``acquire``, ``release`` or ``write``."""
+    if name == "acquire":
+        resource_read(resource=resource)  # a missing resource is still an error
+        mode = args.get("mode", LockMode.EXCLUSIVE)
+        return {"ok": True, "status": "granted", "resource": resource, "mode": mode,
+                "fence": None, "unguarded": True}  # fmt: skip
+    if name == "release":
+        return {"ok": True, "status": "released", "unguarded": True}
+    if "value" not in args:
+        raise Invalid("bad_arguments", "'value' is required")
+    written = resource_write_unguarded(
+        agent=agent, resource=resource, value=args["value"],
+        base_version=args.get("expected_version"),
+    )  # fmt: skip
+    return _write_result(written)
+
+
 def execute(agent: Agent, step: Step, name: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run one tool call as ``agent`` in ``step``. Raises ProtocolError for refusals."""
     if name == "finish":
         return {"ok": True, "status": "finished", "summary": str(args.get("summary", ""))[:2000]}
     resource = _resource(args)
+    if name in BYPASSED and _unguarded(step):
+        return _execute_unguarded(agent, name, resource, args)
     if name == "acquire":
         result = lock_acquire(
             agent=agent,

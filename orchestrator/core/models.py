@@ -255,6 +255,10 @@ class Run(models.Model):
     paused = models.BooleanField(default=False)
     max_steps = models.PositiveIntegerField(default=50)
     seed = models.BigIntegerField(null=True, blank=True)
+    unguarded = models.BooleanField(
+        default=False,
+        help_text="Bypass the protocol (no locks, no version checks) to show what fails.",
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )

@@ -35,6 +35,7 @@ from orchestrator.core.locks import (
     db_now,
     load_queue,
     open_queue,
+    resource_for_update,
     resource_lookup,
 )
 from orchestrator.core.models import (
@@ -465,4 +466,45 @@ def resource_write(
         return WriteResult("approval_pending", res, approval=approval)
 
     version = apply_write(res, value, agent=agent, fence=fence, team_id=team_id)
+    return WriteResult("applied", res, version=version)
+
+
+@service
+def resource_write_unguarded(
+    *,
+    agent: Agent,
+    resource: Resource | str | int,
+    value: Any,
+    base_version: Any = None,
+) -> WriteResult:
+    """Apply ``value`` as the next version with no protocol checks (an unguarded run).
+
+    No fence, lock or version is checked: this is what agents do without the
+    protocol, so that the failures can be shown. The write is still recorded
+    like any other (a ResourceVersion row and a ``resource.written`` Event whose
+    payload says ``"unguarded": true`` and the version the writer said it read),
+    so the run checker can tell what happened. The Resource row lock is taken
+    only to number the versions consistently.
+    """
+    value = clean_value(value)
+    base_version = clean_version(base_version)
+    res, _now = resource_for_update(resource)
+    version = hotpath.write_value(
+        res, value, agent_id=agent.pk, user_id=None, fence=None, now=timezone.now()
+    )
+    event_emit(
+        "resource.written",
+        team=agent.team_id,
+        agent=agent,
+        subject=res,
+        payload={
+            "resource": res.name,
+            "version": version,
+            "fence": None,
+            "approval": None,
+            "by": agent.name,
+            "unguarded": True,
+            "base_version": base_version,
+        },
+    )
     return WriteResult("applied", res, version=version)
