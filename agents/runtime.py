@@ -174,14 +174,22 @@ def step_begin(*, step_id: int, job_id: str = "") -> Begin:
 
 def transcript_of(run_id: int, agent_id: int, before: int) -> list[dict[str, Any]]:
     """The agent's messages in this run, from the steps before ``before``."""
-    messages: list[dict[str, Any]] = []
-    for transcript in (
+    turns: list[list[dict[str, Any]]] = list(
         Step.objects.filter(run_id=run_id, agent_id=agent_id, number__lt=before)
+        .exclude(transcript=[])
         .order_by("number")
         .values_list("transcript", flat=True)
-    ):
-        messages.extend(transcript)
-    return messages[-TRANSCRIPT_WINDOW:]
+    )
+    # Keep whole turns (an assistant message with all its tool results), the most
+    # recent ones within the window, so a model never sees a result without its call.
+    kept: list[list[dict[str, Any]]] = []
+    size = 0
+    for turn in reversed(turns):
+        if kept and size + len(turn) > TRANSCRIPT_WINDOW:
+            break
+        kept.append(turn)
+        size += len(turn)
+    return [message for turn in reversed(kept) for message in turn]
 
 
 def _current_job_id() -> str:

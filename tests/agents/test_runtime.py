@@ -183,3 +183,22 @@ def test_a_failing_backend_fails_the_step_with_its_error(queue) -> None:
     assert "no.such.thing" in step.error
     run.refresh_from_db()
     assert run.status == Run.Status.FAILED
+
+
+def test_the_transcript_window_keeps_whole_turns(monkeypatch) -> None:
+    from agents import runtime
+
+    team = factories.team()
+    agent = factories.agent(team_=team)
+    run = factories.run(team=team)
+    for number, calls in ((1, 3), (2, 1), (3, 2)):
+        turn = [
+            {"role": "assistant", "tool_calls": [{"id": f"{number}-{i}"} for i in range(calls)]}
+        ]
+        turn += [{"role": "tool", "tool_call_id": f"{number}-{i}"} for i in range(calls)]
+        Step.objects.create(run=run, agent=agent, number=number, status="done", transcript=turn)
+    monkeypatch.setattr(runtime, "TRANSCRIPT_WINDOW", 6)
+    messages = runtime.transcript_of(run.pk, agent.pk, before=4)
+    # Turns of 4, 2 and 3 messages: the last two fit in 6, the first is dropped whole.
+    assert [m["role"] for m in messages] == ["assistant", "tool", "assistant", "tool", "tool"]
+    assert messages[0]["tool_calls"][0]["id"] == "2-0"
