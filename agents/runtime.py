@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import dataclass
+import threading
+import uuid
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import django_rq
@@ -34,7 +36,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from agents.backends import BackendError, StepContext, get_backend
+from agents.backends import BackendError, StepContext, ToolCall, get_backend
 from agents.tools import TOOL_SPECS
 from orchestrator.core import wakeups
 from orchestrator.core.errors import ProtocolError
@@ -57,16 +59,31 @@ from orchestrator.core.rowlocks import lock_agents, lock_runs, lock_steps
 logger = logging.getLogger(__name__)
 
 QUEUE = "steps"
-# Step.job_id of a step whose job is in the queue: a step with job_id "" is parked
-# (paused) and needs a new job to go on; anything else must not be enqueued again.
-ENQUEUED = "enqueued"
-TRANSCRIPT_WINDOW = 60  # messages given to the backend
+# Step.job_id is the id of the RQ job that runs it (set when it is enqueued); a
+# step with job_id "" is parked (paused) and needs a new job to go on.
+# Messages given to the backend. It must cover the scripted backend's retry limit:
+# 20 refused writes with their 19 re-reads are 78 messages; with less, an agent
+# whose write can never apply loops until its step limit instead of giving up.
+TRANSCRIPT_WINDOW = 80
+HEARTBEAT_SECONDS = 5.0
 User = AbstractBaseUser | AnonymousUser | None
 
 
-def enqueue(func: Any, *args: Any) -> None:
+def enqueue(func: Any, *args: Any, job_id: str | None = None) -> None:
     """Enqueue a job on the steps queue once the current transaction commits."""
-    django_rq.get_queue(QUEUE).enqueue(func, *args, job_timeout=600)
+    django_rq.get_queue(QUEUE).enqueue(func, *args, job_timeout=600, job_id=job_id)
+
+
+def new_job_id(step_id: int) -> str:
+    return f"step-{step_id}-{uuid.uuid4().hex[:12]}"
+
+
+def enqueue_step(step_id: int) -> str:
+    """Give a step a new job (after commit). Caller holds the step's row or created it."""
+    job_id = new_job_id(step_id)
+    Step.objects.filter(pk=step_id).update(job_id=job_id)
+    enqueue(execute_step, step_id, job_id=job_id)
+    return job_id
 
 
 # --- starting a run -------------------------------------------------------------------
@@ -101,8 +118,8 @@ def run_start(
     for agent in lock_agents(a.pk for a in members):
         agent.status = AgentStatus.RUNNING
         agent.save(update_fields=["status"])
-        step = Step.objects.create(run=run, agent=agent, number=1, job_id=ENQUEUED)
-        enqueue(execute_step, step.pk)
+        step = Step.objects.create(run=run, agent=agent, number=1)
+        enqueue_step(step.pk)
     event_emit(
         "run.started",
         team=team,
@@ -146,6 +163,8 @@ def step_begin(*, step_id: int, job_id: str = "") -> Begin:
     (step,) = lock_steps([step_id]) or [None]
     if step is None or step.status != Step.Status.QUEUED:
         return Begin(False, reason="not runnable")  # a duplicate delivery, or already done
+    if job_id and step.job_id and job_id != step.job_id:
+        return Begin(False, reason="superseded")  # the step was re-enqueued since
     reason = stop_reason(step)
     if reason == "cancelled":
         step.status = Step.Status.CANCELLED
@@ -160,9 +179,9 @@ def step_begin(*, step_id: int, job_id: str = "") -> Begin:
         return Begin(False, step, reason)
     step.status = Step.Status.RUNNING
     step.attempts += 1
-    step.job_id = job_id[:64]
     step.started_at = step.started_at or timezone.now()
-    step.save(update_fields=["status", "attempts", "job_id", "started_at"])
+    step.heartbeat_at = timezone.now()
+    step.save(update_fields=["status", "attempts", "started_at", "heartbeat_at"])
     event_emit(
         "step.started",
         agent=step.agent,
@@ -200,21 +219,47 @@ def _current_job_id() -> str:
 
 
 def execute_step(step_id: int) -> str:
-    """RQ job: one agent turn. Returns the step's status."""
+    """RQ job: one agent turn. Returns the step's status.
+
+    Crash-safe: the backend's decision is saved before any tool call runs and
+    each call's result is journaled as soon as it returns, so a step retried
+    after its worker died replays the same calls and skips those already done;
+    writes carry an idempotency key (step and call id), so a write whose result
+    was not journaled before the crash is found, not applied again.
+    """
     begin = step_begin(step_id=step_id, job_id=_current_job_id())
     if not begin.go:
         return begin.reason
     step = begin.step
     agent = Agent.objects.select_related("team").get(pk=step.agent_id)
+    with Heartbeat(step.pk, agent):
+        if step.decision:  # a retry: replay what was decided
+            assistant = step.decision["assistant"]
+            calls = [ToolCall(**call) for call in step.decision["calls"]]
+        else:
+            decided = _decide(step, agent)
+            if isinstance(decided, str):
+                return decided
+            assistant, calls = decided
+        executed = _run_calls(step, agent, calls)
+    return step_finish(
+        step_id=step.pk,
+        assistant=assistant,
+        executed=executed,
+        waiting=any(call["result"].get("status") == "waiting" for call in executed),
+        finished=any(call["tool"] == "finish" and call["result"].get("ok") for call in executed),
+    )
+
+
+def _decide(step: Step, agent: Agent) -> tuple[dict[str, Any], list[ToolCall]] | str:
+    """Ask the backend (outside any transaction) and save its decision on the step."""
     run = Run.objects.get(pk=step.run_id)
-    renew_leases(agent)
-    history = transcript_of(run.pk, agent.pk, step.number)
     context = StepContext(
         agent=agent.name,
         role=agent.role,
         goal=run.goal,
         config=agent.config,
-        transcript=history,
+        transcript=transcript_of(run.pk, agent.pk, step.number),
         tools=TOOL_SPECS,
         step_number=step.number,
         seed=random.Random(f"{run.seed}:{agent.pk}:{step.number}").randrange(2**32),  # noqa: S311
@@ -237,32 +282,69 @@ def execute_step(step_id: int) -> str:
     assistant: dict[str, Any] = {"role": "assistant", "content": decision.message or None}
     if calls:
         assistant["tool_calls"] = calls
+    saved = [asdict(call) for call in decision.tool_calls]
+    Step.objects.filter(pk=step.pk).update(decision={"assistant": assistant, "calls": saved})
+    return assistant, decision.tool_calls
+
+
+def _run_calls(step: Step, agent: Agent, calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """Execute the calls not yet journaled; journal each result as it comes."""
+    journal = {call["id"]: call for call in step.tool_calls or []}
     executed: list[dict[str, Any]] = []
-    waiting: dict[str, Any] | None = None
-    finished = False
-    for call in decision.tool_calls:
-        if waiting is not None:
-            executed.append(_record(call.id, call.name, call.arguments, _skipped()))
+    waiting = False
+    for call in calls:
+        if call.id in journal:
+            executed.append(journal[call.id])
+            waiting = waiting or journal[call.id]["result"].get("status") == "waiting"
             continue
-        if executed and stop_reason(step):
-            executed.append(_record(call.id, call.name, call.arguments, _stopped(step)))
-            continue
-        if call.arguments is None:
+        if waiting:
+            result = _skipped()
+        elif executed and stop_reason(step):
+            result = _stopped(step)
+        elif call.arguments is None:
             result = {"ok": False, "error": "bad_arguments", "detail": call.error}
         else:
-            result = run_tool(agent, step, call.name, call.arguments)
+            result = run_tool(agent, step, call.name, call.arguments, key=f"{step.pk}:{call.id}")
         executed.append(_record(call.id, call.name, call.arguments, result))
-        if result.get("status") == "waiting":
-            waiting = executed[-1]
-        if call.name == "finish" and result.get("ok"):
-            finished = True
-    return step_finish(
-        step_id=step.pk,
-        assistant=assistant,
-        executed=executed,
-        waiting=waiting is not None,
-        finished=finished,
-    )
+        waiting = waiting or result.get("status") == "waiting"
+        Step.objects.filter(pk=step.pk).update(tool_calls=executed, heartbeat_at=timezone.now())
+    return executed
+
+
+class Heartbeat:
+    """While a step runs: mark it alive and keep its agent's leases from running out.
+
+    A thread wakes every ``HEARTBEAT_SECONDS``; the monitor treats a running
+    step whose heartbeat is older than ``agents.recovery.STALE_AFTER`` as lost
+    (its worker died) and retries it.
+    """
+
+    def __init__(self, step_id: int, agent: Agent) -> None:
+        self.step_id, self.agent = step_id, agent
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"heartbeat-{step_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        Step.objects.filter(pk=self.step_id).update(heartbeat_at=timezone.now())
+        renew_leases(self.agent)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(HEARTBEAT_SECONDS * 2)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self.stop.wait(HEARTBEAT_SECONDS):
+                Step.objects.filter(pk=self.step_id).update(heartbeat_at=timezone.now())
+                renew_leases(self.agent)
+        except Exception:  # the step itself decides its fate; the monitor covers the rest
+            logger.exception("heartbeat of step %s failed", self.step_id)
+        finally:
+            connection.close()
 
 
 def _record(call_id: str, name: str, arguments: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -280,12 +362,17 @@ def _stopped(step: Step) -> dict[str, Any]:
 # --- tools ----------------------------------------------------------------------------
 
 
-def run_tool(agent: Agent, step: Step, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Execute one tool call through the services; the JSON-safe result for the model."""
+def run_tool(
+    agent: Agent, step: Step, name: str, args: dict[str, Any], *, key: str = ""
+) -> dict[str, Any]:
+    """Execute one tool call through the services; the JSON-safe result for the model.
+
+    ``key`` identifies the call (step and call id) so that a retried call is not
+    applied twice."""
     from agents import tools_exec
 
     try:
-        return tools_exec.execute(agent, step, name, args)
+        return tools_exec.execute(agent, step, name, args, key=key)
     except ProtocolError as exc:
         return {"ok": False, **exc.as_dict()}
 
@@ -346,9 +433,9 @@ def _complete(step: Step, *, finished: bool) -> str:
         pass
     else:
         following = Step.objects.create(
-            run_id=step.run_id, agent_id=step.agent_id, number=step.number + 1, job_id=ENQUEUED
+            run_id=step.run_id, agent_id=step.agent_id, number=step.number + 1
         )
-        enqueue(execute_step, following.pk)
+        enqueue_step(following.pk)
     return step.status
 
 
@@ -489,11 +576,9 @@ def resume_queued(*, agent_ids: list[int] | None = None, run_id: int | None = No
     count = 0
     for step_id in steps.values_list("pk", flat=True):
         with transaction.atomic():
-            claimed = Step.objects.filter(pk=step_id, status=Step.Status.QUEUED, job_id="").update(
-                job_id=ENQUEUED
-            )
-            if claimed:
-                enqueue(execute_step, step_id)
+            parked = lock_steps([step_id])
+            if parked and parked[0].status == Step.Status.QUEUED and not parked[0].job_id:
+                enqueue_step(step_id)
                 count += 1
     return count
 

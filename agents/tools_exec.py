@@ -77,8 +77,12 @@ def _execute_unguarded(
     return _write_result(written)
 
 
-def execute(agent: Agent, step: Step, name: str, args: dict[str, Any]) -> dict[str, Any]:
-    """Run one tool call as ``agent`` in ``step``. Raises ProtocolError for refusals."""
+def execute(
+    agent: Agent, step: Step, name: str, args: dict[str, Any], *, key: str = ""
+) -> dict[str, Any]:
+    """Run one tool call as ``agent`` in ``step``. Raises ProtocolError for refusals.
+
+    ``key`` makes a write idempotent: a retried call returns the earlier result."""
     if name == "finish":
         return {"ok": True, "status": "finished", "summary": str(args.get("summary", ""))[:2000]}
     resource = _resource(args)
@@ -123,6 +127,7 @@ def execute(agent: Agent, step: Step, name: str, args: dict[str, Any]) -> dict[s
             written = resource_write(
                 agent=agent, resource=resource, value=args["value"],
                 expected_version=args.get("expected_version"), fence=fence, step=step,
+                idempotency_key=key,
             )  # fmt: skip
         else:
             written = approval_request(

@@ -38,8 +38,9 @@ WITH written AS (
     UPDATE core_resource SET value = %s, version = version + 1, updated_at = %s
      WHERE id = %s RETURNING version
 )
-INSERT INTO core_resourceversion (resource_id, version, value, agent_id, user_id, fence, created_at)
-SELECT %s, written.version, %s, %s, %s, %s, %s FROM written
+INSERT INTO core_resourceversion
+       (resource_id, version, value, agent_id, user_id, fence, idempotency_key, created_at)
+SELECT %s, written.version, %s, %s, %s, %s, %s, %s FROM written
 RETURNING version
 """
 
@@ -104,6 +105,7 @@ def write_value(
     user_id: int | None,
     fence: int | None,
     now: datetime,
+    idempotency_key: str = "",
 ) -> int:
     """Store ``value`` as the resource's next version, with its history row."""
     if _postgresql():
@@ -111,7 +113,7 @@ def write_value(
             cursor.execute(
                 _WRITE,
                 [Jsonb(value), now, resource.pk, resource.pk, Jsonb(value), agent_id, user_id,
-                 fence, now],
+                 fence, idempotency_key, now],
             )  # fmt: skip
             (version,) = cursor.fetchone()
     else:
@@ -124,6 +126,7 @@ def write_value(
             agent_id=agent_id,
             user_id=user_id,
             fence=fence,
+            idempotency_key=idempotency_key,
         )
     resource.value, resource.version, resource.updated_at = value, version, now
     return version

@@ -137,12 +137,20 @@ class ResourceVersion(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
     )
     fence = models.BigIntegerField(null=True)
+    # Set by the runtime (step and tool call): a retried call finds its write here
+    # instead of applying it a second time.
+    idempotency_key = models.CharField(max_length=100, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["resource", "version"]
         constraints = [
             models.UniqueConstraint(fields=["resource", "version"], name="resource_version_unique"),
+            models.UniqueConstraint(
+                fields=["resource", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="resource_write_once_per_key",
+            ),
             models.CheckConstraint(condition=Q(version__gte=0), name="resourceversion_nonneg"),
         ]
 
@@ -295,6 +303,10 @@ class Step(models.Model):
     transcript = models.JSONField(default=list, blank=True)
     tool_calls = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
+    # The backend's decision, saved before its tool calls run: a step retried after
+    # a crash replays it (skipping the calls already journaled in tool_calls).
+    decision = models.JSONField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

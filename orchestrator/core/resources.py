@@ -264,6 +264,7 @@ def apply_write(
     fence: int | None,
     team_id: int | None,
     approval: Approval | None = None,
+    idempotency_key: str = "",
 ) -> int:
     """Store ``value`` as the next version. Caller holds the Resource row lock and checked."""
     hotpath.write_value(
@@ -273,6 +274,7 @@ def apply_write(
         user_id=user.pk if user is not None and user.is_authenticated else None,
         fence=fence,
         now=timezone.now(),
+        idempotency_key=idempotency_key[:100],
     )
     event_emit(
         "resource.written",
@@ -351,6 +353,7 @@ def resource_write(
     step: Step | None = None,
     note: str = "",
     force_approval: bool = False,
+    idempotency_key: str = "",
 ) -> WriteResult:
     """Write ``value`` as ``agent`` under the protocol (see the module docstring).
 
@@ -363,6 +366,11 @@ def resource_write(
     fence = clean_version(fence, "fence")
     queue = open_queue(resource)
     res = queue.resource
+    if idempotency_key:
+        done = ResourceVersion.objects.filter(resource=res, idempotency_key=idempotency_key)
+        version = done.values_list("version", flat=True).first()
+        if version is not None:  # a retried call: it was applied before the crash
+            return WriteResult("applied", res, version=version, detail="already applied")
     team_id = agent.team_id
     others = [lock for lock in queue.live if lock.agent_id != agent.pk]
     if fence is not None:
@@ -465,7 +473,9 @@ def resource_write(
         )
         return WriteResult("approval_pending", res, approval=approval)
 
-    version = apply_write(res, value, agent=agent, fence=fence, team_id=team_id)
+    version = apply_write(
+        res, value, agent=agent, fence=fence, team_id=team_id, idempotency_key=idempotency_key
+    )
     return WriteResult("applied", res, version=version)
 
 

@@ -282,3 +282,17 @@ def test_reads_do_not_wait_for_the_row_lock(agents) -> None:
     finally:
         release.set()
         holder.join(10)
+
+
+def test_a_write_with_an_idempotency_key_is_applied_once(agents) -> None:
+    from orchestrator.core.models import ResourceVersion
+
+    a = agents[0]
+    resource_create(name="r", value=0)
+    first = resource_write(agent=a, resource="r", value=1, expected_version=0, idempotency_key="k")
+    again = resource_write(agent=a, resource="r", value=1, expected_version=0, idempotency_key="k")
+    assert (first.status, first.version) == ("applied", 1)
+    assert (again.status, again.version, again.detail) == ("applied", 1, "already applied")
+    assert ResourceVersion.objects.filter(resource__name="r").count() == 2
+    other = resource_write(agent=a, resource="r", value=2, expected_version=1, idempotency_key="j")
+    assert other.version == 2

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
+from agents.recovery import recover_steps
 from orchestrator.core.monitor import monitor_sweep
+
+RECOVERY_INTERVAL = 5.0  # seconds between passes over lost steps and jobs
 
 
 class Command(BaseCommand):
@@ -24,6 +28,7 @@ class Command(BaseCommand):
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         self.stdout.write(f"monitor: sweeping every {interval}s")
+        last_recovery = 0.0
         while not stop.is_set():
             close_old_connections()
             try:
@@ -36,6 +41,15 @@ class Command(BaseCommand):
                         f"monitor: expired={report.expired} granted={report.granted} "
                         f"deadlocks={report.deadlocks} dissolved={report.dissolved}"
                     )
+            if once or time.monotonic() - last_recovery >= RECOVERY_INTERVAL:
+                last_recovery = time.monotonic()
+                try:
+                    recovered = recover_steps()
+                except Exception as exc:
+                    self.stderr.write(f"monitor: step recovery failed: {exc!r}")
+                else:
+                    if recovered:
+                        self.stdout.write(f"monitor: {recovered}")
             if once:
                 break
             stop.wait(interval)
