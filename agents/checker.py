@@ -1,0 +1,333 @@
+"""The run checker: what went wrong in a run, read from the event log and the data.
+
+It trusts nothing the agents said about themselves beyond what the services
+recorded: the ``resource.written`` events (commit-ordered ids, writer, fence),
+the Lock history (each lock's grant and end events), the steps' tool calls
+(which version each agent read before it wrote) and the resources' values.
+
+Anomalies it counts:
+
+* **double bookings**: a booking slot (a resource named ``...slot-...``) that
+  more than one agent booked successfully, or whose value lists more than one
+  booking; each booking beyond the first counts;
+* **lost updates**: an applied write whose base (the ``expected_version`` it
+  named, or else the version its agent last read) is not the version just
+  before it, so the versions in between were overwritten unseen; or a counter
+  (integer values) that ends below its start plus its applied increments;
+* **non-holder writes**: a write by an agent that held no live exclusive lock
+  on the resource when it was applied (by event order; unguarded writes count);
+* **overlapping holds**: two locks on one resource, at least one exclusive,
+  live at the same time (by event order);
+
+and the agents of the run that never finished (no successful ``finish``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from orchestrator.core.models import Event, Lock, LockMode, Resource, ResourceVersion, Run, Step
+
+KINDS = ("double_bookings", "lost_updates", "non_holder_writes", "overlapping_holds")
+BOOKING_MARK = "slot-"
+NEVER = float("inf")
+
+
+@dataclass
+class Anomaly:
+    kind: str  # one of KINDS
+    resource: str
+    detail: str
+
+
+@dataclass
+class RunReport:
+    run: int
+    status: str  # running | finished | failed | cancelled
+    unguarded: bool
+    agents: list[str]
+    unfinished_agents: list[str]
+    resources: list[str]
+    writes: int
+    steps: int
+    anomalies: list[Anomaly] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(KINDS, 0)
+        for anomaly in self.anomalies:
+            counts[anomaly.kind] += 1
+        return counts
+
+    @property
+    def total(self) -> int:
+        return len(self.anomalies)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON form: ``anomalies`` holds the counts, ``details`` the findings."""
+        return {
+            "run": self.run,
+            "status": self.status,
+            "unguarded": self.unguarded,
+            "anomalies": self.counts(),
+            "unfinished_agents": self.unfinished_agents,
+            "agents": self.agents,
+            "resources": self.resources,
+            "writes": self.writes,
+            "steps": self.steps,
+            "details": [asdict(anomaly) for anomaly in self.anomalies],
+        }
+
+
+def _status(run: Run) -> str:
+    if run.status in (Run.Status.FINISHED, Run.Status.FAILED, Run.Status.CANCELLED):
+        return run.status
+    return "running"
+
+
+@dataclass
+class _Write:
+    event_id: int
+    agent_id: int
+    agent: str
+    resource: str
+    version: int
+    unguarded: bool
+
+
+def _window(run: Run) -> tuple[int, float]:
+    """The event ids of the run's start and end (end: infinity while it runs)."""
+    marks = dict(
+        Event.objects.filter(subject_type="run", subject_id=run.pk)
+        .filter(kind__in=["run.started", f"run.{run.status}"])
+        .values_list("kind", "id")
+    )
+    start = marks.get("run.started", 0)
+    end = marks.get(f"run.{run.status}") if run.status != Run.Status.RUNNING else None
+    return start, end if end is not None else NEVER
+
+
+def _walk_steps(steps: list[Step]) -> tuple[list[Anomaly], dict[str, int], set[str], set[str]]:
+    """Replay each agent's tool calls: stale-based writes, counter increments, finishers."""
+    anomalies: list[Anomaly] = []
+    increments: dict[str, int] = defaultdict(int)
+    names: set[str] = set()
+    finished: set[str] = set()
+    last_read: dict[tuple[int, str], dict[str, Any]] = {}
+    for step in steps:
+        for call in step.tool_calls or []:
+            args, result = call.get("arguments") or {}, call.get("result") or {}
+            resource = args.get("resource") if isinstance(args, dict) else None
+            if call["tool"] == "finish" and result.get("ok"):
+                finished.add(step.agent.name)
+            if not isinstance(resource, str):
+                continue
+            names.add(resource)
+            key = (step.agent_id, resource)
+            if call["tool"] == "read" and result.get("ok"):
+                last_read[key] = result
+            elif call["tool"] == "write" and result.get("status") == "applied":
+                seen = last_read.get(key, {})
+                base = args.get("expected_version")
+                if not isinstance(base, int) or isinstance(base, bool):
+                    base = seen.get("version")
+                version = result["version"]
+                if base is not None and base != version - 1:
+                    anomalies.append(
+                        Anomaly(
+                            "lost_updates",
+                            resource,
+                            f"{step.agent.name} wrote version {version} based on version "
+                            f"{base}: the versions in between were overwritten unseen",
+                        )
+                    )
+                value, before = args.get("value"), seen.get("value", 0)
+                if _is_int(value) and _is_int(before):
+                    increments[resource] += value - before
+    return anomalies, increments, names, finished
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_run(*, run_id: int) -> RunReport:
+    """Check one run's invariants. Read-only; raises Run.DoesNotExist for an unknown id."""
+    run = Run.objects.get(pk=run_id)
+    steps = list(
+        Step.objects.filter(run=run).select_related("agent").order_by("agent_id", "number")
+    )
+    agents = {step.agent_id: step.agent.name for step in steps}
+    stale, increments, names, finished = _walk_steps(steps)
+    names |= set(Resource.objects.filter(team=run.team_id).values_list("name", flat=True))
+    resources = {res.name: res for res in Resource.objects.filter(name__in=names)}
+    start, end = _window(run)
+    writes = [
+        _Write(
+            event.pk,
+            event.agent_id,
+            agents[event.agent_id],
+            event.payload.get("resource"),
+            event.payload.get("version"),
+            bool(event.payload.get("unguarded")),
+        )
+        for event in Event.objects.filter(
+            kind="resource.written", agent_id__in=list(agents), id__gt=start
+        ).order_by("id")
+        if event.pk < end and event.payload.get("resource") in resources
+    ]
+    report = RunReport(
+        run=run.pk,
+        status=_status(run),
+        unguarded=run.unguarded,
+        agents=sorted(agents.values()),
+        unfinished_agents=sorted(set(agents.values()) - finished),
+        resources=sorted(resources),
+        writes=len(writes),
+        steps=len(steps),
+    )
+    report.anomalies += _double_bookings(resources, writes)
+    report.anomalies += stale + _counter_deficits(resources, increments, stale)
+    intervals = _lock_intervals(resources, agents)
+    report.anomalies += _non_holder_writes(writes, intervals)
+    report.anomalies += _overlapping_holds(intervals)
+    return report
+
+
+def _double_bookings(resources: dict[str, Resource], writes: list[_Write]) -> list[Anomaly]:
+    found = []
+    for name, res in sorted(resources.items()):
+        if BOOKING_MARK not in name:
+            continue
+        bookers = sorted({w.agent for w in writes if w.resource == name})
+        held = len(res.value) if isinstance(res.value, list) else 0
+        extra = max(len(bookers), held) - 1
+        for _ in range(max(extra, 0)):
+            found.append(
+                Anomaly(
+                    "double_bookings",
+                    name,
+                    f"booked by {', '.join(bookers)}; it now holds {res.value!r}",
+                )
+            )
+    return found
+
+
+def _counter_deficits(
+    resources: dict[str, Resource], increments: dict[str, int], stale: list[Anomaly]
+) -> list[Anomaly]:
+    """Counters that lost increments beyond the stale-based writes already counted."""
+    found = []
+    counted = defaultdict(int)
+    for anomaly in stale:
+        counted[anomaly.resource] += 1
+    initial = dict(
+        ResourceVersion.objects.filter(resource__name__in=list(increments), version=0).values_list(
+            "resource__name", "value"
+        )
+    )
+    for name, added in sorted(increments.items()):
+        start, final = initial.get(name), resources[name].value
+        if not (_is_int(start) and _is_int(final)):
+            continue
+        missing = start + added - final
+        for _ in range(max(missing - counted[name], 0)):
+            found.append(
+                Anomaly(
+                    "lost_updates",
+                    name,
+                    f"counter is {final}, but it started at {start} and {added} was added",
+                )
+            )
+    return found
+
+
+@dataclass
+class _Interval:
+    lock: int
+    agent_id: int
+    agent: str
+    resource: str
+    mode: str
+    token: int
+    start: float
+    end: float
+
+
+def _lock_intervals(resources: dict[str, Resource], agents: dict[int, str]) -> list[_Interval]:
+    """Every lock on the run's resources, live from its grant event to its end event."""
+    by_id = {res.pk: name for name, res in resources.items()}
+    locks = list(
+        Lock.objects.filter(resource_id__in=list(by_id)).select_related("agent").order_by("pk")
+    )
+    starts: dict[int, int] = {}
+    ends: dict[int, int] = {}
+    for kind, lock_id, event_id in (
+        Event.objects.filter(subject_type="lock", subject_id__in=[lock.pk for lock in locks])
+        .exclude(kind="lock.renewed")
+        .order_by("id")
+        .values_list("kind", "subject_id", "id")
+    ):
+        if kind == "lock.granted":
+            starts.setdefault(lock_id, event_id)
+        else:
+            ends.setdefault(lock_id, event_id)
+    return [
+        _Interval(
+            lock.pk,
+            lock.agent_id,
+            lock.agent.name,
+            by_id[lock.resource_id],
+            lock.mode,
+            lock.token,
+            starts.get(lock.pk, 0),
+            ends.get(lock.pk, NEVER),
+        )
+        for lock in locks
+    ]
+
+
+def _non_holder_writes(writes: list[_Write], intervals: list[_Interval]) -> list[Anomaly]:
+    found = []
+    for write in writes:
+        held = any(
+            i.agent_id == write.agent_id
+            and i.resource == write.resource
+            and i.mode == LockMode.EXCLUSIVE
+            and i.start < write.event_id < i.end
+            for i in intervals
+        )
+        if not held:
+            found.append(
+                Anomaly(
+                    "non_holder_writes",
+                    write.resource,
+                    f"{write.agent} wrote version {write.version} holding no exclusive lock"
+                    + (" (unguarded)" if write.unguarded else ""),
+                )
+            )
+    return found
+
+
+def _overlapping_holds(intervals: list[_Interval]) -> list[Anomaly]:
+    found = []
+    by_resource: dict[str, list[_Interval]] = defaultdict(list)
+    for interval in intervals:
+        by_resource[interval.resource].append(interval)
+    for name, held in sorted(by_resource.items()):
+        held.sort(key=lambda i: i.start)
+        for index, first in enumerate(held):
+            for second in held[index + 1 :]:
+                if second.start >= first.end:
+                    continue
+                if LockMode.EXCLUSIVE in (first.mode, second.mode):
+                    found.append(
+                        Anomaly(
+                            "overlapping_holds",
+                            name,
+                            f"{first.agent} ({first.mode}, lock #{first.lock}) and "
+                            f"{second.agent} ({second.mode}, lock #{second.lock}) held it at once",
+                        )
+                    )
+    return found

@@ -1,0 +1,243 @@
+"""Scenarios from the field: teams of scripted agents that share resources.
+
+Each scenario builds a fresh team, its agents (scripted backend) and its
+resources, all named ``<scenario>-<suffix>-...`` so that a scenario can run
+any number of times in one database, then starts a run. The same agents can
+run unguarded (``Run.unguarded``: no locks, no version checks) to show what
+goes wrong without the protocol; ``agents.checker`` tells the two apart.
+
+The scripted backend has no conditionals and only numeric arithmetic
+(``{"$inc": n}``), so shared documents are counters of their edits, and a
+seeded choice that must stay the same across several calls (which slot an
+agent books) is drawn here, from the scenario's seed, rather than with
+``$choice`` (which draws anew at every step).
+
+* ``booking``: N agents each want one room at one hour (resources
+  ``slot-<room>-<hour>``, about two agents per slot). A guarded booking takes
+  the slot's exclusive lock, reads it and writes ``[agent]`` with
+  ``expected_version`` 0: a free slot is at version 0, a booked one is not, so
+  a second booking is refused (version_conflict) and its agent retries until
+  the scripted backend's retry limit makes it give up. Unguarded, everybody
+  reads the free slot and every booking is applied: double bookings.
+* ``pipeline``: researchers append to ``notes``, writers revise ``draft`` (under
+  a shared lock on ``notes``, which they read), validators stamp the ``draft``
+  they reviewed. Unguarded, edits based on the same version overwrite each
+  other: lost updates.
+* ``deadlock``: agents in pairs take two resources in opposite orders, then
+  increment both. Guarded, the deadlock is detected and broken by the team's
+  policy (abort the youngest); unguarded, there is no deadlock but the
+  increments are lost.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db import transaction
+
+from agents.runtime import run_start
+from orchestrator.core.backends import validate_scripted
+from orchestrator.core.models import (
+    Agent,
+    Backend,
+    ConflictPolicy,
+    DeadlockPolicy,
+    LockMode,
+    Run,
+    Team,
+)
+from orchestrator.core.resources import resource_create
+
+User = AbstractBaseUser | AnonymousUser | None
+
+
+@dataclass
+class AgentPlan:
+    name: str
+    role: str
+    script: list[dict[str, Any]]
+
+
+@dataclass
+class Plan:
+    goal: str
+    resources: dict[str, Any]  # name -> initial value
+    agents: list[AgentPlan] = field(default_factory=list)
+    max_steps: int = 50
+
+
+def _call(tool: str, resource: str, **args: Any) -> dict[str, Any]:
+    return {"tool": tool, "args": {"resource": resource, **args}}
+
+
+def _increment(resource: str) -> list[dict[str, Any]]:
+    """Read-modify-write under an exclusive lock: the careful way to add one."""
+    return [
+        _call("acquire", resource),
+        _call("read", resource),
+        _call("write", resource, value={"$inc": 1}, expected_version="$version"),
+        _call("release", resource),
+    ]
+
+
+def plan_booking(prefix: str, agents: int, rng: random.Random) -> Plan:
+    slot_count = max(1, (agents + 1) // 2)  # about two agents per slot
+    rooms = max(1, (slot_count + 1) // 2)
+    hours = -(-slot_count // rooms)
+    slots = [f"{prefix}-slot-room{r + 1}-{9 + h:02d}" for r in range(rooms) for h in range(hours)]
+    slots = slots[:slot_count]
+    plan = Plan(
+        goal="Book a room at the hour you want; never take a slot somebody already booked.",
+        resources={slot: [] for slot in slots},
+        max_steps=60,  # a refused booking is retried 20 times (re-read, write) before giving up
+    )
+    for i in range(agents):
+        slot = rng.choice(slots)
+        plan.agents.append(
+            AgentPlan(
+                name=f"{prefix}-guest{i + 1}",
+                role=f"You want {slot.removeprefix(prefix + '-')}.",
+                script=[
+                    _call("acquire", slot),
+                    _call("read", slot),
+                    # Version 0 is the free slot: a booked one is refused, never overwritten.
+                    _call("write", slot, value=["{agent}"], expected_version=0),
+                    _call("release", slot),
+                ],
+            )
+        )
+    return plan
+
+
+def plan_pipeline(prefix: str, agents: int, rng: random.Random) -> Plan:
+    notes, draft = f"{prefix}-notes", f"{prefix}-draft"
+    plan = Plan(
+        goal="Research the topic, write the report from the notes, and validate the draft.",
+        resources={notes: 0, draft: 0},  # counters of the edits made to each document
+    )
+    roles = ["researcher", "writer", "validator"]
+    for i in range(agents):
+        role = roles[i % len(roles)]
+        if role == "researcher":
+            round_ = _increment(notes)  # append a note
+        elif role == "writer":
+            round_ = [
+                _call("acquire", notes, mode=LockMode.SHARED),
+                _call("read", notes),
+                *_increment(draft)[:3],  # revise the draft from the notes
+                _call("release", draft),
+                _call("release", notes),
+            ]
+        else:
+            round_ = _increment(draft)  # review the draft and stamp it
+        plan.agents.append(
+            AgentPlan(name=f"{prefix}-{role}{i // 3 + 1}", role=role, script=round_ * 2)
+        )
+    rng.shuffle(plan.agents)  # who starts first is part of the seed
+    return plan
+
+
+def plan_deadlock(prefix: str, agents: int, rng: random.Random) -> Plan:
+    pairs = max(1, agents // 2)
+    plan = Plan(
+        goal="Update both of your pair's ledgers together.",
+        resources={f"{prefix}-ledger{k + 1}-{side}": 0 for k in range(pairs) for side in "ab"},
+    )
+    for i in range(agents):
+        k = min(i // 2, pairs - 1)
+        first, second = f"{prefix}-ledger{k + 1}-a", f"{prefix}-ledger{k + 1}-b"
+        if i % 2:
+            first, second = second, first  # the opposite order: the classic deadlock
+        plan.agents.append(
+            AgentPlan(
+                name=f"{prefix}-clerk{i + 1}",
+                role=f"You update {first} and then {second}.",
+                script=[
+                    _call("acquire", first),
+                    _call("read", first),
+                    _call("acquire", second),
+                    _call("read", second),
+                    _call("write", first, value={"$inc": 1}, expected_version="$version"),
+                    _call("write", second, value={"$inc": 1}, expected_version="$version"),
+                    _call("release", second),
+                    _call("release", first),
+                ],
+            )
+        )
+    return plan
+
+
+SCENARIOS: dict[str, Callable[[str, int, random.Random], Plan]] = {
+    "booking": plan_booking,
+    "pipeline": plan_pipeline,
+    "deadlock": plan_deadlock,
+}
+
+
+@dataclass
+class Started:
+    run: Run
+    team: Team
+    agents: list[Agent]
+    resources: list[str]
+
+
+def scenario_start(
+    *,
+    name: str,
+    agents: int = 8,
+    seed: int = 0,
+    unguarded: bool = False,
+    ask_operator: bool = False,
+    user: User = None,
+) -> Started:
+    """Create a fresh team, its scripted agents and resources, and start the run.
+
+    The agents' behaviour is a function of ``seed`` only; names get a random
+    suffix so that the same scenario can run again in the same database. By
+    default the team's policies let the run finish unattended (conflicts
+    rejected, deadlocks broken by aborting the youngest waiter);
+    ``ask_operator`` hands both decisions to an operator instead.
+    """
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
+    if agents < 1:
+        raise ValueError("a scenario needs at least one agent")
+    prefix = f"{name}-{secrets.token_hex(3)}"
+    plan = SCENARIOS[name](prefix, agents, random.Random(seed))  # noqa: S311 (a simulation)
+    with transaction.atomic():
+        team = Team.objects.create(
+            name=prefix,
+            description=plan.goal,
+            conflict_policy=ConflictPolicy.ASK_OPERATOR if ask_operator else ConflictPolicy.REJECT,
+            deadlock_policy=DeadlockPolicy.ASK_OPERATOR
+            if ask_operator
+            else DeadlockPolicy.ABORT_YOUNGEST,
+        )
+        members = [
+            Agent.objects.create(
+                team=team,
+                name=agent.name,
+                role=agent.role,
+                backend=Backend.SCRIPTED,
+                config=validate_scripted({"script": agent.script, "seed": seed}),
+            )
+            for agent in plan.agents
+        ]
+    for resource, value in plan.resources.items():
+        resource_create(name=resource, value=value, team=team, user=user)
+    run = run_start(
+        team=team,
+        goal=plan.goal,
+        agents=members,
+        max_steps=plan.max_steps,
+        seed=seed,
+        unguarded=unguarded,
+        user=user,
+    )
+    return Started(run, team, members, list(plan.resources))
