@@ -1,0 +1,138 @@
+"""A real forking RQ worker is killed with SIGKILL in the middle of a step: the run
+still completes, and no update is lost or applied twice."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from agents.recovery import recover_steps
+from agents.runtime import run_start
+from orchestrator.core.models import Resource, Run, Step
+from orchestrator.core.resources import resource_create
+from tests import factories
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = [
+    {"tool": "acquire", "args": {"resource": "counter"}},
+    {"tool": "read", "args": {"resource": "counter"}},
+    {
+        "tool": "write",
+        "args": {"resource": "counter", "value": {"$inc": 1}, "expected_version": "$version"},
+    },
+    {"tool": "release", "args": {"resource": "counter"}},
+]
+AGENTS, ROUNDS = 4, 4
+
+
+def start_worker() -> subprocess.Popen:
+    db = settings.DATABASES["default"]
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+    }
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "rqworker", "steps"],  # the default, forking Worker
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def descendants(pid: int) -> list[int]:
+    """Child processes of ``pid``, recursively (RQ puts its work horse in a session of its
+    own, so killing the worker's process group would spare the horse)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_hard(worker: subprocess.Popen) -> None:
+    """SIGKILL the worker and its work horse at once, as a machine crash would."""
+    for pid in [worker.pid, *descendants(worker.pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    worker.wait(10)
+
+
+def wait_until(condition, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_step_then_the_run_completes_exactly(redis_conn) -> None:
+    team = factories.team(default_lease_ttl=30)
+    resource_create(name="counter", value=0)
+    for i in range(AGENTS):
+        factories.agent(
+            team_=team,
+            name=f"crash-{i}",
+            backend="scripted",
+            config={"script": SCRIPT * ROUNDS, "think": [0.05, 0.15], "seed": i},
+        )
+    run = run_start(team=team, goal="count through a crash", seed=11)
+    victims: list[int] = []
+    for _ in range(5):  # until the kill lands inside a step (nearly always the first time)
+        worker = start_worker()
+        try:
+            wait_until(
+                lambda: Step.objects.filter(run=run, status="running").exists(), "a running step"
+            )
+            kill_hard(worker)
+        finally:
+            if worker.poll() is None:
+                kill_hard(worker)
+        # Steps still running now were cut off mid-step: their worker is gone.
+        victims = list(Step.objects.filter(run=run, status="running").values_list("pk", flat=True))
+        if victims:
+            break
+    assert victims, "the worker was never killed in the middle of a step"
+    assert Resource.objects.get(name="counter").version < AGENTS * ROUNDS
+    connection.close()
+
+    survivor = start_worker()
+    try:
+
+        def recovered_and_done() -> bool:
+            recover_steps(stale_after=1)  # what the monitor does every few seconds
+            run.refresh_from_db()
+            return run.status != Run.Status.RUNNING
+
+        wait_until(recovered_and_done, "the run to end after recovery", timeout=120)
+    finally:
+        os.killpg(survivor.pid, signal.SIGTERM)
+        survivor.wait(10)
+
+    assert run.status == Run.Status.FINISHED
+    counter = Resource.objects.get(name="counter")
+    assert (counter.value, counter.version) == (AGENTS * ROUNDS, AGENTS * ROUNDS)
+    assert Step.objects.filter(pk__in=victims, attempts__gte=2).count() == len(victims)
+    assert Step.objects.filter(pk__in=victims, status="done").count() == len(victims)
