@@ -399,15 +399,30 @@ def step_finish(
     """Record a turn; then wait, or enqueue the next step, or end the agent."""
     (step,) = lock_steps([step_id])
     step.tool_calls = executed
-    if waiting:
+    step.transcript = [assistant]
+    # The wait may already be over: a grant committed after the call answered
+    # "waiting" wakes resume_step, which found this step still running and left.
+    if waiting and _settle_waits(step) is None:
         # The tool messages are written when the wait ends (resume_step).
-        step.transcript = [assistant]
         step.status = Step.Status.WAITING
         step.save(update_fields=["tool_calls", "transcript", "status"])
         event_emit("step.waiting", agent=step.agent, subject=step, payload=_summary(step))
         return step.status
-    step.transcript = [assistant, *_tool_messages(executed)]
+    step.transcript = [assistant, *_tool_messages(step.tool_calls)]
     return _complete(step, finished=finished)
+
+
+def _settle_waits(step: Step) -> list[dict[str, Any]] | None:
+    """Replace the step's waiting results by their outcomes, or None if one still waits."""
+    calls = list(step.tool_calls)
+    for index, call in enumerate(calls):
+        if call["result"].get("status") == "waiting":
+            final = wait_result(call)
+            if final is None:
+                return None
+            calls[index] = {**call, "result": final}
+    step.tool_calls = calls
+    return calls
 
 
 def _summary(step: Step) -> dict[str, Any]:
@@ -520,14 +535,9 @@ def resume_step(step_id: int) -> str:
     (step,) = lock_steps([step_id]) or [None]
     if step is None or step.status != Step.Status.WAITING:
         return "not waiting"
-    calls = list(step.tool_calls)
-    for index, call in enumerate(calls):
-        if call["result"].get("status") == "waiting":
-            final = wait_result(call)
-            if final is None:
-                return "still waiting"
-            calls[index] = {**call, "result": final}
-    step.tool_calls = calls
+    calls = _settle_waits(step)
+    if calls is None:
+        return "still waiting"
     step.transcript = [*step.transcript[:1], *_tool_messages(calls)]
     return _complete(step, finished=False)
 

@@ -202,3 +202,36 @@ def test_the_transcript_window_keeps_whole_turns(monkeypatch) -> None:
     # Turns of 4, 2 and 3 messages: the last two fit in 6, the first is dropped whole.
     assert [m["role"] for m in messages] == ["assistant", "tool", "assistant", "tool", "tool"]
     assert messages[0]["tool_calls"][0]["id"] == "2-0"
+
+
+def test_a_grant_that_lands_before_the_step_records_its_wait_is_not_lost(
+    queue, monkeypatch
+) -> None:
+    """The lock is granted between the acquire answering "waiting" and the step being
+    marked waiting: the continuation finds a running step and leaves; the step must
+    notice the grant itself instead of waiting forever."""
+    from agents import runtime
+
+    team = factories.team()
+    resource_create(name="counter", value=0)
+    holder = factories.agent(team_=team, name="holder")
+    held = lock_acquire(agent=holder, resource="counter")
+    agent = scripted(team, "racer", COUNTER_SCRIPT)
+    real_run_calls = runtime._run_calls
+
+    def release_in_between(step, agent_, calls):
+        executed = real_run_calls(step, agent_, calls)  # acquire answered "waiting"
+        lock_release(lock_id=held.lock.pk, agent=holder)  # the grant commits now...
+        assert runtime.resume_step(step.pk) == "not waiting"  # ...its wake-up finds it running
+        return executed
+
+    monkeypatch.setattr(runtime, "_run_calls", release_in_between)
+    run = run_start(team=team, goal="race", agents=[agent])
+    django_rq.get_worker("steps", worker_class=SimpleWorker).work(burst=True, max_jobs=1)
+    monkeypatch.setattr(runtime, "_run_calls", real_run_calls)
+    first = Step.objects.get(run=run, number=1)
+    assert first.status == "done"
+    assert first.tool_calls[0]["result"]["status"] == "granted"
+    drain()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
