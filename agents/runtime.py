@@ -33,14 +33,14 @@ from typing import Any
 import django_rq
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 from agents.backends import BackendError, StepContext, ToolCall, get_backend
 from agents.tools import TOOL_SPECS
 from orchestrator.core import wakeups
 from orchestrator.core.errors import ProtocolError
-from orchestrator.core.events import event_emit, service
+from orchestrator.core.events import event_emit, publish_flush, service
 from orchestrator.core.models import (
     Agent,
     AgentStatus,
@@ -134,16 +134,22 @@ def run_start(
 
 
 def stop_reason(step: Step) -> str:
-    """Why this step must not go on now: '' (go), 'paused' or 'cancelled'."""
-    run = Run.objects.only("status", "paused").get(pk=step.run_id)
-    if run.status == Run.Status.CANCELLED:
-        return "cancelled"
-    paused = (
-        run.paused
-        or Agent.objects.filter(pk=step.agent_id, paused=True).exists()
-        or Team.objects.filter(pk=run.team_id, paused=True).exists()
-        or Switchboard.objects.filter(pk=1, paused=True).exists()
+    """Why this step must not go on now: '' (go), 'paused' or 'cancelled'. One query."""
+    paused_agent = Agent.objects.filter(pk=OuterRef("agent_id"), paused=True)
+    paused_team = Team.objects.filter(pk=OuterRef("run__team_id"), paused=True)
+    row = (
+        Step.objects.filter(pk=step.pk)
+        .annotate(
+            agent_paused=Exists(paused_agent),
+            team_paused=Exists(paused_team),
+            system_paused=Exists(Switchboard.objects.filter(pk=1, paused=True)),
+        )
+        .values("run__status", "run__paused", "agent_paused", "team_paused", "system_paused")
+        .get()
     )
+    if row["run__status"] == Run.Status.CANCELLED:
+        return "cancelled"
+    paused = row["run__paused"] or row["agent_paused"] or row["team_paused"] or row["system_paused"]
     return "paused" if paused else ""
 
 
@@ -218,7 +224,19 @@ def _current_job_id() -> str:
     return job.id if job is not None else ""
 
 
+def _pushed(status: str) -> str:
+    """Let the event pushes of this job reach the channel layer before the job ends:
+    RQ's forking worker ends each job's process right after it returns."""
+    publish_flush(timeout=2)
+    return status
+
+
 def execute_step(step_id: int) -> str:
+    """RQ job: one agent turn (see ``run_step``), its events pushed before it returns."""
+    return _pushed(run_step(step_id))
+
+
+def run_step(step_id: int) -> str:
     """RQ job: one agent turn. Returns the step's status.
 
     Crash-safe: the backend's decision is saved before any tool call runs and
@@ -529,9 +547,14 @@ def wait_result(call: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-@service
 def resume_step(step_id: int) -> str:
     """RQ job: a waiting step's wait ended; complete the turn and go on."""
+    return _pushed(step_resume(step_id))
+
+
+@service
+def step_resume(step_id: int) -> str:
+    """Complete a waiting step whose waits have all ended (idempotent)."""
     (step,) = lock_steps([step_id]) or [None]
     if step is None or step.status != Step.Status.WAITING:
         return "not waiting"

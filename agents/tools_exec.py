@@ -51,7 +51,10 @@ def _write_result(result: WriteResult) -> dict[str, Any]:
 
 
 def _unguarded(step: Step) -> bool:
-    return Run.objects.filter(pk=step.run_id, unguarded=True).exists()
+    """Whether the step's run bypasses the protocol (read once per step object)."""
+    if not hasattr(step, "_run_unguarded"):
+        step._run_unguarded = Run.objects.filter(pk=step.run_id, unguarded=True).exists()
+    return step._run_unguarded
 
 
 BYPASSED = ("acquire", "release", "write")

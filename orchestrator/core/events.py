@@ -203,8 +203,11 @@ class _Publisher:
             batch = list(self._queue.get())
             # Coalesce: whatever else is committed within the window goes in the same
             # push, so a burst costs a few messages per group, not one per transaction.
+            # A flush request (someone waiting, e.g. a job about to exit) ends the window.
             deadline = time.monotonic() + PUBLISH_WINDOW
             while (left := deadline - time.monotonic()) > 0 and len(batch) < 1000:
+                if any("_flush" in m for m in batch):
+                    break
                 try:
                     batch.extend(self._queue.get(timeout=left))
                 except queue.Empty:
