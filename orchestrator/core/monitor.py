@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.db.models import Q
 
 from orchestrator.core.deadlocks import auto_break_pending, deadlock_sweep
+from orchestrator.core.errors import ProtocolError
 from orchestrator.core.events import service
-from orchestrator.core.locks import Queue, db_now
-from orchestrator.core.models import Lock, LockRequest, RequestStatus
+from orchestrator.core.locks import Queue, db_now, lock_renew
+from orchestrator.core.models import Lock, LockRequest, RequestStatus, Switchboard
 from orchestrator.core.rowlocks import lock_resource_with_clock
 
 logger = logging.getLogger(__name__)
@@ -27,6 +31,7 @@ class SweepReport:
     deadlocks: list[int] = field(default_factory=list)
     dissolved: list[int] = field(default_factory=list)
     auto_broken: int = 0
+    renewed: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.expired or self.granted or self.deadlocks or self.dissolved)
@@ -40,10 +45,49 @@ def _sweep_resource(resource_id: int) -> tuple[int, int]:
     return len(queue.expired), len(granted)
 
 
+def renew_paused_leases(now: datetime) -> int:
+    """Keep the leases of paused agents alive where their team's policy asks for it.
+
+    A paused agent runs no step, so nothing else renews its leases: by default
+    they run out and its locks are freed (the dashboard shows who waits on a
+    paused holder until then). Teams with ``renew_leases_while_paused`` keep
+    them: each lease is renewed for the team's TTL once less than half of it
+    is left.
+    """
+    paused = (
+        Q(agent__paused=True)
+        | Q(agent__team__paused=True)
+        | Q(agent__steps__run__paused=True, agent__steps__status="queued")
+    )
+    if Switchboard.objects.filter(pk=1, paused=True).exists():
+        paused = Q()
+    candidates = (
+        Lock.objects.filter(
+            released_at__isnull=True,
+            expires_at__gt=now,
+            agent__team__renew_leases_while_paused=True,
+        )
+        .filter(paused)
+        .select_related("agent__team")
+        .distinct()
+    )
+    renewed = 0
+    for lock in candidates:
+        ttl = lock.agent.team.default_lease_ttl
+        if (lock.expires_at - now).total_seconds() < ttl / 2:
+            try:
+                lock_renew(lock_id=lock.pk, agent=lock.agent, ttl=ttl)
+                renewed += 1
+            except ProtocolError:
+                pass  # ended meanwhile
+    return renewed
+
+
 def monitor_sweep() -> SweepReport:
     """One pass of the monitor. Safe to run from several processes at once."""
     report = SweepReport()
     now = db_now()
+    report.renewed = renew_paused_leases(now)
     stale = set(
         Lock.objects.filter(released_at__isnull=True, expires_at__lte=now).values_list(
             "resource_id", flat=True

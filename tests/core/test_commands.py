@@ -47,3 +47,26 @@ def test_monitor_once_expires_leases_and_wakes_waiters() -> None:
     call_command("monitor", "--once", stdout=out)
     assert "expired=1 granted=1" in out.getvalue()
     assert LockRequest.objects.get(pk=waiting.request.pk).status == "granted"
+
+
+@pytest.mark.parametrize("policy", [True, False])
+def test_leases_of_paused_agents_are_renewed_only_if_the_team_says_so(policy: bool) -> None:
+    from orchestrator.core.control import agents_set_paused
+    from orchestrator.core.monitor import monitor_sweep
+    from tests import factories
+
+    team = factories.team(default_lease_ttl=60, renew_leases_while_paused=policy)
+    agent = factories.agent(team_=team)
+    resource_create(name="r")
+    held = lock_acquire(agent=agent, resource="r")
+    soon = timezone.now() + timezone.timedelta(seconds=5)  # less than half of 60 s left
+    Lock.objects.filter(pk=held.lock.pk).update(expires_at=soon)
+    agents_set_paused(agents=[agent], paused=True)
+    report = monitor_sweep()
+    lock = Lock.objects.get(pk=held.lock.pk)
+    if policy:
+        assert report.renewed == 1
+        assert lock.expires_at > soon + timezone.timedelta(seconds=30)
+    else:
+        assert report.renewed == 0
+        assert lock.expires_at == soon
