@@ -364,18 +364,13 @@ def deadlock_break(
         queue = Queue(res, now)
         if action in (BreakAction.ABORT, BreakAction.CANCEL_WAIT):
             for request in [r for r in queue.waiting if r.agent_id == victim_id]:
-                request.status = RequestStatus.ABORTED
-                request.resolved_at = now
-                request.reason = f"deadlock victim (conflict #{conflict.pk})"
-                request.save(update_fields=["status", "resolved_at", "reason"])
-                queue.waiting.remove(request)
-                event_emit(
-                    "request.aborted",
+                queue.withdraw(
+                    request,
+                    RequestStatus.ABORTED,
+                    f"deadlock victim (conflict #{conflict.pk})",
                     team=conflict.team_id,
                     user=user,
                     actor=None if user else "system",
-                    subject=request,
-                    payload={"resource": res.name, "agent": victim.name, "conflict": conflict.pk},
                 )
                 wakeups.schedule(agent_id=victim_id, step_id=request.step_id, reason="aborted")
                 done.append(f"wait for {res.name} cancelled")

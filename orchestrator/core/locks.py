@@ -218,9 +218,7 @@ class Queue:
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
         for lock in self.expired:
-            lock.released_at = max(now, lock.acquired_at)
-            lock.end = LockEnd.EXPIRED
-            lock.save(update_fields=["released_at", "end"])
+            hotpath.end_lock(lock, end=LockEnd.EXPIRED, now=max(now, lock.acquired_at))
             event_emit(
                 "lock.expired",
                 agent=lock.agent,
@@ -277,6 +275,29 @@ class Queue:
         }[end]
         event_emit(kind, subject=lock, payload=self._payload(lock), **emit)
 
+    def withdraw(self, request: LockRequest, status: str, reason: str, **emit: Any) -> LockRequest:
+        """End a waiting request (cancelled, or aborted as a deadlock victim).
+
+        The caller grants the waiters that can go afterwards (``grant_waiters``):
+        a withdrawn head may have been blocking them.
+        """
+        request.status, request.resolved_at, request.reason = status, self.now, reason[:500]
+        LockRequest.objects.filter(pk=request.pk).update(
+            status=status, resolved_at=self.now, reason=request.reason
+        )
+        self._waiting = [other for other in self._waiting if other.pk != request.pk]
+        event_emit(
+            "request.aborted" if status == RequestStatus.ABORTED else "request.cancelled",
+            subject=request,
+            payload={
+                "resource": self.resource.name,
+                "agent": request.agent.name,
+                "reason": request.reason,
+            },
+            **emit,
+        )
+        return request
+
     def bump_fence(self) -> None:
         """Invalidate every token issued so far (the former holder's writes fail)."""
         self.resource.fence += 1
@@ -316,17 +337,6 @@ def open_queue(resource: Resource | str | int) -> Queue:
     queue = Queue(res, now)
     queue.settle()
     return queue
-
-
-# Kept for the other services: the same steps as free functions.
-def expire_leases(resource: Resource, now: datetime) -> list[Lock]:
-    """Mark expired leases of ``resource``. Caller holds its row lock."""
-    return Queue(resource, now).expired
-
-
-def grant_waiters(resource: Resource, now: datetime) -> list[LockRequest]:
-    """Expire leases and grant the waiters that can go. Caller holds the row lock."""
-    return Queue(resource, now).grant_waiters()
 
 
 def _open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
@@ -518,24 +528,24 @@ def lock_request_cancel(*, request_id: int, agent: Agent | None, user: User = No
         res, now = lock_resource_with_clock(requests__id=request_id)
     except Resource.DoesNotExist:
         raise NotFound("request_not_found", f"no lock request with id {request_id}") from None
-    request = LockRequest.objects.select_related("agent").get(pk=request_id)
+    queue = Queue(res, now)
+    request = next((r for r in queue.waiting if r.pk == request_id), None)
+    if request is None:  # resolved already: idempotent
+        request = LockRequest.objects.select_related("agent").get(pk=request_id)
     if agent is not None and request.agent_id != agent.pk:
         raise Forbidden("not_your_request", "this request belongs to another agent")
     if request.status != RequestStatus.WAITING:
         return request
-    request.status = RequestStatus.CANCELLED
-    request.resolved_at = now
-    request.reason = "cancelled by operator" if user is not None else "cancelled by its agent"
-    request.save(update_fields=["status", "resolved_at", "reason"])
-    event_emit(
-        "request.cancelled",
-        agent=request.agent if user is None else None,
+    by_operator = user is not None
+    queue.withdraw(
+        request,
+        RequestStatus.CANCELLED,
+        "cancelled by operator" if by_operator else "cancelled by its agent",
+        agent=None if by_operator else request.agent,
         team=request.agent.team_id,
         user=user,
-        subject=request,
-        payload={"resource": res.name, "agent": request.agent.name},
     )
-    Queue(res, now).grant_waiters()  # a cancelled head may have been blocking others
+    queue.grant_waiters()
     return request
 
 
@@ -560,17 +570,13 @@ def lock_release_all(*, agent_id: int, reason: str, user: User = None) -> int:
         res, now = lock_resource_with_clock(pk=resource_id)
         queue = Queue(res, now)
         for request in [r for r in queue.waiting if r.agent_id == agent_id]:
-            LockRequest.objects.filter(pk=request.pk).update(
-                status=RequestStatus.CANCELLED, resolved_at=now, reason=reason[:500]
-            )
-            queue.waiting.remove(request)
-            event_emit(
-                "request.cancelled",
+            queue.withdraw(
+                request,
+                RequestStatus.CANCELLED,
+                reason,
                 agent=request.agent,
                 user=user,
                 actor=None if user else "system",
-                subject=request,
-                payload={"resource": res.name, "agent": request.agent.name, "reason": reason},
             )
         for lock in [lock for lock in queue.live if lock.agent_id == agent_id]:
             queue.end(lock, LockEnd.RELEASED, agent=lock.agent, user=user,

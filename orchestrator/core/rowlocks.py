@@ -21,8 +21,6 @@ from orchestrator.core.models import (
     Agent,
     Approval,
     Conflict,
-    Lock,
-    LockRequest,
     Resource,
     Run,
     Step,
@@ -71,11 +69,6 @@ def lock_resource(resource_id: int) -> Resource:
     return Resource.objects.select_for_update().get(pk=resource_id)
 
 
-def lock_resource_by_name(name: str) -> Resource:
-    """Lock one Resource row by name. Raises Resource.DoesNotExist."""
-    return Resource.objects.select_for_update().get(name=name)
-
-
 _LOCK_WITH_CLOCK = {
     # lookup keyword -> how the inner query finds the resource
     "pk": "id = %s",
@@ -115,16 +108,6 @@ def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
     if not rows:
         raise Resource.DoesNotExist(f"no resource with {key}={value!r}")
     return rows[0], rows[0].db_clock
-
-
-def lock_locks(ids: Iterable[int]) -> list[Lock]:
-    """Lock and return Lock rows. Caller already holds their Resource row locks."""
-    return list(_locked(Lock, ids))
-
-
-def lock_requests(ids: Iterable[int]) -> list[LockRequest]:
-    """Lock and return LockRequest rows. Caller holds their Resource row locks."""
-    return list(_locked(LockRequest, ids))
 
 
 def lock_approval(approval_id: int) -> Approval:
