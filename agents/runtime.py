@@ -74,16 +74,23 @@ def enqueue(func: Any, *args: Any, job_id: str | None = None) -> None:
     django_rq.get_queue(QUEUE).enqueue(func, *args, job_timeout=600, job_id=job_id)
 
 
-def new_job_id(step_id: int) -> str:
-    return f"step-{step_id}-{uuid.uuid4().hex[:12]}"
+def new_job_id() -> str:
+    return f"step-{uuid.uuid4().hex}"
 
 
 def enqueue_step(step_id: int) -> str:
-    """Give a step a new job (after commit). Caller holds the step's row or created it."""
-    job_id = new_job_id(step_id)
+    """Give an existing step a new job (after commit). Caller holds the step's row."""
+    job_id = new_job_id()
     Step.objects.filter(pk=step_id).update(job_id=job_id)
     enqueue(execute_step, step_id, job_id=job_id)
     return job_id
+
+
+def create_step(*, run_id: int, agent_id: int, number: int) -> Step:
+    """Create a step with its job id in the same insert, and enqueue it after commit."""
+    step = Step.objects.create(run_id=run_id, agent_id=agent_id, number=number, job_id=new_job_id())
+    enqueue(execute_step, step.pk, job_id=step.job_id)
+    return step
 
 
 # --- starting a run -------------------------------------------------------------------
@@ -118,8 +125,7 @@ def run_start(
     for agent in lock_agents(a.pk for a in members):
         agent.status = AgentStatus.RUNNING
         agent.save(update_fields=["status"])
-        step = Step.objects.create(run=run, agent=agent, number=1)
-        enqueue_step(step.pk)
+        create_step(run_id=run.pk, agent_id=agent.pk, number=1)
     event_emit(
         "run.started",
         team=team,
@@ -343,7 +349,7 @@ class Heartbeat:
         self.thread = threading.Thread(target=self._run, name=f"heartbeat-{step_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
-        Step.objects.filter(pk=self.step_id).update(heartbeat_at=timezone.now())
+        # step_begin stamped the first heartbeat when it claimed the step.
         renew_leases(self.agent)
         self.thread.start()
         return self
@@ -465,10 +471,7 @@ def _complete(step: Step, *, finished: bool) -> str:
     elif run.status == Run.Status.CANCELLED:
         pass
     else:
-        following = Step.objects.create(
-            run_id=step.run_id, agent_id=step.agent_id, number=step.number + 1
-        )
-        enqueue_step(following.pk)
+        create_step(run_id=step.run_id, agent_id=step.agent_id, number=step.number + 1)
     return step.status
 
 

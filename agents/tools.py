@@ -10,6 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 _NAME = {"type": "string", "description": "The resource's name."}
+_RESOURCE_ONLY = {
+    "type": "object",
+    "properties": {"resource": _NAME},
+    "required": ["resource"],
+    "additionalProperties": False,
+}
 
 TOOL_SPECS: list[dict[str, Any]] = [
     {
@@ -37,12 +43,7 @@ TOOL_SPECS: list[dict[str, Any]] = [
         "function": {
             "name": "read",
             "description": "Read a resource: its JSON value, version, holders and waiters.",
-            "parameters": {
-                "type": "object",
-                "properties": {"resource": _NAME},
-                "required": ["resource"],
-                "additionalProperties": False,
-            },
+            "parameters": _RESOURCE_ONLY,
         },
     },
     {
@@ -70,12 +71,7 @@ TOOL_SPECS: list[dict[str, Any]] = [
         "function": {
             "name": "release",
             "description": "Release your lock on a resource.",
-            "parameters": {
-                "type": "object",
-                "properties": {"resource": _NAME},
-                "required": ["resource"],
-                "additionalProperties": False,
-            },
+            "parameters": _RESOURCE_ONLY,
         },
     },
     {
