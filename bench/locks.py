@@ -47,6 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "orchestrator_bench"
+READY = "ready"
 
 
 def bench_database_url() -> str:
@@ -111,6 +112,7 @@ def raw_worker(index: int, n_resources: int, seconds: float, start, out) -> None
     rng = random.Random(index)
     me = index + 1
     ids = list(Resource.objects.order_by("pk").values_list("pk", flat=True))
+    out.put(READY)  # set up and connected: the parent starts the clock when all are
     start.wait()
     done, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -146,6 +148,7 @@ def raw1_worker(index: int, n_resources: int, seconds: float, start, out) -> Non
 
     rng = random.Random(index)
     ids = list(Resource.objects.order_by("pk").values_list("pk", flat=True))
+    out.put(READY)  # set up and connected: the parent starts the clock when all are
     start.wait()
     done, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -175,6 +178,7 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
     ids = list(Resource.objects.order_by("pk").values_list("pk", flat=True))
     agent = Agent.objects.select_related("team").get(name=f"bench-{index}")
     redis.delete(f"bench:wake:{agent.pk}")
+    out.put(READY)  # set up and connected: the parent starts the clock when all are
     start.wait()
     done, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -200,9 +204,9 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
     out.put(done)
 
 
-def api_worker(index: int, base: str, tokens: list[str], seconds: float, start, out) -> None:
+def api_worker(index: int, bases: list[str], tokens: list[str], seconds: float, start, out) -> None:
     rng = random.Random(index)
-    url = urllib.parse.urlsplit(base)
+    url = urllib.parse.urlsplit(bases[index % len(bases)])
     conn = HTTPConnection(url.hostname, url.port, timeout=30)
     headers = {"Authorization": f"Bearer {tokens[index]}", "Content-Type": "application/json"}
     n_resources = int(os.environ["BENCH_N_RESOURCES"])
@@ -214,6 +218,7 @@ def api_worker(index: int, base: str, tokens: list[str], seconds: float, start, 
         payload = response.read()
         return response.status, json.loads(payload) if payload else {}
 
+    out.put(READY)  # set up and connected: the parent starts the clock when all are
     start.wait()
     done, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -251,7 +256,8 @@ def run_workers(target, processes: int, args: tuple, seconds: float) -> float:
     ]
     for worker in workers:
         worker.start()
-    time.sleep(2.0)  # let every child import Django and connect before the clock starts
+    for _ in workers:  # every child has imported Django and connected
+        assert out.get(timeout=120) == READY
     began = time.monotonic()
     start.set()
     total = sum(out.get(timeout=seconds + 120) for _ in workers)
@@ -334,31 +340,13 @@ def api_figure(seconds: float, web_processes: int, n_resources: int) -> float:
     port = 8950
     servers = start_web(port, web_processes)
     os.environ["BENCH_N_RESOURCES"] = str(n_resources)
+    bases = [f"http://127.0.0.1:{port + i}" for i in range(web_processes)]
     try:
-        ctx = mp.get_context("spawn")
-        start, out = ctx.Event(), ctx.Queue()
-        sync = (start, out)
-        clients = [
-            ctx.Process(
-                target=api_worker,
-                args=(i, f"http://127.0.0.1:{port + i % web_processes}", tokens, seconds, *sync),
-            )
-            for i in range(8)
-        ]
-        for client in clients:
-            client.start()
-        time.sleep(1.0)
-        began = time.monotonic()
-        start.set()
-        total = sum(out.get(timeout=seconds + 120) for _ in clients)
-        elapsed = time.monotonic() - began
-        for client in clients:
-            client.join()
+        return run_workers(api_worker, 8, (bases, tokens), seconds)
     finally:
         for server in servers:
             server.terminate()
             server.wait(10)
-    return total / elapsed
 
 
 def main() -> None:
