@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from orchestrator.core.consumers import EventsConsumer
+from orchestrator.dashboard.consumers import DashboardConsumer
 
 websocket_urlpatterns = [
-    path("ws/events/", EventsConsumer.as_asgi()),
+    path("ws/events/", DashboardConsumer.as_asgi()),
 ]

@@ -29,6 +29,7 @@ INSTALLED_APPS = [
     # Listed so that the API docs page serves Swagger UI from our static files, not a CDN.
     "ninja",
     "orchestrator.core",
+    "orchestrator.dashboard",
 ]
 
 MIDDLEWARE = [
@@ -56,6 +57,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "orchestrator.dashboard.context.navigation",
             ],
         },
     },
@@ -73,7 +75,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
-LOGIN_URL = "admin:login"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard:overview"
+LOGOUT_REDIRECT_URL = "login"
+# A refused CSRF check answers JSON to fetch() callers and a page to browsers.
+CSRF_FAILURE_VIEW = "orchestrator.dashboard.views.errors.csrf_failure"
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -1,0 +1,458 @@
+"""The live board: the state the dashboard's pages draw, as plain JSON-safe data.
+
+A browser holds one board. It gets it whole (:func:`board_snapshot`) on
+connect, then patches (:func:`board_patch`) built from the events that
+happened since: every entity an event touches is read again from the
+database and sent whole, so a browser that applied the patches up to event
+N holds what a fresh snapshot taken after N would hold (for the entities
+those events touched, possibly newer: later events re-send them again).
+
+Shape (collections are maps keyed by id, as strings once on the wire)::
+
+    system     {"paused": bool}
+    counts     {"approvals": open approvals, "conflicts": open conflicts}
+    teams      {id: {id, name, paused, deadlock_policy, conflict_policy}}
+    runs       {id: {id, team, goal, status, paused, steps_done, agents, agents_finished, ...}}
+    agents     {id: {id, name, team, status, paused, holds: [...], waits: [...]}}
+    resources  {id: {id, name, team, value, version, fence, holders: [...], waiters: [...]}}
+    deadlocks  {id: {id, team, policy, agent_ids, resource_ids, cycle, edges, detail}}
+
+``agents[..].status`` is derived: done, failed, paused, waiting_human (a
+pending approval, or a deadlock that waits for an operator), waiting_lock (a
+waiting lock request), running or idle. Everything agents wrote (names,
+values, details) is data for ``textContent``, never markup.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from django.db.models import Count, Max, Q
+
+from orchestrator.core.models import (
+    Agent,
+    AgentStatus,
+    Approval,
+    ApprovalStatus,
+    Conflict,
+    ConflictKind,
+    ConflictStatus,
+    DeadlockPolicy,
+    Event,
+    Lock,
+    LockRequest,
+    RequestStatus,
+    Resource,
+    Run,
+    Step,
+    Switchboard,
+    Team,
+)
+
+COLLECTIONS = ("teams", "runs", "agents", "resources")
+VALUE_PREVIEW_CHARS = 160
+RECENT_RUNS = 20
+ACTIVE_RUN_STATUSES = (Run.Status.PENDING, Run.Status.RUNNING, Run.Status.PAUSED)
+OPEN_STEP_STATUSES = (Step.Status.QUEUED, Step.Status.RUNNING, Step.Status.WAITING)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def value_preview(value: Any, limit: int = VALUE_PREVIEW_CHARS) -> str:
+    """A resource value as compact JSON text, cut to ``limit`` characters (with an ellipsis)."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --- rows -----------------------------------------------------------------------------
+
+
+def _teams(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+    queryset = Team.objects.all() if ids is None else Team.objects.filter(pk__in=list(ids))
+    return {
+        row["id"]: row
+        for row in queryset.values("id", "name", "paused", "deadlock_policy", "conflict_policy")
+    }
+
+
+def _runs(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+    if ids is None:
+        recent = list(
+            Run.objects.order_by("-created_at", "-pk").values_list("pk", flat=True)[:RECENT_RUNS]
+        )
+        active = Run.objects.filter(status__in=ACTIVE_RUN_STATUSES).values_list("pk", flat=True)
+        ids = set(recent) | set(active)
+    ids = list(ids)
+    rows = Run.objects.filter(pk__in=ids).values(
+        "id", "team_id", "goal", "status", "paused", "max_steps", "created_at", "finished_at"
+    )
+    progress = {
+        row["run_id"]: row
+        for row in Step.objects.filter(run_id__in=ids)
+        .values("run_id")
+        .annotate(
+            steps_done=Count("id", filter=Q(status=Step.Status.DONE)),
+            agents=Count("agent_id", distinct=True),
+            agents_active=Count("agent_id", distinct=True, filter=Q(status__in=OPEN_STEP_STATUSES)),
+        )
+    }
+    result = {}
+    for row in rows:
+        step_counts = progress.get(row["id"], {})
+        agents = step_counts.get("agents", 0)
+        result[row["id"]] = {
+            "id": row["id"],
+            "team": row["team_id"],
+            "goal": row["goal"][:300],
+            "status": row["status"],
+            "paused": row["paused"],
+            "max_steps": row["max_steps"],
+            "steps_done": step_counts.get("steps_done", 0),
+            "agents": agents,
+            "agents_finished": agents - step_counts.get("agents_active", 0),
+            "created_at": _iso(row["created_at"]),
+            "finished_at": _iso(row["finished_at"]),
+        }
+    return result
+
+
+def _live_locks(
+    *, agent_ids: list[int] | None = None, resource_ids: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Unreleased locks (a lease that ran out shows until the protocol marks it expired)."""
+    queryset = Lock.objects.filter(released_at__isnull=True)
+    if agent_ids is not None:
+        queryset = queryset.filter(agent_id__in=agent_ids)
+    if resource_ids is not None:
+        queryset = queryset.filter(resource_id__in=resource_ids)
+    return [
+        {
+            "lock_id": row["id"],
+            "agent": row["agent_id"],
+            "agent_name": row["agent__name"],
+            "resource": row["resource_id"],
+            "resource_name": row["resource__name"],
+            "mode": row["mode"],
+            "fence": row["token"],
+            "acquired_at": _iso(row["acquired_at"]),
+            "expires_at": _iso(row["expires_at"]),
+        }
+        for row in queryset.order_by("pk").values(
+            "id",
+            "agent_id",
+            "agent__name",
+            "resource_id",
+            "resource__name",
+            "mode",
+            "token",
+            "acquired_at",
+            "expires_at",
+        )
+    ]
+
+
+def _waits(
+    *, agent_ids: list[int] | None = None, resource_ids: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """Waiting lock requests, in queue (FIFO) order."""
+    queryset = LockRequest.objects.filter(status=RequestStatus.WAITING)
+    if agent_ids is not None:
+        queryset = queryset.filter(agent_id__in=agent_ids)
+    if resource_ids is not None:
+        queryset = queryset.filter(resource_id__in=resource_ids)
+    return [
+        {
+            "request_id": row["id"],
+            "agent": row["agent_id"],
+            "agent_name": row["agent__name"],
+            "resource": row["resource_id"],
+            "resource_name": row["resource__name"],
+            "mode": row["mode"],
+            "requested_at": _iso(row["requested_at"]),
+        }
+        for row in queryset.order_by("pk").values(
+            "id", "agent_id", "agent__name", "resource_id", "resource__name", "mode", "requested_at"
+        )
+    ]
+
+
+def _humans_awaited(agent_ids: list[int] | None) -> set[int]:
+    """Agents waiting for a human: a pending approval, or an operator-decided deadlock."""
+    approvals = Approval.objects.filter(status=ApprovalStatus.PENDING)
+    deadlocks = Conflict.objects.filter(
+        kind=ConflictKind.DEADLOCK,
+        status=ConflictStatus.OPEN,
+        team__deadlock_policy=DeadlockPolicy.ASK_OPERATOR,
+    )
+    members = Conflict.agents.through.objects.filter(conflict__in=deadlocks)
+    if agent_ids is not None:
+        approvals = approvals.filter(agent_id__in=agent_ids)
+        members = members.filter(agent_id__in=agent_ids)
+    return set(approvals.values_list("agent_id", flat=True)) | set(
+        members.values_list("agent_id", flat=True)
+    )
+
+
+def derive_status(*, status: str, paused: bool, waits_for_human: bool, waits_for_lock: bool) -> str:
+    """One status per agent, the same on every page (and so the same colour)."""
+    if status in (AgentStatus.DONE, AgentStatus.FAILED):
+        return status
+    if paused:
+        return "paused"
+    if waits_for_human:
+        return AgentStatus.WAITING_HUMAN
+    if waits_for_lock:
+        return AgentStatus.WAITING_LOCK
+    return status
+
+
+def _agents(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+    id_list = None if ids is None else list(ids)
+    queryset = Agent.objects.all() if id_list is None else Agent.objects.filter(pk__in=id_list)
+    rows = list(queryset.values("id", "name", "team_id", "status", "paused", "team__paused"))
+    id_list_for_rest = None if id_list is None else [row["id"] for row in rows]
+    holds: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for lock in _live_locks(agent_ids=id_list_for_rest):
+        holds[lock["agent"]].append(lock)
+    waits: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for wait in _waits(agent_ids=id_list_for_rest):
+        waits[wait["agent"]].append(wait)
+    humans = _humans_awaited(id_list_for_rest)
+    result = {}
+    for row in rows:
+        pk = row["id"]
+        paused = row["paused"] or row["team__paused"]
+        result[pk] = {
+            "id": pk,
+            "name": row["name"],
+            "team": row["team_id"],
+            "status": derive_status(
+                status=row["status"],
+                paused=paused,
+                waits_for_human=pk in humans,
+                waits_for_lock=bool(waits[pk]),
+            ),
+            "paused": row["paused"],
+            "team_paused": row["team__paused"],
+            "holds": [
+                {k: lock[k] for k in ("lock_id", "resource", "resource_name", "mode", "fence")}
+                | {"expires_at": lock["expires_at"]}
+                for lock in holds[pk]
+            ],
+            "waits": [
+                {k: wait[k] for k in ("request_id", "resource", "resource_name", "mode")}
+                for wait in waits[pk]
+            ],
+        }
+    return result
+
+
+def _resources(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+    id_list = None if ids is None else list(ids)
+    queryset = (
+        Resource.objects.all() if id_list is None else Resource.objects.filter(pk__in=id_list)
+    )
+    rows = list(
+        queryset.values("id", "name", "team_id", "value", "version", "fence", "requires_approval")
+    )
+    scope = None if id_list is None else [row["id"] for row in rows]
+    holders: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for lock in _live_locks(resource_ids=scope):
+        holders[lock["resource"]].append(
+            {k: lock[k] for k in ("lock_id", "agent", "agent_name", "mode", "fence")}
+            | {"acquired_at": lock["acquired_at"], "expires_at": lock["expires_at"]}
+        )
+    waiters: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for wait in _waits(resource_ids=scope):
+        waiters[wait["resource"]].append(
+            {k: wait[k] for k in ("request_id", "agent", "agent_name", "mode", "requested_at")}
+        )
+    return {
+        row["id"]: {
+            "id": row["id"],
+            "name": row["name"],
+            "team": row["team_id"],
+            "value": value_preview(row["value"]),
+            "version": row["version"],
+            "fence": row["fence"],
+            "requires_approval": row["requires_approval"],
+            "holders": holders[row["id"]],
+            "waiters": waiters[row["id"]],
+        }
+        for row in rows
+    }
+
+
+def _deadlocks() -> dict[int, dict[str, Any]]:
+    """Open deadlocks, with the cycle the detector reported."""
+    queryset = Conflict.objects.filter(kind=ConflictKind.DEADLOCK, status=ConflictStatus.OPEN)
+    return {
+        row["id"]: {
+            "id": row["id"],
+            "team": row["team_id"],
+            "policy": row["team__deadlock_policy"] or "",
+            "agent_ids": list((row["data"] or {}).get("agent_ids", [])),
+            "resource_ids": list((row["data"] or {}).get("resource_ids", [])),
+            "cycle": list((row["data"] or {}).get("cycle", [])),
+            "edges": list((row["data"] or {}).get("edges", [])),
+            "detail": row["detail"][:1000],
+            "created_at": _iso(row["created_at"]),
+        }
+        for row in queryset.order_by("pk").values(
+            "id", "team_id", "team__deadlock_policy", "data", "detail", "created_at"
+        )
+    }
+
+
+def board_counts() -> dict[str, int]:
+    """Open approvals and open conflicts: the numbers in the navigation bar."""
+    return {
+        "approvals": Approval.objects.filter(status=ApprovalStatus.PENDING).count(),
+        "conflicts": Conflict.objects.filter(status=ConflictStatus.OPEN).count(),
+    }
+
+
+def system_state() -> dict[str, Any]:
+    board = Switchboard.objects.filter(pk=1).first()
+    return {"paused": bool(board and board.paused)}
+
+
+def last_event_id() -> int:
+    return Event.objects.aggregate(last=Max("id"))["last"] or 0
+
+
+def _keyed(rows: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {str(pk): row for pk, row in rows.items()}
+
+
+# --- snapshot and patch ---------------------------------------------------------------
+
+
+def board_snapshot() -> dict[str, Any]:
+    """The whole board and the id of the last event it includes.
+
+    The id is read first, so the board is at least as new as that event;
+    events after it are sent as patches, which re-read what they touch.
+    """
+    last_id = last_event_id()
+    state = {
+        "system": system_state(),
+        "counts": board_counts(),
+        "teams": _keyed(_teams()),
+        "runs": _keyed(_runs()),
+        "agents": _keyed(_agents()),
+        "resources": _keyed(_resources()),
+        "deadlocks": _keyed(_deadlocks()),
+    }
+    return {"last_id": last_id, "state": state}
+
+
+class Touched:
+    """The entities a batch of events may have changed."""
+
+    def __init__(self) -> None:
+        self.teams: set[int] = set()
+        self.runs: set[int] = set()
+        self.agents: set[int] = set()
+        self.resources: set[int] = set()
+        self.deadlocks = False
+
+    @classmethod
+    def by(cls, events: Iterable[dict[str, Any]]) -> Touched:
+        touched = cls()
+        subjects: dict[str, set[int]] = defaultdict(set)
+        for event in events:
+            if event.get("agent"):
+                touched.agents.add(event["agent"])
+            payload = event.get("payload") or {}
+            for key, target in (("resource_id", touched.resources), ("run", touched.runs)):
+                if isinstance(payload.get(key), int):
+                    target.add(payload[key])
+            if event.get("subject_type") and isinstance(event.get("subject_id"), int):
+                subjects[event["subject_type"]].add(event["subject_id"])
+        touched._resolve(subjects)
+        return touched
+
+    def _resolve(self, subjects: dict[str, set[int]]) -> None:
+        self.agents |= subjects.get("agent", set())
+        self.resources |= subjects.get("resource", set())
+        self.runs |= subjects.get("run", set())
+        if subjects.get("team"):
+            self.teams |= subjects["team"]
+            self.agents |= set(
+                Agent.objects.filter(team_id__in=subjects["team"]).values_list("pk", flat=True)
+            )
+        for model, key in ((Lock, "lock"), (LockRequest, "lockrequest"), (Approval, "approval")):
+            if subjects.get(key):
+                for agent_id, resource_id in model.objects.filter(pk__in=subjects[key]).values_list(
+                    "agent_id", "resource_id"
+                ):
+                    self.agents.add(agent_id)
+                    self.resources.add(resource_id)
+        if subjects.get("step"):
+            for agent_id, run_id in Step.objects.filter(pk__in=subjects["step"]).values_list(
+                "agent_id", "run_id"
+            ):
+                self.agents.add(agent_id)
+                self.runs.add(run_id)
+        if subjects.get("conflict"):
+            self.deadlocks = True
+            ids = subjects["conflict"]
+            self.agents |= set(
+                Conflict.agents.through.objects.filter(conflict_id__in=ids).values_list(
+                    "agent_id", flat=True
+                )
+            )
+            self.resources |= set(
+                Conflict.resources.through.objects.filter(conflict_id__in=ids).values_list(
+                    "resource_id", flat=True
+                )
+            )
+        if self.runs:
+            self.teams |= set(
+                Run.objects.filter(pk__in=self.runs).values_list("team_id", flat=True)
+            )
+
+
+def board_patch(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """What changed with ``events`` (as :func:`orchestrator.core.events.event_message` shapes
+    them): the touched entities re-read whole, those that no longer exist in ``removed``,
+    and the counts and system flags (always)."""
+    touched = Touched.by(events)
+    patch: dict[str, Any] = {"system": system_state(), "counts": board_counts()}
+    removed: dict[str, list[str]] = {}
+    for name, ids, read in (
+        ("teams", touched.teams, _teams),
+        ("runs", touched.runs, _runs),
+        ("agents", touched.agents, _agents),
+        ("resources", touched.resources, _resources),
+    ):
+        if not ids:
+            continue
+        rows = read(ids)
+        patch[name] = _keyed(rows)
+        gone = sorted(set(ids) - set(rows))
+        if gone:
+            removed[name] = [str(pk) for pk in gone]
+    if touched.deadlocks:
+        patch["deadlocks"] = _keyed(_deadlocks())
+    if removed:
+        patch["removed"] = removed
+    return patch
+
+
+def board_apply(state: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Apply a patch to a board, as the browser does (live.js): used by tests and tools."""
+    for key in ("system", "counts", "deadlocks"):
+        if key in patch:
+            state[key] = patch[key]
+    for name in COLLECTIONS:
+        state.setdefault(name, {}).update(patch.get(name, {}))
+        for pk in patch.get("removed", {}).get(name, []):
+            state[name].pop(pk, None)
+    return state

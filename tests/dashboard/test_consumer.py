@@ -1,0 +1,296 @@
+"""The live feed (ws/events/): real channel layer (Redis), real sessions, real commits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+
+from orchestrator.asgi import application
+from orchestrator.core import events as event_log
+from orchestrator.core.control import agents_set_paused, system_set_paused
+from orchestrator.core.events import ALL_EVENTS_GROUP, event_message
+from orchestrator.core.locks import lock_acquire
+from orchestrator.core.models import Event
+from orchestrator.core.resources import resource_create
+from orchestrator.dashboard import consumers
+from orchestrator.dashboard.selectors import feed
+from orchestrator.dashboard.selectors.board import board_apply
+from tests import factories
+from tests.dashboard import builders
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+def headers_for(account: Any) -> list[tuple[bytes, bytes]]:
+    return [ORIGIN, (b"cookie", f"sessionid={builders.session_cookie(account)}".encode())]
+
+
+async def connect(path: str = "/ws/events/", account: Any = None) -> WebsocketCommunicator:
+    account = account or await sync_to_async(builders.viewer)()
+    headers = await sync_to_async(headers_for)(account)
+    communicator = WebsocketCommunicator(application, path, headers=headers)
+    connected, code = await communicator.connect()
+    assert connected, code
+    return communicator
+
+
+def database_state() -> dict[str, Any]:
+    return feed.feed_snapshot()["state"]
+
+
+class Client:
+    """What a browser does with the frames (static/orchestrator/live.js)."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.state: dict[str, Any] = {}
+        self.last_id: int | None = None
+        self.events: list[dict[str, Any]] = []
+        self.frames: list[dict[str, Any]] = []
+
+    async def receive(self, timeout: float = 5) -> dict[str, Any]:
+        frame = await self.communicator.receive_json_from(timeout=timeout)
+        self.frames.append(frame)
+        if frame["type"] == "snapshot":
+            self.state, self.last_id = frame["state"], frame["last_id"]
+        elif frame["type"] == "delta":
+            assert frame["since"] == self.last_id, "a gap the client would ask to replay"
+            board_apply(self.state, frame["state"])
+            self.events.extend(frame["events"])
+            self.last_id = frame["last_id"]
+        return frame
+
+    async def until(self, last_id: int, timeout: float = 10) -> None:
+        """Receive frames until the client has seen every event up to ``last_id``."""
+        async with asyncio.timeout(timeout):
+            while self.last_id is None or self.last_id < last_id:
+                await self.receive(timeout=timeout)
+
+
+def last_id() -> int:
+    return Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+# --- who may connect ------------------------------------------------------------------
+
+
+async def test_anonymous_websocket_is_refused(redis_conn) -> None:
+    communicator = WebsocketCommunicator(application, "/ws/events/", headers=[ORIGIN])
+    connected, code = await communicator.connect()
+    assert not connected
+    assert code == 4401
+    await communicator.disconnect()
+
+
+async def test_foreign_origin_is_refused(redis_conn) -> None:
+    headers = await sync_to_async(headers_for)(await sync_to_async(builders.operator)())
+    headers[0] = (b"origin", b"http://evil.example")
+    communicator = WebsocketCommunicator(application, "/ws/events/", headers=headers)
+    connected, _ = await communicator.connect()
+    assert not connected
+    await communicator.disconnect()
+
+
+async def test_a_user_outside_both_groups_is_refused(redis_conn) -> None:
+    headers = await sync_to_async(headers_for)(await sync_to_async(builders.user)())
+    communicator = WebsocketCommunicator(application, "/ws/events/", headers=headers)
+    connected, code = await communicator.connect()
+    assert not connected
+    assert code == 4403
+    await communicator.disconnect()
+
+
+# --- snapshot, deltas, replay ---------------------------------------------------------
+
+
+def make_holder() -> tuple[Any, Any]:
+    team = factories.team()
+    holder = factories.agent(team_=team, name="holder")
+    resource = resource_create(name="doc", value={"text": "v0"}, team=team)
+    return holder, resource
+
+
+async def test_snapshot_then_deltas_keep_the_client_equal_to_the_database(redis_conn) -> None:
+    holder, resource = await sync_to_async(make_holder)()
+    communicator = await connect()
+    client = Client(communicator)
+    snapshot = await client.receive()
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["last_id"] == await sync_to_async(last_id)()
+    assert snapshot["state"]["resources"][str(resource.pk)]["holders"] == []
+    assert snapshot["state"]["agents"][str(holder.pk)]["status"] == "idle"
+
+    waiter = await sync_to_async(factories.agent)(team_=holder.team, name="waiter")
+    await sync_to_async(lock_acquire)(agent=holder, resource="doc")
+    await sync_to_async(lock_acquire)(agent=waiter, resource="doc")
+    await client.until(await sync_to_async(last_id)())
+
+    kinds = [event["kind"] for event in client.events]
+    assert kinds == ["lock.granted", "lock.waiting"]
+    resource_row = client.state["resources"][str(resource.pk)]
+    assert [h["agent_name"] for h in resource_row["holders"]] == ["holder"]
+    assert [w["agent_name"] for w in resource_row["waiters"]] == ["waiter"]
+    assert client.state["agents"][str(waiter.pk)]["status"] == "waiting_lock"
+    assert client.state == await sync_to_async(database_state)()
+    await communicator.disconnect()
+
+
+async def test_a_push_lost_by_the_layer_is_replayed_from_the_database(
+    redis_conn, monkeypatch
+) -> None:
+    agent = await sync_to_async(factories.agent)()
+    communicator = await connect()
+    client = Client(communicator)
+    await client.receive()
+    with monkeypatch.context() as patched:
+        patched.setattr(event_log, "publish", lambda messages: None)  # the layer drops it
+        await sync_to_async(agents_set_paused)(agents=[agent], paused=True)
+    lost = await sync_to_async(last_id)()
+    await sync_to_async(system_set_paused)(paused=True)  # this one is pushed
+    await client.until(await sync_to_async(last_id)())
+    assert [e["kind"] for e in client.events] == ["agent.paused", "system.paused"]
+    assert client.events[0]["id"] == lost
+    assert client.state["agents"][str(agent.pk)]["status"] == "paused"
+    assert client.state["system"] == {"paused": True}
+    assert client.state == await sync_to_async(database_state)()
+    await communicator.disconnect()
+
+
+async def test_a_client_that_saw_a_gap_asks_for_a_replay(redis_conn) -> None:
+    agent = await sync_to_async(factories.agent)()
+    communicator = await connect()
+    client = Client(communicator)
+    await client.receive()
+    before = client.last_id
+    await sync_to_async(agents_set_paused)(agents=[agent], paused=True)
+    await sync_to_async(agents_set_paused)(agents=[agent], paused=False)
+    await client.until(await sync_to_async(last_id)())
+    # The client pretends it missed those frames: it asks again from its old id.
+    client.state["agents"].pop(str(agent.pk))
+    client.last_id = before
+    await communicator.send_json_to({"type": "resume", "last_id": before})
+    frame = await client.receive()
+    assert frame["type"] == "delta" and frame["since"] == before
+    assert [e["kind"] for e in frame["events"]] == ["agent.paused", "agent.resumed"]
+    assert client.state == await sync_to_async(database_state)()
+    await communicator.disconnect()
+
+
+async def test_a_reconnecting_client_gets_a_replay_not_a_snapshot(redis_conn) -> None:
+    agent = await sync_to_async(factories.agent)()
+    since = await sync_to_async(last_id)()
+    await sync_to_async(agents_set_paused)(agents=[agent], paused=True)
+    communicator = await connect(f"/ws/events/?last_id={since}")
+    frame = await communicator.receive_json_from(timeout=5)
+    assert frame["type"] == "delta"
+    assert frame["since"] == since
+    assert [e["kind"] for e in frame["events"]] == ["agent.paused"]
+    assert frame["state"]["agents"][str(agent.pk)]["paused"] is True
+    await communicator.disconnect()
+
+
+async def test_a_client_too_far_behind_gets_a_fresh_snapshot(redis_conn, monkeypatch) -> None:
+    monkeypatch.setattr(feed, "REPLAY_LIMIT", 3)
+    agent = await sync_to_async(factories.agent)()
+    since = await sync_to_async(last_id)()
+    for paused in (True, False, True, False):
+        await sync_to_async(agents_set_paused)(agents=[agent], paused=paused)
+    communicator = await connect(f"/ws/events/?last_id={since}")
+    frame = await communicator.receive_json_from(timeout=5)
+    assert frame["type"] == "snapshot"
+    assert frame["last_id"] == await sync_to_async(last_id)()
+    # Asking for an id the log never had (a restored database) also gets a snapshot.
+    await communicator.send_json_to({"type": "resume", "last_id": frame["last_id"] + 1000})
+    again = await communicator.receive_json_from(timeout=5)
+    assert again["type"] == "snapshot"
+    await communicator.disconnect()
+
+
+# --- coalescing -----------------------------------------------------------------------
+
+
+async def test_a_burst_of_pushes_is_coalesced_to_at_most_20_frames_a_second(
+    redis_conn, monkeypatch
+) -> None:
+    """Each event is committed and pushed alone (the publisher's own batching is bypassed),
+    about as fast as the database allows; the browser still gets few frames."""
+    burst = 120
+    agent = await sync_to_async(factories.agent)()
+    communicator = await connect()
+    client = Client(communicator)
+    await client.receive()
+    monkeypatch.setattr(event_log, "publish", lambda messages: None)
+    layer = get_channel_layer()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    def commit_one(paused: bool) -> dict[str, Any]:
+        agents_set_paused(agents=[agent], paused=paused)
+        return event_message(Event.objects.order_by("-id").first())
+
+    async def produce() -> int:
+        for i in range(burst):
+            message = await sync_to_async(commit_one)(i % 2 == 0)
+            await layer.group_send(ALL_EVENTS_GROUP, {"type": "events.logged", "events": [message]})
+        return message["id"]
+
+    final = await produce()
+    await client.until(final)
+    elapsed = loop.time() - started
+    deltas = [frame for frame in client.frames if frame["type"] == "delta"]
+    assert len(client.events) == burst
+    assert [e["id"] for e in client.events] == sorted({e["id"] for e in client.events})
+    # Frames are at least FRAME_INTERVAL apart, so over `elapsed` seconds at most:
+    assert len(deltas) <= elapsed / consumers.FRAME_INTERVAL + 1, (len(deltas), elapsed)
+    assert len(deltas) < burst / 2
+    await communicator.disconnect()
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1, 2]", "invalid_message"),
+        ('{"kind": "resume"}', "invalid_message"),
+        ('{"type": "launch"}', "unknown_type"),
+        ('{"type": "resume"}', "invalid_last_id"),
+        ('{"type": "resume", "last_id": -1}', "invalid_last_id"),
+        ('{"type": "resume", "last_id": "7"}', "invalid_last_id"),
+        ('{"type": "resume", "last_id": true}', "invalid_last_id"),
+        ('{"type": "resume", "last_id": 1e400}', "invalid_last_id"),
+        (json.dumps({"type": "ping", "pad": "x" * 5000}), "too_large"),
+    ],
+)
+async def test_malformed_messages_get_an_error_frame_and_the_feed_goes_on(
+    redis_conn, message: str, code: str
+) -> None:
+    communicator = await connect()
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "snapshot"
+    await communicator.send_to(text_data=message)
+    error = await communicator.receive_json_from(timeout=5)
+    assert error == {"type": "error", "error": code, "detail": error["detail"]}
+    await communicator.send_json_to({"type": "ping"})
+    assert await communicator.receive_json_from(timeout=5) == {"type": "pong"}
+    await communicator.disconnect()
+
+
+async def test_binary_frames_are_refused_with_an_error_frame(redis_conn) -> None:
+    communicator = await connect()
+    await communicator.receive_json_from(timeout=5)
+    await communicator.send_to(bytes_data=b"\x00\xff")
+    error = await communicator.receive_json_from(timeout=5)
+    assert error["error"] == "binary_unsupported"
+    await communicator.send_json_to({"type": "snapshot"})
+    assert (await communicator.receive_json_from(timeout=5))["type"] == "snapshot"
+    await communicator.disconnect()
