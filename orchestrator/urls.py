@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
 
 from orchestrator.api.endpoints import api as agent_api
 from orchestrator.core import views
@@ -12,5 +13,11 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", agent_api.urls),
     path("healthz", views.healthz, name="healthz"),
-    path("", views.home, name="home"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(redirect_authenticated_user=True),
+        name="login",
+    ),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", include("orchestrator.dashboard.urls")),
 ]

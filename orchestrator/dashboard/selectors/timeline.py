@@ -1,0 +1,83 @@
+"""The event log with filters, and the lock history of one resource (the Gantt chart)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db.models import QuerySet
+
+from orchestrator.core.models import Agent, Event, Lock, Resource, Team
+
+EVENTS_LIMIT = 200
+GANTT_LOCKS_LIMIT = 500
+
+
+def events_filtered(
+    *,
+    kind: str = "",
+    team: Team | None = None,
+    agent: Agent | None = None,
+    actor: str = "",
+    limit: int = EVENTS_LIMIT,
+) -> list[Event]:
+    """The newest ``limit`` matching events, newest first.
+
+    ``kind`` matches a prefix ("lock." is every lock event); ``actor`` a substring.
+    """
+    queryset: QuerySet[Event] = Event.objects.all()
+    if kind:
+        queryset = queryset.filter(kind__startswith=kind)
+    if team is not None:
+        queryset = queryset.filter(team=team)
+    if agent is not None:
+        queryset = queryset.filter(agent=agent)
+    if actor:
+        queryset = queryset.filter(actor__icontains=actor)
+    return list(queryset.order_by("-id")[:limit])
+
+
+@dataclass
+class Bar:
+    lock: Lock
+    start: datetime
+    end: datetime
+    live: bool
+
+
+@dataclass
+class Gantt:
+    resource: Resource
+    start: datetime
+    end: datetime
+    rows: list[tuple[str, list[Bar]]]  # (agent name, its holds), in order of first hold
+
+
+def lock_history(*, resource: Resource, now: datetime, window: timedelta) -> Gantt:
+    """Who held ``resource`` when, over the ``window`` before ``now``.
+
+    A live lock's bar runs to ``now`` (or to its lease's end if that came first).
+    """
+    start = now - window
+    locks = (
+        Lock.objects.filter(resource=resource, acquired_at__lt=now)
+        .exclude(released_at__lt=start)
+        .select_related("agent")
+        .order_by("acquired_at", "pk")[:GANTT_LOCKS_LIMIT]
+    )
+    rows: dict[str, list[Bar]] = {}
+    for lock in locks:
+        live = lock.released_at is None
+        end = min(now, lock.expires_at) if live else lock.released_at
+        bar = Bar(lock=lock, start=max(lock.acquired_at, start), end=max(end, start), live=live)
+        rows.setdefault(lock.agent.name, []).append(bar)
+    return Gantt(resource=resource, start=start, end=now, rows=list(rows.items()))
+
+
+def resource_names(*, limit: int = 2000) -> list[str]:
+    """Resource names for the Gantt chart's picker."""
+    return list(Resource.objects.order_by("name").values_list("name", flat=True)[:limit])
+
+
+def resource_by_name(*, name: str) -> Resource | None:
+    return Resource.objects.filter(name=name).first()

@@ -1,0 +1,211 @@
+"""Operator actions: POST, CSRF, operators only; each calls one service with ``user=``.
+
+The services leave the Event naming the user and raise ProtocolError for
+what they refuse (already decided, already resolved, lock already ended):
+that becomes a clear message, as JSON for fetch() callers (status of the
+error) or as a message on the page the form came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django import forms
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+
+from agents.runtime import run_cancel
+from orchestrator.core.approvals import approval_decide
+from orchestrator.core.control import (
+    agents_set_paused,
+    runs_set_paused,
+    system_set_paused,
+    teams_set_paused,
+)
+from orchestrator.core.deadlocks import deadlock_break
+from orchestrator.core.errors import ProtocolError
+from orchestrator.core.locks import lock_force_release
+from orchestrator.dashboard.forms import (
+    BreakDeadlockForm,
+    DecisionForm,
+    ForceReleaseForm,
+    PauseForm,
+)
+from orchestrator.dashboard.selectors import lookups
+from orchestrator.dashboard.views.access import operator_required
+from orchestrator.dashboard.views.errors import refuse, wants_json
+
+
+def _back(request: HttpRequest) -> str:
+    """Where a form goes back to: its ``next`` field or the referring page, if on this site."""
+    for target in (request.POST.get("next"), request.headers.get("Referer")):
+        if target and url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        ):
+            return target
+    return reverse("dashboard:overview")
+
+
+def answer(request: HttpRequest, *, detail: str, ok: bool = True, **extra: Any) -> HttpResponse:
+    """A done action: JSON for fetch(), otherwise a message on the page the form came from."""
+    if wants_json(request):
+        return JsonResponse({"ok": ok, "detail": detail, **extra})
+    messages.add_message(request, messages.SUCCESS if ok else messages.INFO, detail)
+    return redirect(_back(request))
+
+
+def refused(request: HttpRequest, exc: ProtocolError) -> HttpResponse:
+    """A refusal by a service (the state changed under the operator): say what happened."""
+    if wants_json(request):
+        return JsonResponse({"ok": False, **exc.as_dict()}, status=exc.status)
+    messages.error(request, exc.detail)
+    return redirect(_back(request))
+
+
+def invalid(request: HttpRequest, form: forms.Form) -> HttpResponse:
+    errors = {field: [str(e) for e in errs] for field, errs in form.errors.items()}
+    if wants_json(request):
+        return JsonResponse(
+            {"ok": False, "error": "invalid", "detail": "invalid input", "errors": errors},
+            status=400,
+        )
+    text = "; ".join(f"{field}: {' '.join(errs)}" for field, errs in errors.items())
+    return refuse(request, 400, "invalid", f"This action's input is not valid ({text}).")
+
+
+def perform(
+    request: HttpRequest, form: forms.Form, act: Callable[[dict[str, Any]], str]
+) -> HttpResponse:
+    """Validate ``form``, run ``act`` with its cleaned data, and answer."""
+    if not form.is_valid():
+        return invalid(request, form)
+    try:
+        detail = act(form.cleaned_data)
+    except ProtocolError as exc:
+        return refused(request, exc)
+    return answer(request, detail=detail)
+
+
+def _paused_text(what: str, paused: bool, changed: bool) -> str:
+    if not changed:
+        return f"{what} was already {'paused' if paused else 'running'}."
+    if paused:
+        return f"Paused {what}: its agents stop before their next step."
+    return f"Resumed {what}."
+
+
+@operator_required
+def system_pause(request: HttpRequest) -> HttpResponse:
+    """The emergency stop: pause (or resume) every agent of every team."""
+
+    def act(data: dict[str, Any]) -> str:
+        changed = system_set_paused(paused=data["paused"], user=request.user)
+        return _paused_text("everything", data["paused"], changed)
+
+    return perform(request, PauseForm(request.POST), act)
+
+
+@operator_required
+def team_pause(request: HttpRequest, team_id: int) -> HttpResponse:
+    def act(data: dict[str, Any]) -> str:
+        team = lookups.team_get(team_id=team_id)
+        changed = teams_set_paused(teams=[team], paused=data["paused"], user=request.user)
+        return _paused_text(f"team {team.name}", data["paused"], bool(changed))
+
+    return perform(request, PauseForm(request.POST), act)
+
+
+@operator_required
+def agent_pause(request: HttpRequest, agent_id: int) -> HttpResponse:
+    def act(data: dict[str, Any]) -> str:
+        agent = lookups.agent_get(agent_id=agent_id)
+        changed = agents_set_paused(agents=[agent], paused=data["paused"], user=request.user)
+        return _paused_text(f"agent {agent.name}", data["paused"], bool(changed))
+
+    return perform(request, PauseForm(request.POST), act)
+
+
+@operator_required
+def run_pause(request: HttpRequest, run_id: int) -> HttpResponse:
+    def act(data: dict[str, Any]) -> str:
+        run = lookups.run_get(run_id=run_id)
+        changed = runs_set_paused(runs=[run], paused=data["paused"], user=request.user)
+        return _paused_text(f"run #{run.pk}", data["paused"], bool(changed))
+
+    return perform(request, PauseForm(request.POST), act)
+
+
+@operator_required
+def run_cancel_view(request: HttpRequest, run_id: int) -> HttpResponse:
+    def act(data: dict[str, Any]) -> str:
+        before = lookups.run_get(run_id=run_id)
+        if before.status in ("finished", "failed", "cancelled"):
+            return f"Run #{run_id} had already ended ({before.status})."
+        run = run_cancel(run_id=run_id, user=request.user)
+        return f"Run #{run.pk} cancelled: its agents' locks and waits are released."
+
+    return perform(request, forms.Form(request.POST), act)
+
+
+@operator_required
+def lock_release(request: HttpRequest, lock_id: int) -> HttpResponse:
+    def act(data: dict[str, Any]) -> str:
+        lock = lookups.lock_get(lock_id=lock_id)
+        lock_force_release(lock_id=lock_id, user=request.user, reason=data["reason"])
+        return (
+            f"Released {lock.agent.name}'s {lock.mode} lock on {lock.resource.name}; "
+            "its fencing token no longer writes, and the next waiters were granted."
+        )
+
+    return perform(request, ForceReleaseForm(request.POST), act)
+
+
+@operator_required
+def deadlock_break_view(request: HttpRequest, conflict_id: int) -> HttpResponse:
+    def act(data: dict[str, Any]) -> str:
+        lookups.deadlock_get(conflict_id=conflict_id)
+        conflict = deadlock_break(
+            conflict_id=conflict_id,
+            victim_id=data["victim"],
+            action=data["action"],
+            user=request.user,
+        )
+        return f"Deadlock #{conflict.pk} broken: {conflict.resolution}"
+
+    return perform(request, BreakDeadlockForm(request.POST), act)
+
+
+def decide(request: HttpRequest, approval_id: int, form: DecisionForm) -> str:
+    """Run a valid decision through the service; ProtocolError goes up."""
+    data = form.cleaned_data
+    extra = {"value": data["parsed_value"]} if data["decision"] == DecisionForm.EDIT else {}
+    result = approval_decide(
+        approval_id=approval_id,
+        decision="reject" if data["decision"] == DecisionForm.REJECT else "approve",
+        note=data["note"],
+        user=request.user,
+        **extra,
+    )
+    return f"Approval #{result.approval.pk} {result.approval.status}: {result.detail}"
+
+
+@operator_required
+def approval_decide_view(request: HttpRequest, approval_id: int) -> HttpResponse:
+    """Approve, reject, or edit and approve. Two operators at once: the first one wins,
+    the other is told who decided."""
+    form = DecisionForm(request.POST)
+    if not form.is_valid():
+        if wants_json(request):
+            return invalid(request, form)
+        from orchestrator.dashboard.views.pages import approvals_page
+
+        return approvals_page(request, bound={approval_id: form}, status=400)
+    try:
+        detail = decide(request, approval_id, form)
+    except ProtocolError as exc:
+        return refused(request, exc)
+    return answer(request, detail=detail)

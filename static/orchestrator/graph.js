@@ -1,0 +1,203 @@
+// The wait-for graph as SVG: agents on the left, resources on the right; green
+// "holds" edges (resource -> agent), dashed amber "waits for" edges (agent ->
+// resource); deadlock cycles in red, each with a form to break it by choosing the victim.
+import { canOperate, csrfToken } from "./actions.js";
+import { clear, h, s } from "./dom.js";
+import { byName } from "./format.js";
+import { board } from "./live.js";
+
+const container = document.getElementById("graph");
+const deadlocksBox = document.getElementById("deadlocks");
+const teamSelect = document.getElementById("graph-team");
+const ROW = 38;
+const NODE_H = 26;
+const AGENT_X = 20;
+const AGENT_W = 220;
+const RES_X = 600;
+const RES_W = 240;
+const WIDTH = RES_X + RES_W + 20;
+const chosenVictims = new Map(); // deadlock id -> agent id
+
+function label(name, max = 30) {
+  return name.length > max ? `${name.slice(0, max - 1)}…` : name;
+}
+
+function markers() {
+  const marker = (id, color) =>
+    s("marker", { id, viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 7, markerHeight: 7, orient: "auto" },
+      s("path", { d: "M 0 0 L 10 5 L 0 10 z", style: { fill: color } }));
+  return s("defs", {},
+    marker("arrow-hold", "var(--running)"),
+    marker("arrow-wait", "var(--waiting-lock)"),
+    marker("arrow-cycle", "var(--failed)"));
+}
+
+function deadlockOf(state) {
+  // agent id / resource id -> the deadlock it is part of
+  const agents = new Map();
+  const resources = new Map();
+  for (const deadlock of Object.values(state.deadlocks || {})) {
+    for (const id of deadlock.agent_ids) agents.set(id, deadlock);
+    for (const id of deadlock.resource_ids) resources.set(id, deadlock);
+  }
+  return { agents, resources };
+}
+
+function chooseVictim(deadlockId, agentId) {
+  chosenVictims.set(deadlockId, agentId);
+  const select = document.getElementById(`victim-${deadlockId}`);
+  if (select) select.value = String(agentId);
+  render();
+}
+
+function drawGraph(state, teamId) {
+  const inTeam = (item) => !teamId || String(item.team) === teamId;
+  const cycles = deadlockOf(state);
+  const resources = Object.values(state.resources)
+    .filter((r) => (r.holders.length || r.waiters.length) && (inTeam(r) || cycles.resources.has(r.id)))
+    .sort(byName);
+  const agentIds = new Set();
+  for (const r of resources) for (const x of [...r.holders, ...r.waiters]) agentIds.add(x.agent);
+  const agents = [...agentIds].map((id) => state.agents[id]).filter(Boolean).sort(byName);
+  if (!agents.length && !resources.length) {
+    return h("p", { class: "empty" }, "Nobody holds or waits for anything right now.");
+  }
+  const agentY = new Map(agents.map((a, i) => [a.id, 20 + i * ROW]));
+  const resourceY = new Map(resources.map((r, i) => [r.id, 20 + i * ROW]));
+  const height = 40 + Math.max(agents.length, resources.length) * ROW;
+  const svg = s("svg", { class: "graph", width: WIDTH, height, viewBox: `0 0 ${WIDTH} ${height}`, role: "img", "aria-label": "Wait-for graph" }, markers());
+  const edges = s("g", { class: "edges" });
+  svg.append(edges);
+  const sameCycle = (agentId, resourceId) => {
+    const deadlock = cycles.agents.get(agentId);
+    return deadlock && deadlock === cycles.resources.get(resourceId);
+  };
+  for (const r of resources) {
+    const ry = resourceY.get(r.id) + NODE_H / 2;
+    for (const holder of r.holders) {
+      if (!agentY.has(holder.agent)) continue;
+      const ay = agentY.get(holder.agent) + NODE_H / 2 - 5;
+      const cycle = sameCycle(holder.agent, r.id);
+      edges.append(s("path", {
+        class: `edge hold${cycle ? " in-cycle" : ""}`,
+        d: `M ${RES_X} ${ry - 5} C ${RES_X - 150} ${ry - 5}, ${AGENT_X + AGENT_W + 150} ${ay}, ${AGENT_X + AGENT_W} ${ay}`,
+        "marker-end": `url(#${cycle ? "arrow-cycle" : "arrow-hold"})`,
+        dataset: { edge: "hold", agent: holder.agent, resource: r.id },
+      }, s("title", {}, `${r.name} is held by ${holder.agent_name} (${holder.mode})`)));
+    }
+    for (const waiter of r.waiters) {
+      if (!agentY.has(waiter.agent)) continue;
+      const ay = agentY.get(waiter.agent) + NODE_H / 2 + 5;
+      const cycle = sameCycle(waiter.agent, r.id);
+      edges.append(s("path", {
+        class: `edge wait${cycle ? " in-cycle" : ""}`,
+        d: `M ${AGENT_X + AGENT_W} ${ay} C ${AGENT_X + AGENT_W + 150} ${ay}, ${RES_X - 150} ${ry + 5}, ${RES_X} ${ry + 5}`,
+        "marker-end": `url(#${cycle ? "arrow-cycle" : "arrow-wait"})`,
+        dataset: { edge: "wait", agent: waiter.agent, resource: r.id },
+      }, s("title", {}, `${waiter.agent_name} waits for ${r.name} (${waiter.mode})`)));
+    }
+  }
+  for (const agent of agents) {
+    const deadlock = cycles.agents.get(agent.id);
+    const victim = deadlock && chosenVictims.get(deadlock.id) === agent.id;
+    const node = s("g", {
+      class: `node agent${deadlock ? " in-cycle" : ""}${victim ? " victim" : ""}`,
+      transform: `translate(${AGENT_X} ${agentY.get(agent.id)})`,
+      dataset: { agentId: agent.id, agentName: agent.name },
+    },
+      s("rect", { width: AGENT_W, height: NODE_H, rx: 12 }),
+      s("text", { x: 12, y: 17 }, label(agent.name)),
+      s("title", {}, `${agent.name}: ${agent.status}`));
+    if (deadlock && canOperate) {
+      node.setAttribute("tabindex", "0");
+      node.setAttribute("role", "button");
+      node.setAttribute("aria-label", `Choose ${agent.name} as the victim of deadlock ${deadlock.id}`);
+      node.addEventListener("click", () => chooseVictim(deadlock.id, agent.id));
+      node.addEventListener("keydown", (event) => {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          chooseVictim(deadlock.id, agent.id);
+        }
+      });
+    }
+    svg.append(node);
+  }
+  for (const r of resources) {
+    const deadlock = cycles.resources.get(r.id);
+    svg.append(s("g", {
+      class: `node resource${deadlock ? " in-cycle" : ""}`,
+      transform: `translate(${RES_X} ${resourceY.get(r.id)})`,
+      dataset: { resourceId: r.id, resourceName: r.name },
+    },
+      s("rect", { width: RES_W, height: NODE_H, rx: 3 }),
+      s("text", { x: 10, y: 17 }, label(r.name)),
+      s("title", {}, `${r.name}: version ${r.version}, fence ${r.fence}`)));
+  }
+  return svg;
+}
+
+function deadlockPanel(state, deadlock) {
+  const name = (id) => (state.agents[id] ? state.agents[id].name : `agent ${id}`);
+  const team = state.teams[deadlock.team];
+  const panel = h("div", { class: "deadlock", dataset: { deadlockId: deadlock.id } },
+    h("h2", {}, `Deadlock #${deadlock.id}`, team ? ` in team ${team.name}` : ""),
+    h("p", {}, "Cycle: ", deadlock.cycle.length ? [...deadlock.cycle, deadlock.cycle[0]].join(" → ") : deadlock.agent_ids.map(name).join(", ")),
+    h("p", { class: "muted" }, deadlock.detail),
+    h("p", { class: "muted" }, deadlock.policy === "ask_operator"
+      ? "The team's policy asks an operator to choose the victim."
+      : `The team's policy (${deadlock.policy.replaceAll("_", " ")}) breaks it automatically.`));
+  if (!canOperate) return panel;
+  const chosen = chosenVictims.get(deadlock.id) ?? deadlock.agent_ids[0];
+  const victim = h("select", { name: "victim", id: `victim-${deadlock.id}` },
+    deadlock.agent_ids.map((id) => h("option", { value: id, selected: id === chosen }, name(id))));
+  victim.addEventListener("change", () => chooseVictim(deadlock.id, Number(victim.value)));
+  const form = h("form", { method: "post", action: `/actions/deadlocks/${deadlock.id}/break`, class: "row", "data-action": "" },
+    h("input", { type: "hidden", name: "csrfmiddlewaretoken", value: csrfToken() }),
+    h("label", { for: `victim-${deadlock.id}` }, "Victim"), victim,
+    h("label", { for: `break-action-${deadlock.id}` }, "Action"),
+    h("select", { name: "action", id: `break-action-${deadlock.id}` },
+      h("option", { value: "abort" }, "abort: cancel its wait and revoke its locks"),
+      h("option", { value: "cancel_wait" }, "cancel its wait only"),
+      h("option", { value: "revoke" }, "revoke its locks only")),
+    h("button", { type: "submit", class: "danger" }, "Break deadlock"));
+  panel.append(form);
+  return panel;
+}
+
+function renderTeams(state) {
+  const current = teamSelect.value;
+  const options = [h("option", { value: "" }, "all teams"),
+    ...Object.values(state.teams).sort(byName).map((team) => h("option", { value: team.id, selected: String(team.id) === current }, team.name))];
+  if (teamSelect.options.length !== options.length) teamSelect.replaceChildren(...options);
+}
+
+let lastPanels = "";
+function render() {
+  const state = board.state;
+  if (!state) return;
+  renderTeams(state);
+  const teamId = teamSelect.value;
+  const deadlocks = Object.values(state.deadlocks || {}).filter((d) => !teamId || String(d.team) === teamId);
+  // Rebuild the break forms only when the deadlocks change (keeps focus and choices).
+  const key = JSON.stringify([deadlocks, deadlocks.map((d) => d.agent_ids.map((id) => (state.agents[id] || {}).name)), [...chosenVictims]]);
+  if (key !== lastPanels) {
+    lastPanels = key;
+    deadlocksBox.replaceChildren(...deadlocks.map((deadlock) => deadlockPanel(state, deadlock)));
+  }
+  const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("[data-agent-id]") : null;
+  const focusedId = focused ? focused.dataset.agentId : null;
+  clear(container);
+  container.append(drawGraph(state, teamId));
+  if (focusedId) container.querySelector(`[data-agent-id="${CSS.escape(focusedId)}"]`)?.focus();
+}
+
+let scheduled = false;
+board.subscribe(() => {
+  if (scheduled) return;
+  scheduled = true;
+  requestAnimationFrame(() => {
+    scheduled = false;
+    render();
+  });
+});
+teamSelect.addEventListener("change", render);
