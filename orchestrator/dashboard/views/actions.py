@@ -59,9 +59,14 @@ def answer(request: HttpRequest, *, detail: str, ok: bool = True, **extra: Any) 
 
 
 def refused(request: HttpRequest, exc: ProtocolError) -> HttpResponse:
-    """A refusal by a service (the state changed under the operator): say what happened."""
+    """A refusal by a service: JSON with its status for fetch(); for a form, the page it
+    came from with the reason when the state moved under the operator (already decided,
+    already ended), or an error page for a request that could never work (unknown id,
+    invalid choice)."""
     if wants_json(request):
         return JsonResponse({"ok": False, **exc.as_dict()}, status=exc.status)
+    if exc.status in (400, 404):
+        return refuse(request, exc.status, exc.code, exc.detail)
     messages.error(request, exc.detail)
     return redirect(_back(request))
 
