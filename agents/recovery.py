@@ -19,13 +19,19 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import django_rq
 from django.db.models import Q
 from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from agents.runtime import enqueue, enqueue_step, resume_step, step_fail, wait_result
+from agents.runtime import (
+    enqueue,
+    enqueue_step,
+    resume_step,
+    step_fail,
+    steps_queue,
+    wait_result,
+)
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import Step
 from orchestrator.core.rowlocks import lock_steps
@@ -53,7 +59,7 @@ def _job_status(job_id: str) -> str | None:
     if not job_id:
         return None
     try:
-        return Job.fetch(job_id, connection=django_rq.get_connection("steps")).get_status()
+        return Job.fetch(job_id, connection=steps_queue().connection).get_status()
     except NoSuchJobError:
         return None
 

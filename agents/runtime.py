@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import uuid
@@ -32,7 +33,7 @@ from typing import Any
 
 import django_rq
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
@@ -40,7 +41,8 @@ from agents.backends import BackendError, StepContext, ToolCall, get_backend
 from agents.tools import TOOL_SPECS
 from orchestrator.core import wakeups
 from orchestrator.core.errors import ProtocolError
-from orchestrator.core.events import event_emit, publish_flush, service
+from orchestrator.core.events import event_emit, service
+from orchestrator.core.hotpath import StopState, journal_step
 from orchestrator.core.models import (
     Agent,
     AgentStatus,
@@ -54,7 +56,7 @@ from orchestrator.core.models import (
     Switchboard,
     Team,
 )
-from orchestrator.core.rowlocks import lock_agents, lock_runs, lock_steps
+from orchestrator.core.rowlocks import lock_agents, lock_runs, lock_step_in_context, lock_steps
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +71,21 @@ HEARTBEAT_SECONDS = 5.0
 User = AbstractBaseUser | AnonymousUser | None
 
 
+_queue: tuple[int, Any] = (0, None)
+
+
+def steps_queue() -> Any:
+    """The ``steps`` queue, one per process: ``django_rq.get_queue`` builds a new
+    Redis client (and connection) on every call, which cost ~6 ms per enqueue."""
+    global _queue
+    if _queue[0] != os.getpid():
+        _queue = (os.getpid(), django_rq.get_queue(QUEUE))
+    return _queue[1]
+
+
 def enqueue(func: Any, *args: Any, job_id: str | None = None) -> None:
     """Enqueue a job on the steps queue once the current transaction commits."""
-    django_rq.get_queue(QUEUE).enqueue(func, *args, job_timeout=600, job_id=job_id)
+    steps_queue().enqueue(func, *args, job_timeout=600, job_id=job_id)
 
 
 def new_job_id() -> str:
@@ -153,10 +167,24 @@ def stop_reason(step: Step) -> str:
         .values("run__status", "run__paused", "agent_paused", "team_paused", "system_paused")
         .get()
     )
-    if row["run__status"] == Run.Status.CANCELLED:
-        return "cancelled"
-    paused = row["run__paused"] or row["agent_paused"] or row["team_paused"] or row["system_paused"]
-    return "paused" if paused else ""
+    return StopState(
+        row["run__status"],
+        row["run__paused"],
+        row["agent_paused"],
+        row["team_paused"],
+        row["system_paused"],
+    ).reason()
+
+
+def _loaded_stop_reason(step: Step) -> str:
+    """``stop_reason`` for a step loaded by ``lock_step_in_context`` (no query)."""
+    return StopState(
+        step.run.status,
+        step.run.paused,
+        step.agent.paused,
+        step.run_team_paused,
+        step.system_paused,
+    ).reason()
 
 
 # --- one step -------------------------------------------------------------------------
@@ -171,13 +199,15 @@ class Begin:
 
 @service
 def step_begin(*, step_id: int, job_id: str = "") -> Begin:
-    """Claim a queued step for execution, or leave it queued (paused) or cancel it."""
-    (step,) = lock_steps([step_id]) or [None]
+    """Claim a queued step for execution, or leave it queued (paused) or cancel it.
+
+    The step comes back with its agent, team and run loaded (lock_step_in_context)."""
+    step = lock_step_in_context(step_id)
     if step is None or step.status != Step.Status.QUEUED:
         return Begin(False, reason="not runnable")  # a duplicate delivery, or already done
     if job_id and step.job_id and job_id != step.job_id:
         return Begin(False, reason="superseded")  # the step was re-enqueued since
-    reason = stop_reason(step)
+    reason = _loaded_stop_reason(step)
     if reason == "cancelled":
         step.status = Step.Status.CANCELLED
         step.finished_at = timezone.now()
@@ -203,19 +233,41 @@ def step_begin(*, step_id: int, job_id: str = "") -> Begin:
     return Begin(True, step)
 
 
+# The newest turns whose messages fit in the window (and always the newest one),
+# chosen by the database so that only those are sent and decoded.
+_TRANSCRIPT_SQL = """
+SELECT transcript FROM (
+    SELECT number, transcript,
+           SUM(jsonb_array_length(transcript)) OVER (ORDER BY number DESC) AS upto,
+           ROW_NUMBER() OVER (ORDER BY number DESC) AS nth
+      FROM core_step
+     WHERE run_id = %s AND agent_id = %s AND number < %s AND transcript <> '[]'::jsonb
+) AS turns
+WHERE upto <= %s OR nth = 1
+ORDER BY number
+"""
+
+
 def transcript_of(run_id: int, agent_id: int, before: int) -> list[dict[str, Any]]:
-    """The agent's messages in this run, from the steps before ``before``."""
-    turns: list[list[dict[str, Any]]] = list(
+    """The agent's messages in this run, from the steps before ``before``.
+
+    Whole turns (an assistant message with all its tool results) are kept, the most
+    recent ones within ``TRANSCRIPT_WINDOW`` messages (at least the last turn), so a
+    model never sees a result without its call."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(_TRANSCRIPT_SQL, [run_id, agent_id, before, TRANSCRIPT_WINDOW])
+            turns = [json.loads(t) if isinstance(t, str) else t for (t,) in cursor.fetchall()]
+        return [message for turn in turns for message in turn]
+    newest_first = (
         Step.objects.filter(run_id=run_id, agent_id=agent_id, number__lt=before)
         .exclude(transcript=[])
-        .order_by("number")
-        .values_list("transcript", flat=True)
+        .order_by("-number")
+        .values_list("transcript", flat=True)[:TRANSCRIPT_WINDOW]
     )
-    # Keep whole turns (an assistant message with all its tool results), the most
-    # recent ones within the window, so a model never sees a result without its call.
     kept: list[list[dict[str, Any]]] = []
     size = 0
-    for turn in reversed(turns):
+    for turn in newest_first:
         if kept and size + len(turn) > TRANSCRIPT_WINDOW:
             break
         kept.append(turn)
@@ -230,16 +282,9 @@ def _current_job_id() -> str:
     return job.id if job is not None else ""
 
 
-def _pushed(status: str) -> str:
-    """Let the event pushes of this job reach the channel layer before the job ends:
-    RQ's forking worker ends each job's process right after it returns."""
-    publish_flush(timeout=2)
-    return status
-
-
 def execute_step(step_id: int) -> str:
-    """RQ job: one agent turn (see ``run_step``), its events pushed before it returns."""
-    return _pushed(run_step(step_id))
+    """RQ job: one agent turn (see ``run_step``)."""
+    return run_step(step_id)
 
 
 def run_step(step_id: int) -> str:
@@ -255,8 +300,9 @@ def run_step(step_id: int) -> str:
     if not begin.go:
         return begin.reason
     step = begin.step
-    agent = Agent.objects.select_related("team").get(pk=step.agent_id)
-    with Heartbeat(step.pk, agent):
+    agent = step.agent
+    step._run_unguarded = step.run.unguarded  # read by agents.tools_exec
+    with Heartbeat(step.pk, agent, renew_now=step.agent_holds_locks):
         if step.decision:  # a retry: replay what was decided
             assistant = step.decision["assistant"]
             calls = [ToolCall(**call) for call in step.decision["calls"]]
@@ -277,7 +323,7 @@ def run_step(step_id: int) -> str:
 
 def _decide(step: Step, agent: Agent) -> tuple[dict[str, Any], list[ToolCall]] | str:
     """Ask the backend (outside any transaction) and save its decision on the step."""
-    run = Run.objects.get(pk=step.run_id)
+    run = step.run
     context = StepContext(
         agent=agent.name,
         role=agent.role,
@@ -316,22 +362,25 @@ def _run_calls(step: Step, agent: Agent, calls: list[ToolCall]) -> list[dict[str
     journal = {call["id"]: call for call in step.tool_calls or []}
     executed: list[dict[str, Any]] = []
     waiting = False
+    stop: str | None = None  # read with each journal write: the state before the next call
     for call in calls:
         if call.id in journal:
             executed.append(journal[call.id])
             waiting = waiting or journal[call.id]["result"].get("status") == "waiting"
             continue
+        if executed and not waiting and stop is None:
+            stop = stop_reason(step)  # a retry: the journal was written by the earlier attempt
         if waiting:
             result = _skipped()
-        elif executed and stop_reason(step):
-            result = _stopped(step)
+        elif stop:
+            result = _stopped(stop)
         elif call.arguments is None:
             result = {"ok": False, "error": "bad_arguments", "detail": call.error}
         else:
             result = run_tool(agent, step, call.name, call.arguments, key=f"{step.pk}:{call.id}")
         executed.append(_record(call.id, call.name, call.arguments, result))
         waiting = waiting or result.get("status") == "waiting"
-        Step.objects.filter(pk=step.pk).update(tool_calls=executed, heartbeat_at=timezone.now())
+        stop = journal_step(step.pk, executed, timezone.now()).reason()
     return executed
 
 
@@ -343,14 +392,15 @@ class Heartbeat:
     (its worker died) and retries it.
     """
 
-    def __init__(self, step_id: int, agent: Agent) -> None:
-        self.step_id, self.agent = step_id, agent
+    def __init__(self, step_id: int, agent: Agent, *, renew_now: bool = True) -> None:
+        self.step_id, self.agent, self.renew_now = step_id, agent, renew_now
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"heartbeat-{step_id}", daemon=True)
 
     def __enter__(self) -> Heartbeat:
         # step_begin stamped the first heartbeat when it claimed the step.
-        renew_leases(self.agent)
+        if self.renew_now:  # the agent holds locks from its earlier steps
+            renew_leases(self.agent)
         self.thread.start()
         return self
 
@@ -379,8 +429,8 @@ def _skipped() -> dict[str, Any]:
     return {"ok": False, "error": "skipped", "detail": "an earlier call of this turn is waiting"}
 
 
-def _stopped(step: Step) -> dict[str, Any]:
-    return {"ok": False, "error": "stopped", "detail": f"the run was {stop_reason(step)}"}
+def _stopped(reason: str) -> dict[str, Any]:
+    return {"ok": False, "error": "stopped", "detail": f"the run was {reason}"}
 
 
 # --- tools ----------------------------------------------------------------------------
@@ -421,7 +471,7 @@ def step_finish(
     finished: bool,
 ) -> str:
     """Record a turn; then wait, or enqueue the next step, or end the agent."""
-    (step,) = lock_steps([step_id])
+    step = lock_step_in_context(step_id)
     step.tool_calls = executed
     step.transcript = [assistant]
     # The wait may already be over: a grant committed after the call answered
@@ -463,7 +513,7 @@ def _complete(step: Step, *, finished: bool) -> str:
     step.finished_at = timezone.now()
     step.save(update_fields=["tool_calls", "transcript", "status", "finished_at"])
     event_emit("step.done", agent=step.agent, subject=step, payload=_summary(step))
-    run = Run.objects.get(pk=step.run_id)
+    run = step.run  # read with the step's row lock (lock_step_in_context)
     if finished:
         _agent_ends(step, AgentStatus.DONE, "finished")
     elif step.number >= run.max_steps:
@@ -552,13 +602,13 @@ def wait_result(call: dict[str, Any]) -> dict[str, Any] | None:
 
 def resume_step(step_id: int) -> str:
     """RQ job: a waiting step's wait ended; complete the turn and go on."""
-    return _pushed(step_resume(step_id))
+    return step_resume(step_id)
 
 
 @service
 def step_resume(step_id: int) -> str:
     """Complete a waiting step whose waits have all ended (idempotent)."""
-    (step,) = lock_steps([step_id]) or [None]
+    step = lock_step_in_context(step_id)
     if step is None or step.status != Step.Status.WAITING:
         return "not waiting"
     calls = _settle_waits(step)

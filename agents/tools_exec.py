@@ -34,11 +34,32 @@ def _resource(args: dict[str, Any]) -> str:
     return name
 
 
-def _held(agent: Agent, resource: str, *, exclusive: bool = False) -> Lock | None:
+def _held(
+    agent: Agent, step: Step, resource: str, *, exclusive: bool = False
+) -> tuple[int, int | None] | None:
+    """(lock id, fence) of the agent's live lock on ``resource``, or None.
+
+    A lock granted earlier in the same step is remembered (no query). If it has
+    ended since, the services reject what is done with it (a stale fence), which is
+    what happened; otherwise the lock is looked up."""
+    granted = getattr(step, "_granted", {}).get(resource)
+    if granted is not None and (granted[2] == LockMode.EXCLUSIVE or not exclusive):
+        return granted[0], granted[1]
     locks = Lock.objects.filter(agent=agent, resource__name=resource, released_at__isnull=True)
     if exclusive:
         locks = locks.filter(mode=LockMode.EXCLUSIVE)
-    return locks.first()
+    found = locks.values_list("pk", "token").first()
+    return (found[0], found[1]) if found else None
+
+
+def _remember(step: Step, resource: str, lock: Lock | None) -> None:
+    """Remember (or forget) the lock the agent holds on ``resource`` for this step."""
+    if not hasattr(step, "_granted"):
+        step._granted = {}
+    if lock is None:
+        step._granted.pop(resource, None)
+    else:
+        step._granted[resource] = (lock.pk, lock.token, lock.mode)
 
 
 def _write_result(result: WriteResult) -> dict[str, Any]:
@@ -101,6 +122,7 @@ def execute(
             step=step,
         )
         if result.status == "granted":
+            _remember(step, resource, result.lock)
             return {
                 "ok": True,
                 "status": "granted",
@@ -124,13 +146,13 @@ def execute(
     if name in ("write", "request_approval"):
         if "value" not in args:
             raise Invalid("bad_arguments", "'value' is required")
-        held = _held(agent, resource, exclusive=True)
-        fence = held.token if held is not None else None
+        held = _held(agent, step, resource, exclusive=True)
+        fence = held[1] if held is not None else None
         if name == "write":
             written = resource_write(
                 agent=agent, resource=resource, value=args["value"],
                 expected_version=args.get("expected_version"), fence=fence, step=step,
-                idempotency_key=key,
+                idempotency_key=key, key_may_exist=step.attempts != 1,
             )  # fmt: skip
         else:
             written = approval_request(
@@ -140,10 +162,11 @@ def execute(
             )  # fmt: skip
         return _write_result(written)
     if name == "release":
-        held = _held(agent, resource)
+        held = _held(agent, step, resource)
         if held is None:
             return {"ok": False, "error": "not_holder", "detail": f"you hold no lock on {resource}"}
-        outcome = lock_release(lock_id=held.pk, agent=agent)
+        _remember(step, resource, None)
+        outcome = lock_release(lock_id=held[0], agent=agent)
         if outcome.status == "released":
             return {"ok": True, "status": "released"}
         return {"ok": False, "error": "lease_lost", "detail": f"the lock had {outcome.reason}"}

@@ -121,6 +121,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=40, help="steps per agent (8 agents)")
     parser.add_argument("--noop", type=int, default=400, help="no-op jobs per measurement")
+    parser.add_argument(
+        "--classes",
+        default="agents.worker.StepWorker,agents.worker.SimpleStepWorker",
+        help="comma-separated RQ worker classes",
+    )
+    parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     args = parser.parse_args()
     recreate_database()
     os.environ.update({"DATABASE_URL": bench_database_url(), "REDIS_URL": REDIS_URL})
@@ -128,8 +134,8 @@ def main() -> None:
     import django
 
     django.setup()
-    for worker_class in ("rq.worker.Worker", "rq.worker.SimpleWorker"):
-        for count in (1, 2):
+    for worker_class in args.classes.split(","):
+        for count in map(int, args.workers.split(",")):
             noop = noop_rate(args.noop, count, worker_class)
             steps = steps_rate(args.steps, count, worker_class)
             label = f"{worker_class.rsplit('.', 1)[-1]}, {count} worker{'s' if count > 1 else ''}"

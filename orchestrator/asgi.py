@@ -11,6 +11,9 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
+# The web server runs each request in a thread of its own: it keeps a connection
+# pool (orchestrator.config). Must be set before the settings are read.
+os.environ.setdefault("ORCHESTRATOR_DB_POOL", "1")
 # Django must be set up before importing anything that touches models.
 django_asgi_app = get_asgi_application()
 

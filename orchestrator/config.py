@@ -35,6 +35,7 @@ class Config:
     database_is_embedded: bool
     redis_url: str
     data_dir: Path
+    database_pool: bool
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
@@ -75,8 +76,14 @@ def embedded_sqlite(data_dir: Path) -> dict[str, Any]:
     }
 
 
-def parse_database(raw: str | None, *, data_dir: Path) -> tuple[dict[str, Any], bool]:
-    """Return the Django database settings and whether it is the embedded SQLite."""
+def parse_database(
+    raw: str | None, *, data_dir: Path, pool: bool = False
+) -> tuple[dict[str, Any], bool]:
+    """Return the Django database settings and whether it is the embedded SQLite.
+
+    ``pool``: a connection pool per process, for the web server (asgi.py asks for
+    it). Workers, the monitor and commands keep one connection per thread instead.
+    """
     if raw is None or not raw.strip():
         return embedded_sqlite(data_dir), True
     try:
@@ -90,17 +97,25 @@ def parse_database(raw: str | None, *, data_dir: Path) -> tuple[dict[str, Any], 
         return embedded, True
     if not engine.endswith("postgresql"):
         raise ConfigError(f"DATABASE_URL must point at PostgreSQL (or sqlite://); got {engine}")
-    # A connection pool per process (psycopg_pool): under ASGI every request runs
-    # in a fresh thread, and opening a connection per request costs ~4 ms.
     options = database.setdefault("OPTIONS", {})
-    options["pool"] = {"min_size": 1, "max_size": 20, "timeout": 30}
+    if pool:
+        # Under ASGI every request runs in a fresh thread, and opening a connection
+        # per request costs ~4 ms: the web server keeps a pool (psycopg_pool).
+        options["pool"] = {"min_size": 1, "max_size": 20, "timeout": 30}
+        database["CONN_MAX_AGE"] = 0  # required with a pool: connections go back to it
+        database["CONN_HEALTH_CHECKS"] = False
+    else:
+        # A worker (or the monitor) is one long-lived thread: it keeps its connection,
+        # and with it the prepared statements. Opening a pool instead costs ~17 ms,
+        # paid by every job of a forking RQ worker. Jobs call close_old_connections()
+        # at their start and end, which drops a connection that went bad.
+        database["CONN_MAX_AGE"] = None
+        database["CONN_HEALTH_CHECKS"] = True
     # Server-side binding with prepared statements: the lock path runs the same few
     # statements all the time, and planning them again each time was a third of
     # their cost. (Behind a transaction-mode pgbouncer, set prepare_threshold None.)
     options["server_side_binding"] = True
     options["prepare_threshold"] = 5
-    database["CONN_MAX_AGE"] = 0  # required with a pool: connections go back to it
-    database["CONN_HEALTH_CHECKS"] = False
     return database, False
 
 
@@ -144,7 +159,8 @@ def load(environ: Mapping[str, str]) -> Config:
     debug = parse_bool("DEBUG", environ.get("DEBUG"), default=False)
     secret_key = environ.get("SECRET_KEY", "").strip() or None
     data_dir = Path(environ.get("ORCHESTRATOR_DATA_DIR") or BASE_DIR / "data")
-    database, embedded = parse_database(environ.get("DATABASE_URL"), data_dir=data_dir)
+    pool = parse_bool("ORCHESTRATOR_DB_POOL", environ.get("ORCHESTRATOR_DB_POOL"), default=False)
+    database, embedded = parse_database(environ.get("DATABASE_URL"), data_dir=data_dir, pool=pool)
     return Config(
         debug=debug,
         secret_key=secret_key,
@@ -153,4 +169,5 @@ def load(environ: Mapping[str, str]) -> Config:
         database_is_embedded=embedded,
         redis_url=parse_redis_url(environ.get("REDIS_URL")),
         data_dir=data_dir,
+        database_pool=pool and not embedded,
     )

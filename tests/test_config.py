@@ -26,8 +26,22 @@ def test_postgres_url_is_parsed(tmp_path: Path) -> None:
         "s3cret",
     )
     assert cfg.database_is_embedded is False
-    assert db["OPTIONS"]["pool"]["max_size"] >= 8  # one pool per process, threads share it
-    assert db["CONN_MAX_AGE"] == 0
+    # Workers and commands: one persistent connection, checked between jobs.
+    assert "pool" not in db["OPTIONS"]
+    assert (db["CONN_MAX_AGE"], db["CONN_HEALTH_CHECKS"]) == (None, True)
+
+
+def test_the_web_server_asks_for_a_pool(tmp_path: Path) -> None:
+    cfg = config.load(
+        {
+            "DATABASE_URL": "postgres://alice@db.example/orch",
+            "ORCHESTRATOR_DB_POOL": "1",
+            "ORCHESTRATOR_DATA_DIR": str(tmp_path),
+        }
+    )
+    assert cfg.database_pool is True
+    assert cfg.database["OPTIONS"]["pool"]["max_size"] >= 8  # threads of one process share it
+    assert cfg.database["CONN_MAX_AGE"] == 0
 
 
 def test_without_database_url_falls_back_to_embedded_sqlite(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ it by tests/core/test_hotpath.py); callers hold the Resource row lock.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection
 from psycopg.types.json import Jsonb
@@ -155,3 +155,49 @@ def insert_events(events: list[Event], now: datetime) -> None:
     for event, pk in zip(events, sorted(ids), strict=True):
         event.pk = pk
         event._state.adding = False
+
+
+class StopState(NamedTuple):
+    """What decides whether a step may go on: see agents.runtime.stop_reason."""
+
+    run_status: str
+    run_paused: bool
+    agent_paused: bool
+    team_paused: bool
+    system_paused: bool
+
+    def reason(self) -> str:
+        """'' (go on), 'paused' or 'cancelled'."""
+        if self.run_status == "cancelled":
+            return "cancelled"
+        paused = self.run_paused or self.agent_paused or self.team_paused or self.system_paused
+        return "paused" if paused else ""
+
+
+_JOURNAL = """
+UPDATE core_step AS s SET tool_calls = %s, heartbeat_at = %s
+  FROM core_run AS r, core_agent AS a, core_team AS t
+ WHERE s.id = %s AND r.id = s.run_id AND a.id = s.agent_id AND t.id = r.team_id
+RETURNING r.status, r.paused, a.paused, t.paused,
+          EXISTS (SELECT 1 FROM core_switchboard WHERE id = 1 AND paused)
+"""
+
+
+def journal_step(step_id: int, tool_calls: list[dict[str, Any]], now: datetime) -> StopState:
+    """Save a step's tool-call journal (and heartbeat) and read, in the same
+    statement, whether its run, agent, team or the system is paused or cancelled."""
+    from orchestrator.core.models import Agent, Step, Switchboard, Team
+
+    if _postgresql():
+        with connection.cursor() as cursor:
+            cursor.execute(_JOURNAL, [Jsonb(tool_calls), now, step_id])
+            return StopState(*cursor.fetchone())
+    Step.objects.filter(pk=step_id).update(tool_calls=tool_calls, heartbeat_at=now)
+    step = Step.objects.select_related("run").get(pk=step_id)
+    return StopState(
+        step.run.status,
+        step.run.paused,
+        Agent.objects.filter(pk=step.agent_id, paused=True).exists(),
+        Team.objects.filter(pk=step.run.team_id, paused=True).exists(),
+        Switchboard.objects.filter(pk=1, paused=True).exists(),
+    )

@@ -354,8 +354,14 @@ def resource_write(
     note: str = "",
     force_approval: bool = False,
     idempotency_key: str = "",
+    key_may_exist: bool = True,
 ) -> WriteResult:
     """Write ``value`` as ``agent`` under the protocol (see the module docstring).
+
+    ``idempotency_key`` is stored with the version; a write whose key is already
+    stored returns that version instead of applying again. ``key_may_exist=False``
+    says the caller knows the key was never used (an agent step's first attempt)
+    and skips that lookup; the unique constraint still guards it.
 
     Refusals of malformed input raise before anything is written; every
     protocol decision (applied, rejected, pending approval) is committed with
@@ -366,8 +372,8 @@ def resource_write(
     fence = clean_version(fence, "fence")
     queue = open_queue(resource)
     res = queue.resource
-    if idempotency_key:
-        done = ResourceVersion.objects.filter(resource=res, idempotency_key=idempotency_key)
+    if idempotency_key and key_may_exist:
+        done = ResourceVersion.objects.filter(resource_id=res.pk, idempotency_key=idempotency_key)
         version = done.values_list("version", flat=True).first()
         if version is not None:  # a retried call: it was applied before the crash
             return WriteResult("applied", res, version=version, detail="already applied")

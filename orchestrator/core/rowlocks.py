@@ -9,18 +9,20 @@ can wait for each other but never deadlock.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from django.db import connection
-from django.db.models import Model, QuerySet
+from django.db.models import Exists, Model, OuterRef, QuerySet
 from django.utils import timezone
 
 from orchestrator.core.models import (
     Agent,
     Approval,
     Conflict,
+    Lock,
     Resource,
     Run,
     Step,
@@ -57,6 +59,79 @@ def lock_runs(ids: Iterable[int]) -> list[Run]:
 def lock_steps(ids: Iterable[int]) -> list[Step]:
     """Lock and return Step rows (after any Run rows), in pk order."""
     return list(_locked(Step, ids))
+
+
+def _columns(model: type[Model], alias: str) -> str:
+    return ", ".join(f'{alias}."{field.column}"' for field in model._meta.concrete_fields)
+
+
+def _instance(model: type[Model], values: list[Any]) -> Model:
+    """A model instance from raw column values, converted as the ORM would."""
+    fields = model._meta.concrete_fields
+    converted = [
+        field.from_db_value(value, None, connection) if hasattr(field, "from_db_value") else value
+        for field, value in zip(fields, values, strict=True)
+    ]
+    return model.from_db(connection.alias, [field.attname for field in fields], converted)
+
+
+@functools.cache
+def _step_in_context_sql() -> str:
+    # Column names come from the models' metadata; the one value is a parameter.
+    return (
+        f"SELECT {_columns(Step, 's')}, {_columns(Agent, 'a')}, {_columns(Team, 't')}, "  # noqa: S608
+        f"{_columns(Run, 'r')}, rt.paused, "
+        "EXISTS (SELECT 1 FROM core_switchboard WHERE id = 1 AND paused), "
+        "EXISTS (SELECT 1 FROM core_lock l WHERE l.agent_id = s.agent_id "
+        "AND l.released_at IS NULL) "
+        "FROM core_step s JOIN core_agent a ON a.id = s.agent_id "
+        "JOIN core_team t ON t.id = a.team_id JOIN core_run r ON r.id = s.run_id "
+        "JOIN core_team rt ON rt.id = r.team_id WHERE s.id = %s FOR UPDATE OF s"
+    )
+
+
+def lock_step_in_context(step_id: int) -> Step | None:
+    """Lock one Step row (only it) and load, in the same statement, what a step needs
+    to know about its world: its agent and the agent's team, its run, whether the
+    run's team is paused (``run_team_paused``), and two more flags:
+    ``system_paused`` (the switchboard) and ``agent_holds_locks`` (the agent has a
+    live lock). None if there is no such step.
+
+    One hand-written statement: the same query through the ORM (select_related and
+    two annotations) cost about 3.5 ms more in Python, twice per agent step.
+    """
+    if connection.vendor != "postgresql":
+        step = (
+            Step.objects.select_related("agent__team", "run__team")
+            .annotate(
+                system_paused=Exists(Switchboard.objects.filter(pk=1, paused=True)),
+                agent_holds_locks=Exists(
+                    Lock.objects.filter(agent_id=OuterRef("agent_id"), released_at__isnull=True)
+                ),
+            )
+            .filter(pk=step_id)
+            .order_by()
+            .first()
+        )
+        if step is not None:
+            step.run_team_paused = step.run.team.paused
+        return step
+    with connection.cursor() as cursor:
+        cursor.execute(_step_in_context_sql(), [step_id])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = list(row)
+    parts = []
+    for model in (Step, Agent, Team, Run):
+        width = len(model._meta.concrete_fields)
+        parts.append(_instance(model, values[:width]))
+        values = values[width:]
+    step, agent, team, run = parts
+    agent.team = team
+    step.agent, step.run = agent, run
+    step.run_team_paused, step.system_paused, step.agent_holds_locks = values
+    return step
 
 
 def lock_resources(ids: Iterable[int]) -> list[Resource]:

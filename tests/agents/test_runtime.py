@@ -202,6 +202,10 @@ def test_the_transcript_window_keeps_whole_turns(monkeypatch) -> None:
     # Turns of 4, 2 and 3 messages: the last two fit in 6, the first is dropped whole.
     assert [m["role"] for m in messages] == ["assistant", "tool", "assistant", "tool", "tool"]
     assert messages[0]["tool_calls"][0]["id"] == "2-0"
+    # The newest turn is kept whole even when it alone is larger than the window.
+    monkeypatch.setattr(runtime, "TRANSCRIPT_WINDOW", 1)
+    messages = runtime.transcript_of(run.pk, agent.pk, before=4)
+    assert [m.get("tool_call_id") for m in messages] == [None, "3-0", "3-1"]
 
 
 def test_a_grant_that_lands_before_the_step_records_its_wait_is_not_lost(
