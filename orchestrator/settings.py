@@ -116,8 +116,10 @@ RQ_QUEUES = {
     "steps": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
     "default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 600},
 }
-# Jobs are enqueued only once the transaction that asked for them commits.
-RQ = {"COMMIT_MODE": "on_db_commit"}
+# Jobs are enqueued only once the transaction that asked for them commits. Workers run
+# jobs in their own process, keeping their database connection (agents/worker.py and
+# the README explain the choice; --worker-class agents.worker.StepWorker forks).
+RQ = {"COMMIT_MODE": "on_db_commit", "WORKER_CLASS": "agents.worker.SimpleStepWorker"}
 RQ_SHOW_ADMIN_LINK = True
 
 LOGGING = {

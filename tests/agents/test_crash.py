@@ -1,5 +1,6 @@
-"""A real forking RQ worker is killed with SIGKILL in the middle of a step: the run
-still completes, and no update is lost or applied twice."""
+"""A real RQ worker is killed with SIGKILL in the middle of a step: the run still
+completes, and no update is lost or applied twice. Both worker classes: the forking
+one (the worker and its work horse are killed) and the default in-process one."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ SCRIPT = [
 AGENTS, ROUNDS = 4, 4
 
 
-def start_worker() -> subprocess.Popen:
+WORKER_CLASSES = ["agents.worker.StepWorker", "agents.worker.SimpleStepWorker"]
+
+
+def start_worker(worker_class: str) -> subprocess.Popen:
     db = settings.DATABASES["default"]
     env = {
         **os.environ,
@@ -45,7 +49,7 @@ def start_worker() -> subprocess.Popen:
         "REDIS_URL": settings.REDIS_URL,
     }
     return subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", "steps"],  # the default, forking Worker
+        [sys.executable, "manage.py", "rqworker", "steps", "--worker-class", worker_class],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -88,7 +92,8 @@ def wait_until(condition, what: str, timeout: float = 90) -> None:
         time.sleep(0.02)
 
 
-def test_sigkill_mid_step_then_the_run_completes_exactly(redis_conn) -> None:
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_sigkill_mid_step_then_the_run_completes_exactly(redis_conn, worker_class: str) -> None:
     team = factories.team(default_lease_ttl=30)
     resource_create(name="counter", value=0)
     for i in range(AGENTS):
@@ -101,7 +106,7 @@ def test_sigkill_mid_step_then_the_run_completes_exactly(redis_conn) -> None:
     run = run_start(team=team, goal="count through a crash", seed=11)
     victims: list[int] = []
     for _ in range(5):  # until the kill lands inside a step (nearly always the first time)
-        worker = start_worker()
+        worker = start_worker(worker_class)
         try:
             wait_until(
                 lambda: Step.objects.filter(run=run, status="running").exists(), "a running step"
@@ -118,7 +123,7 @@ def test_sigkill_mid_step_then_the_run_completes_exactly(redis_conn) -> None:
     assert Resource.objects.get(name="counter").version < AGENTS * ROUNDS
     connection.close()
 
-    survivor = start_worker()
+    survivor = start_worker(worker_class)
     try:
 
         def recovered_and_done() -> bool:
