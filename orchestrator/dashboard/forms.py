@@ -106,7 +106,8 @@ class TimelineFilterForm(forms.Form):
     )
 
 
-WINDOWS = {"10m": 600, "1h": 3600, "24h": 86400}
+# Seconds shown by the Gantt chart; "fit" spans the holds of the last day, up to now.
+WINDOWS = {"fit": None, "10m": 600, "1h": 3600, "24h": 86400}
 
 
 class GanttForm(forms.Form):
@@ -114,7 +115,12 @@ class GanttForm(forms.Form):
         required=False, max_length=200, widget=forms.TextInput(attrs={"list": "resource-names"})
     )
     window = forms.ChoiceField(
-        choices=[("10m", "last 10 minutes"), ("1h", "last hour"), ("24h", "last 24 hours")],
+        choices=[
+            ("fit", "fit the holds"),
+            ("10m", "last 10 minutes"),
+            ("1h", "last hour"),
+            ("24h", "last 24 hours"),
+        ],
         required=False,
-        initial="1h",
+        initial="fit",
     )

@@ -36,7 +36,8 @@ async function submit(form, submitter) {
   const buttons = form.querySelectorAll("button");
   buttons.forEach((button) => (button.disabled = true));
   try {
-    const response = await fetch(form.action, {
+    // getAttribute: a field named "action" would shadow the form.action property.
+    const response = await fetch(form.getAttribute("action"), {
       method: "POST",
       body,
       credentials: "same-origin",

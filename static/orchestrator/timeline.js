@@ -23,6 +23,11 @@ function time(iso) {
   return `${date.toISOString().slice(11, 23)}`;
 }
 
+function teamName(id) {
+  const team = board.state && board.state.teams[id];
+  return team ? team.name : `team ${id}`;
+}
+
 function row(event) {
   const payload = JSON.stringify(event.payload);
   return h("tr", { class: "fresh", dataset: { eventId: event.id } },
@@ -30,7 +35,7 @@ function row(event) {
     h("td", {}, time(event.created_at)),
     h("td", {}, h("code", {}, event.kind)),
     h("td", {}, event.actor),
-    h("td", {}, event.team === null ? "" : String(event.team)),
+    h("td", {}, event.team === null ? "" : teamName(event.team)),
     h("td", {}, event.subject_type ? `${event.subject_type} #${event.subject_id}` : ""),
     h("td", { class: "value mono" }, payload.length > 200 ? `${payload.slice(0, 199)}…` : payload));
 }

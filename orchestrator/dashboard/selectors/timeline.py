@@ -34,7 +34,7 @@ def events_filtered(
         queryset = queryset.filter(agent=agent)
     if actor:
         queryset = queryset.filter(actor__icontains=actor)
-    return list(queryset.order_by("-id")[:limit])
+    return list(queryset.select_related("team").order_by("-id")[:limit])
 
 
 @dataclass
@@ -53,11 +53,26 @@ class Gantt:
     rows: list[tuple[str, list[Bar]]]  # (agent name, its holds), in order of first hold
 
 
-def lock_history(*, resource: Resource, now: datetime, window: timedelta) -> Gantt:
+FIT_LOOKBACK = timedelta(days=1)
+FIT_MINIMUM = timedelta(seconds=10)
+
+
+def lock_history(*, resource: Resource, now: datetime, window: timedelta | None) -> Gantt:
     """Who held ``resource`` when, over the ``window`` before ``now``.
 
-    A live lock's bar runs to ``now`` (or to its lease's end if that came first).
+    ``window`` None fits the chart to the holds of the last day (a little margin
+    before the first one). A live lock's bar runs to ``now`` (or to its lease's
+    end if that came first).
     """
+    if window is None:
+        first = (
+            Lock.objects.filter(resource=resource, acquired_at__gte=now - FIT_LOOKBACK)
+            .order_by("acquired_at")
+            .values_list("acquired_at", flat=True)
+            .first()
+        )
+        span = max(FIT_MINIMUM, now - first) if first else FIT_MINIMUM * 60
+        window = span * 1.05
     start = now - window
     locks = (
         Lock.objects.filter(resource=resource, acquired_at__lt=now)

@@ -99,7 +99,7 @@ def _paused_text(what: str, paused: bool, changed: bool) -> str:
     if not changed:
         return f"{what} was already {'paused' if paused else 'running'}."
     if paused:
-        return f"Paused {what}: its agents stop before their next step."
+        return f"Paused {what}: agents stop before their next step."
     return f"Resumed {what}."
 
 

@@ -132,7 +132,8 @@ def timeline_view(request: HttpRequest) -> HttpResponse:
         if resource is None:
             gantt_error = "No resource has that name."
         else:
-            window = timedelta(seconds=WINDOWS[gantt_form.cleaned_data["window"] or "1h"])
+            seconds = WINDOWS[gantt_form.cleaned_data["window"] or "fit"]
+            window = None if seconds is None else timedelta(seconds=seconds)
             chart = gantt_chart(
                 timeline.lock_history(resource=resource, now=db_now(), window=window)
             )

@@ -1,0 +1,264 @@
+"""The dashboard in Debian's Chromium (Playwright), served by daphne with a real RQ worker.
+
+Every wait is on a condition with a deadline (Playwright's expect / wait_for).
+Screenshots go to build/screenshots/ (git-ignored); with DASHBOARD_SCREENSHOTS=docs
+the chosen ones also go to docs/screenshots/ for the README.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.scenarios import scenario_start
+from orchestrator.core.models import Agent, Resource, Run
+from orchestrator.core.resources import resource_create, resource_write
+from orchestrator.core.tokens import agent_token_reset
+from tests import factories
+from tests.dashboard import builders, scenes, servers
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+SHOTS = ROOT / "build" / "screenshots"
+DOC_SHOTS = ROOT / "docs" / "screenshots"
+XSS = '<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>'
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)"
+    ),
+]
+
+# Playwright's sync API drives an event loop in this thread between calls; the ORM
+# calls of the tests happen outside them, one at a time.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="module")
+def app(django_db_setup, django_db_blocker) -> Iterator[str]:
+    import redis
+    from django.conf import settings
+
+    redis.Redis.from_url(settings.REDIS_URL).flushdb()
+    with servers.live_app(SHOTS.parent / "logs") as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(app: str, browser: Any) -> Iterator[Any]:
+    context = browser.new_context(base_url=app, viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("dialog", lambda dialog: dialog.accept())  # confirm() of destructive actions
+    yield page
+    context.close()
+    assert problems == []
+
+
+def screenshot(page: Any, name: str, *, docs: bool = False) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+    if docs and os.environ.get("DASHBOARD_SCREENSHOTS") == "docs":
+        DOC_SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOC_SHOTS / f"{name}.png"), full_page=False)
+
+
+def log_in(page: Any, username: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto("/login/?next=/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(builders.PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/$"))
+    expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
+
+
+def api(base: str, token: str, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        f"{base}/api/v1{path}",
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status, json.loads(response.read())
+
+
+def test_a_lock_taken_through_the_api_appears_on_the_resources_page_within_a_second(
+    app: str, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    builders.operator("olivia")
+    team = factories.team(name="printing")
+    agent = factories.agent(team_=team, name="press-agent")
+    resource_create(name="press", value={"queue": ["flyer"]}, team=team)
+    for i in range(6):
+        resource_create(name=f"tray-{i}", value=i, team=team)
+    token = agent_token_reset(agent=agent)
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Resources", exact=True).click()
+    row = page.locator('tr[data-resource-name="press"]')
+    expect(row.locator(".holders")).to_have_text("free")
+    status, answer = api(app, token, "/locks", {"resource": "press", "ttl": 90})
+    assert status == 201, answer
+    # No reload: the delta arrives over the WebSocket.
+    expect(row.locator(".holders .chip.hold")).to_have_text("press-agent", timeout=1000)
+    expect(row.locator(".countdown")).to_have_text(re.compile(r"^1m 2\ds$|^1m [0-3]\ds$"))
+    screenshot(page, "resources", docs=True)
+    # The nav counts stay live as well.
+    scenes.contested_write("memo")
+    expect(page.locator('[data-count="approvals"]')).to_have_text("1", timeout=5000)
+
+
+def test_pause_everything_from_the_overview(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    builders.operator("olivia")
+    started = scenario_start(name="pipeline", agents=6, seed=3)
+    log_in(page, "olivia")
+    run_row = page.locator(f'tr[data-run-id="{started.run.pk}"]')
+    expect(run_row).to_be_visible()
+    expect(run_row.locator(".status")).to_have_text("finished", timeout=30_000)
+    scenario_start(name="booking", agents=6, seed=5, ask_operator=True)
+    expect(page.locator("#agents-table tbody tr")).to_have_count(12, timeout=10_000)
+    page.get_by_role("button", name="Pause everything").click()
+    expect(page.locator("#system-status")).to_have_text(re.compile("Everything is paused"))
+    expect(page.locator("#toasts")).to_contain_text("Paused everything")
+    screenshot(page, "overview-paused")
+    page.get_by_role("button", name="Resume everything").click()
+    expect(page.locator("#system-status")).to_have_text(re.compile("running under the protocol"))
+    # Contested bookings wait for an operator (ask_operator): the run goes on meanwhile.
+    expect(page.locator('[data-card="waiting_human"]')).not_to_have_text("0", timeout=30_000)
+    expect(page.locator('[data-count="approvals"]')).not_to_have_text("0")
+    screenshot(page, "overview", docs=True)
+    page.get_by_role("link", name=f"#{started.run.pk}").click()
+    expect(page.locator("h1")).to_contain_text(f"Run #{started.run.pk}")
+    screenshot(page, "run", docs=True)
+    page.get_by_role("link", name="Timeline", exact=True).click()
+    expect(page.locator("#events-table tbody tr").first).to_be_visible()
+    page.locator("#gantt-form input[name=resource]").fill(started.resources[1])
+    page.get_by_role("button", name="Show").click()
+    expect(page.locator("svg#gantt rect.bar").first).to_be_visible()
+    page.locator("svg#gantt").scroll_into_view_if_needed()
+    screenshot(page, "timeline", docs=True)
+
+
+def test_a_deadlock_is_shown_in_the_graph_and_broken_from_it(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    builders.operator("olivia")
+    started = scenario_start(name="deadlock", agents=2, ask_operator=True)
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Graph", exact=True).click()
+    panel = page.locator(".deadlock")
+    expect(panel).to_be_visible(timeout=30_000)
+    expect(page.locator("svg.graph .node.agent.in-cycle")).to_have_count(2)
+    expect(page.locator("svg.graph .edge.in-cycle")).to_have_count(4)
+    victim = started.agents[1]
+    node = page.locator(f'svg.graph .node.agent[data-agent-id="{victim.pk}"]')
+    node.focus()
+    page.keyboard.press("Enter")  # keyboard reachable: choose the victim
+    expect(page.locator(".deadlock select[name=victim] >> nth=0")).to_have_value(str(victim.pk))
+    screenshot(page, "graph", docs=True)
+    page.get_by_role("button", name="Break deadlock").click()
+    expect(page.locator("#toasts")).to_contain_text(f"victim {victim.name}")
+    expect(panel).to_have_count(0)
+    page.get_by_role("link", name="Overview", exact=True).click()
+    expect(page.locator(f'tr[data-run-id="{started.run.pk}"] .status')).to_have_text(
+        "finished", timeout=30_000
+    )
+    assert Run.objects.get(pk=started.run.pk).status == "finished"
+
+
+def test_a_contested_write_is_approved_from_the_page(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    builders.operator("olivia")
+    scene = scenes.contested_write("minutes", proposed={"text": "agreed", "by": "writer 2"})
+    log_in(page, "olivia")
+    expect(page.locator('[data-count="approvals"]')).to_have_text("1")
+    page.get_by_role("link", name="Approvals", exact=True).click()
+    card = page.locator(f"#approval-{scene.approval.pk}")
+    expect(card.locator(".diff .add").first).to_be_visible()
+    screenshot(page, "approvals", docs=True)
+    card.get_by_role("button", name="Approve", exact=True).click()
+    expect(page.locator(".messages")).to_contain_text("applied as version 2")
+    expect(page.locator('[data-count="approvals"]')).to_have_text("0")
+    page.get_by_role("link", name="Resources", exact=True).click()
+    value = page.locator('tr[data-resource-name="minutes"] td.value')
+    expect(value).to_have_text('{"by": "writer 2", "text": "agreed"}')
+    assert Resource.objects.get(name="minutes").value == {"text": "agreed", "by": "writer 2"}
+
+
+def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    builders.operator("olivia")
+    team = factories.team(name=f"crew {XSS}", conflict_policy="ask_operator")
+    agent = factories.agent(team_=team, name=f"agent {XSS}")
+    resource_create(name=f"doc {XSS}", value=XSS, team=team)
+    run = factories.run(team=team, goal=f"goal {XSS}", status="running")
+    run.steps.create(
+        agent=agent,
+        number=1,
+        status="done",
+        transcript=[{"role": "assistant", "content": f"I say {XSS}"}],
+        tool_calls=[{"id": "1", "tool": "read", "arguments": {"r": XSS}, "result": {"v": XSS}}],
+    )
+    from orchestrator.core.locks import lock_acquire
+
+    held = lock_acquire(agent=agent, resource=f"doc {XSS}").lock
+    log_in(page, "olivia")
+    for path in ["/", "/resources/", "/graph/", "/conflicts/", "/timeline/", f"/runs/{run.pk}/"]:
+        page.goto(path)
+        expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
+        expect(page.locator("main")).to_contain_text("<script>window.__pwned=2</script>")
+        assert page.evaluate("window.__pwned") is None, path
+        # (The timeline's own filter travels as a JSON script element: data, never run.)
+        assert page.locator('main script:not([type="application/json"]), main img').count() == 0
+        assert page.locator('main script[type="application/json"]').count() <= 1
+    # Live: a value written while the page is open arrives as text too.
+    page.goto("/resources/")
+    expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
+    written = resource_write(
+        agent=agent, resource=f"doc {XSS}", value=f"new {XSS}", expected_version=0, fence=held.token
+    )
+    assert written.status == "applied", written
+    row = page.locator("#resources-table tbody tr").filter(has_text="doc <img")
+    expect(row.locator("td.value")).to_contain_text("new <img src=x onerror=")
+    assert page.evaluate("window.__pwned") is None
+    from orchestrator.core.approvals import approval_request
+
+    asked = approval_request(
+        agent=agent, resource=f"doc {XSS}", value={"html": XSS}, fence=held.token, note=XSS
+    )
+    assert asked.status == "approval_pending", asked
+    page.goto("/approvals/")
+    expect(page.locator("article.approval")).to_have_count(1)
+    expect(page.locator("main")).to_contain_text("<script>window.__pwned=2</script>")
+    assert page.evaluate("window.__pwned") is None
+    screenshot(page, "xss-as-text")
+    assert Agent.objects.filter(name__contains="<script>").exists()
