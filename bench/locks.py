@@ -12,14 +12,14 @@ resources and on 10,000 cold ones:
             ours, with no leases, fences, queue, history or events.
 * protocol: our services: lock_acquire (which returns the row as locked; a
             queued agent blocks until the granting transaction wakes it, as
-            the runtime does, then resource_read),
+            the runtime does, and reads the row with its granted request),
             resource_write with the fencing token and the version read,
             lock_release. Three transactions, each with its events.
 * one-transaction loop, for reference: SELECT ... FOR UPDATE + save in a
             single transaction (the row lock is the lock, commit releases it).
 * api:      the same protocol over HTTP: 8 client processes against daphne,
-            POST /locks with "wait": true (polling GET /lock-requests/{id}
-            when queued), GET, PUT with the fence, DELETE.
+            POST /locks with "wait": true (when queued, long-polling
+            GET /lock-requests/{id}?wait=10), GET, PUT with the fence, DELETE.
 
 The ratio protocol/raw is the figure of merit (target >= 0.5), and api /
 in-process protocol with 8 clients (target >= 0.2). Absolute numbers depend
@@ -168,7 +168,7 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
     from orchestrator.core import wakeups
     from orchestrator.core.locks import lock_acquire, lock_release
     from orchestrator.core.models import Agent, LockRequest, Resource
-    from orchestrator.core.resources import resource_read, resource_write
+    from orchestrator.core.resources import resource_write
 
     # Waiting the way the runtime does: the transaction that grants a queued request
     # wakes its agent after commit (here through a Redis list the waiter blocks on).
@@ -185,12 +185,16 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
         rid = rng.choice(ids)
         result = lock_acquire(agent=agent, resource=rid, ttl=30)
         lock, state = result.lock, result.resource  # granted at once: the row as locked
-        if lock is None:  # queued: block until woken (re-check every 0.5 s), then read
+        if lock is None:  # queued: block until woken (re-check every 0.5 s)
             while lock is None:
                 redis.blpop([f"bench:wake:{agent.pk}"], timeout=0.5)
-                request = LockRequest.objects.select_related("lock").get(pk=result.request.pk)
+                request = LockRequest.objects.select_related("lock", "resource").get(
+                    pk=result.request.pk
+                )
                 lock = request.lock
-            state = resource_read(resource=rid).resource
+            # The resource as it is now that we hold it, read with the request, as the
+            # runtime reads a granted request (agents.runtime.wait_result).
+            state = request.resource
         written = resource_write(
             agent=agent,
             resource=rid,
@@ -227,9 +231,8 @@ def api_worker(index: int, bases: list[str], tokens: list[str], seconds: float, 
         status, body = call("POST", "/api/v1/locks", ask)
         if status == 202:
             request_id = body["request_id"]
-            while status != 201:
-                time.sleep(0.002)
-                _, polled = call("GET", f"/api/v1/lock-requests/{request_id}")
+            while status != 201:  # long poll: answered when the grant commits
+                _, polled = call("GET", f"/api/v1/lock-requests/{request_id}?wait=10")
                 if polled["status"] == "granted":
                     status, body = 201, polled["lock"]
         assert status == 201, (status, body)

@@ -42,7 +42,11 @@ from orchestrator.core.resources import (
     resource_read,
     resource_write,
 )
-from orchestrator.core.selectors import CONFLICTS_LIMIT, conflicts_recent, lock_request_for_agent
+from orchestrator.core.selectors import (
+    CONFLICTS_LIMIT,
+    conflicts_recent,
+    lock_request_when_decided,
+)
 
 api = AgentAPI(
     title="Orchestrator agent API",
@@ -57,6 +61,7 @@ api = AgentAPI(
     auth=AgentToken(),
 )
 install_error_handlers(api)
+MAX_POLL_WAIT = 30  # seconds a GET /lock-requests/{id}?wait= may block
 
 # Every operation can refuse a malformed request, a missing token and an oversized body.
 COMMON_ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 413: ErrorOut}
@@ -222,13 +227,21 @@ def acquire_lock(request: HttpRequest, payload: LockAcquireIn) -> Status:
     response={200: LockRequestOut, **_errors(403, 404)},
     tags=["locks"],
     summary="Poll a queued lock request",
-    description="`lock` is set once the request is granted. Only its agent may read it.",
+    description=(
+        "`lock` is set once the request is granted. Only its agent may read it. With "
+        "`wait` (seconds, up to 30) the answer waits while the request is still waiting: "
+        "it comes as soon as the request is granted or ended, or when `wait` runs out "
+        "(then `status` is still `waiting`; ask again)."
+    ),
 )
 def read_lock_request(
     request: HttpRequest,
     request_id: int = Path(..., ge=1, le=MAX_ID),
+    wait: float = Query(0, ge=0, le=MAX_POLL_WAIT, description="long poll: seconds to wait"),
 ) -> dict[str, Any]:
-    lock_request = lock_request_for_agent(request_id=request_id, agent=request.auth)
+    lock_request = lock_request_when_decided(
+        request_id=request_id, agent=request.auth, timeout=wait
+    )
     lock = lock_request.lock
     return {
         "status": lock_request.status,

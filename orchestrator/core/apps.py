@@ -13,3 +13,7 @@ class CoreConfig(AppConfig):
         # The runtime registers its wake-up handler (continuations after a lock grant,
         # an approval or a resume) in every process that can cause a wake-up.
         import agents.runtime  # noqa: F401
+        from orchestrator.core import wakeups
+
+        # Agents of the HTTP API long-poll their lock requests (wakeups.wait_for_wake).
+        wakeups.register(wakeups.notify_http_waiters)

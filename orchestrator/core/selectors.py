@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+from django.db import connection
 from django.db.models import QuerySet
 
+from orchestrator.core import wakeups
 from orchestrator.core.errors import Forbidden, NotFound
-from orchestrator.core.models import Agent, Conflict, LockRequest
+from orchestrator.core.models import Agent, Conflict, LockRequest, RequestStatus
 
 CONFLICTS_LIMIT = 200
 
@@ -24,6 +28,26 @@ def lock_request_for_agent(*, request_id: int, agent: Agent) -> LockRequest:
         raise NotFound("request_not_found", f"no lock request with id {request_id}")
     if request.agent_id != agent.pk:
         raise Forbidden("not_your_request", "this request belongs to another agent")
+    return request
+
+
+def lock_request_when_decided(*, request_id: int, agent: Agent, timeout: float) -> LockRequest:
+    """``lock_request_for_agent``, but while the request is still waiting, wait up to
+    ``timeout`` seconds for it to be granted or ended (a long poll).
+
+    The wait blocks on the agent's wake-up list (``wakeups.wait_for_wake``), not on
+    the database: the connection goes back to the pool while waiting, and the request
+    is read again after each wake-up, and at least every second in case one was lost.
+    """
+    deadline = time.monotonic() + timeout
+    request = lock_request_for_agent(request_id=request_id, agent=agent)
+    while request.status == RequestStatus.WAITING:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        connection.close()  # back to the pool (web) while this thread waits
+        wakeups.wait_for_wake(agent.pk, min(left, 1.0))
+        request = lock_request_for_agent(request_id=request_id, agent=agent)
     return request
 
 

@@ -9,7 +9,9 @@ always sees the new state.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
+from typing import Any
 
 from django.db import transaction
 
@@ -42,3 +44,43 @@ def schedule(*, agent_id: int, step_id: int | None, reason: str) -> None:
                 logger.exception("wake-up handler %r failed", handler)
 
     transaction.on_commit(run)
+
+
+# --- waking agents that wait over HTTP ----------------------------------------------
+# An agent of the HTTP API has no step to continue: it long-polls its lock request
+# (GET /api/v1/lock-requests/{id}?wait=...). Each wake-up of an agent without a step
+# pushes to a Redis list of that agent, on which the poll blocks. A list, not pub/sub:
+# a wake-up that lands between the poll's read and its wait is not lost.
+WAKE_KEY = "orchestrator:wake:agent:{}"
+WAKE_KEY_TTL = 60  # seconds: a wake-up nobody waits for is dropped
+
+_redis: tuple[int, object] = (0, None)
+
+
+def _client() -> Any:
+    import redis
+    from django.conf import settings
+
+    global _redis
+    if _redis[0] != os.getpid():
+        _redis = (os.getpid(), redis.Redis.from_url(settings.REDIS_URL))
+    return _redis[1]
+
+
+def notify_http_waiters(*, agent_id: int, step_id: int | None, reason: str) -> None:
+    """Wake-up handler: push to the agent's list if it has no step (an HTTP agent)."""
+    if step_id is not None:
+        return
+    key = WAKE_KEY.format(agent_id)
+    pipe = _client().pipeline(transaction=False)
+    pipe.rpush(key, reason)
+    pipe.expire(key, WAKE_KEY_TTL)
+    pipe.execute()
+
+
+def wait_for_wake(agent_id: int, timeout: float) -> bool:
+    """Block up to ``timeout`` seconds for a wake-up of ``agent_id``; True if one came.
+    Callers re-read the state afterwards: a wake-up says "look again", nothing more."""
+    if timeout <= 0:
+        return False
+    return _client().blpop([WAKE_KEY.format(agent_id)], timeout=timeout) is not None

@@ -300,3 +300,83 @@ def test_agents_of_other_teams_see_the_same_locks(make_client, alice, doc) -> No
     alice.acquire(doc)
 
     assert stranger.acquire(doc).json()["error"] == "busy"
+
+
+def test_a_long_poll_answers_as_soon_as_the_request_is_granted(alice, bob, doc) -> None:
+    """GET /lock-requests/{id}?wait= blocks while the request waits and answers when
+    the grant commits (woken through Redis), not when its wait runs out."""
+    import threading
+    import time
+
+    from django.db import connection
+
+    held = alice.acquire(doc).json()
+    request_id = bob.acquire(doc, wait=True).json()["request_id"]
+    answers: list = []
+
+    def poll() -> None:
+        try:
+            began = time.monotonic()
+            response = bob.get(f"/lock-requests/{request_id}?wait=20")
+            answers.append((response.status_code, response.json(), time.monotonic() - began))
+        finally:
+            connection.close()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        # The poll is blocked: nothing answered while the lock is still held.
+        poller.join(0.3)
+        assert answers == []
+        assert alice.delete(f"/locks/{held['id']}").status_code == 204
+    finally:
+        poller.join(25)
+    ((status, body, took),) = answers
+    assert (status, body["status"], body["lock"]["fence"]) == (200, "granted", 2)
+    assert took < 10  # liveness: woken by the grant, far before its 20 s ran out
+
+
+def test_a_long_poll_that_runs_out_answers_still_waiting(alice, bob, doc) -> None:
+    alice.acquire(doc)
+    request_id = bob.acquire(doc, wait=True).json()["request_id"]
+
+    response = bob.get(f"/lock-requests/{request_id}?wait=0.2")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "waiting", "lock": None, "reason": ""}
+
+
+def test_a_long_poll_on_a_decided_request_answers_at_once(alice, bob, doc) -> None:
+    alice.acquire(doc)
+    request_id = bob.acquire(doc, wait=True).json()["request_id"]
+    lock_request_cancel(request_id=request_id, agent=bob.agent)
+
+    response = bob.get(f"/lock-requests/{request_id}?wait=30")
+
+    assert response.json()["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("wait", ["-1", "31", "abc", "nan", "1e9"])
+def test_a_long_poll_with_a_bad_wait_is_400(alice, bob, doc, wait) -> None:
+    alice.acquire(doc)
+    request_id = bob.acquire(doc, wait=True).json()["request_id"]
+
+    response = bob.get(f"/lock-requests/{request_id}?wait={wait}")
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_request"
+
+
+def test_a_grant_to_an_http_agent_pushes_its_wake_up(alice, bob, doc) -> None:
+    """What the long poll blocks on: the grant's commit pushes to bob's wake-up list."""
+    from orchestrator.core import wakeups
+
+    held = alice.acquire(doc).json()
+    bob.acquire(doc, wait=True)
+    while wakeups.wait_for_wake(bob.agent.pk, 0.01):  # nothing left over from before
+        pass
+
+    assert alice.delete(f"/locks/{held['id']}").status_code == 204
+
+    assert wakeups.wait_for_wake(bob.agent.pk, 0.01) is True
+    assert wakeups.wait_for_wake(bob.agent.pk, 0.01) is False  # one grant, one wake-up
