@@ -38,6 +38,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from orchestrator.core.events import ALL_EVENTS_GROUP
+from orchestrator.dashboard.frames import SharedBuilds
 from orchestrator.dashboard.permissions import can_watch
 from orchestrator.dashboard.selectors.feed import feed_delta, feed_snapshot
 
@@ -47,6 +48,8 @@ FRAME_INTERVAL = 0.05  # seconds between two state frames: at most 20 a second
 IDLE_CHECK = 2.0  # seconds without a push after which the log is looked at anyway
 MAX_MESSAGE_CHARS = 2000
 MAX_EVENT_ID = 2**63 - 1
+# Browsers at the same event id share one build of their next frame.
+shared_frames = SharedBuilds()
 
 
 class ClientError(Exception):
@@ -110,7 +113,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self._wake = asyncio.Event()
         self._request: dict[str, Any] | None = None
         self._next_frame_at = 0.0
+        self._woken_at = 0.0
         await self.channel_layer.group_add(ALL_EVENTS_GROUP, self.channel_name)
+        # Frames built before we joined the group may lack events we will not be pushed.
+        self._woken_at = asyncio.get_running_loop().time()
         await self.accept()
         since = _query_last_id(self.scope)
         if since is not None:
@@ -140,6 +146,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             await self._send_json({"type": "pong"})
             return
         # Replays and snapshots go through the pump, so they keep the frame rate.
+        self._woken_at = asyncio.get_running_loop().time()
         self._request = message
         self._wake.set()
 
@@ -150,6 +157,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if self.last_id is None or any(
             isinstance(e.get("id"), int) and e["id"] > self.last_id for e in events
         ):
+            self._woken_at = asyncio.get_running_loop().time()
             self._wake.set()
 
     # --- the pump: the only sender of state frames --------------------------------------
@@ -188,7 +196,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if since is None:
             await self._send_snapshot()
             return
-        frame = await database_sync_to_async(feed_delta)(since=since)
+        frame = await shared_frames.get(
+            ("delta", since),
+            lambda: database_sync_to_async(feed_delta)(since=since),
+            not_before=self._woken_at,
+        )
         if frame is None:
             await self._send_snapshot()
             return
@@ -198,7 +210,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self._send_json(frame)
 
     async def _send_snapshot(self) -> None:
-        frame = await database_sync_to_async(feed_snapshot)()
+        frame = await shared_frames.get(
+            ("snapshot",), database_sync_to_async(feed_snapshot), not_before=self._woken_at
+        )
         self.last_id = frame["last_id"]
         await self._send_json(frame)
 
