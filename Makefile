@@ -28,11 +28,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: setup
-	@$(BIN)/python manage.py migrate --noinput
-	@echo "==> Orchestrator on http://127.0.0.1:$(PORT)/ (web, 2 workers, monitor; Ctrl-C stops all)"
-	@echo "    create an operator with: $(BIN)/python manage.py createsuperuser"
-	PATH="$(CURDIR)/$(BIN):$$PATH" DEBUG=$${DEBUG:-1} PORT=$(PORT) \
-		$(BIN)/honcho --no-colour -f Procfile.dev start -c worker=2
+	@$(BIN)/python -m orchestrator.launch --port $(PORT)
 
 test: setup
 	$(BIN)/ruff check .

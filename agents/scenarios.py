@@ -27,6 +27,8 @@ agent books) is drawn here, from the scenario's seed, rather than with
   increment both. Guarded, the deadlock is detected and broken by the team's
   policy (abort the youngest); unguarded, there is no deadlock but the
   increments are lost.
+* ``demo``: what ``make run`` keeps running (``plan_demo``): contention,
+  deadlocks and approvals that never stop coming, at a pace a person can follow.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class AgentPlan:
     name: str
     role: str
     script: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)  # more scripted config: think, loop
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Plan:
     resources: dict[str, Any]  # name -> initial value
     agents: list[AgentPlan] = field(default_factory=list)
     max_steps: int = 50
+    requires_approval: set[str] = field(default_factory=set)  # resource names
 
 
 def _call(tool: str, resource: str, **args: Any) -> dict[str, Any]:
@@ -172,10 +176,69 @@ def plan_deadlock(prefix: str, agents: int, rng: random.Random) -> Plan:
     return plan
 
 
+DEMO_THINK = [0.5, 2.5]  # seconds a demo agent "thinks" before each turn
+
+
+def plan_demo(prefix: str, agents: int, rng: random.Random) -> Plan:
+    """A run that goes on until an operator stops it (every script loops), made to be
+    watched: ticket sellers contend for a few shared counters, two clerks take two
+    ledgers in opposite orders (deadlocks for the operator to break), and an editor
+    proposes changes to a press release that requires approval. Agents think for a
+    second or two before each turn, as a model would."""
+    counters = [f"{prefix}-tickets-{day}" for day in ("fri", "sat", "sun")]
+    ledgers = [f"{prefix}-ledger-a", f"{prefix}-ledger-b"]
+    release = f"{prefix}-press-release"
+    plan = Plan(
+        goal="Sell tickets, keep the ledgers, and publish the press release.",
+        resources={**dict.fromkeys(counters, 0), **dict.fromkeys(ledgers, 0), release: 0},
+        max_steps=1_000_000,
+        requires_approval={release},
+    )
+    looping = {"think": DEMO_THINK, "loop": True}
+    for i in range(max(1, agents - 3)):
+        counter = rng.choice(counters)
+        plan.agents.append(
+            AgentPlan(
+                name=f"{prefix}-seller{i + 1}",
+                role=f"You sell tickets for {counter.removeprefix(prefix + '-')}.",
+                script=_increment(counter),
+                config=looping,
+            )
+        )
+    for i, (first, second) in enumerate((ledgers, ledgers[::-1])):
+        plan.agents.append(
+            AgentPlan(
+                name=f"{prefix}-clerk{i + 1}",
+                role=f"You update {first} and then {second}.",
+                script=[
+                    _call("acquire", first),
+                    _call("acquire", second),
+                    _call("read", first),
+                    _call("write", first, value={"$inc": 1}, expected_version="$version"),
+                    _call("read", second),
+                    _call("write", second, value={"$inc": 1}, expected_version="$version"),
+                    _call("release", second),
+                    _call("release", first),
+                ],
+                config=looping,
+            )
+        )
+    plan.agents.append(
+        AgentPlan(
+            name=f"{prefix}-editor",
+            role="You revise the press release; an operator approves each revision.",
+            script=_increment(release),
+            config={"think": [2.0, 5.0], "loop": True},
+        )
+    )
+    return plan
+
+
 SCENARIOS: dict[str, Callable[[str, int, random.Random], Plan]] = {
     "booking": plan_booking,
     "pipeline": plan_pipeline,
     "deadlock": plan_deadlock,
+    "demo": plan_demo,
 }
 
 
@@ -225,12 +288,18 @@ def scenario_start(
                 name=agent.name,
                 role=agent.role,
                 backend=Backend.SCRIPTED,
-                config=validate_scripted({"script": agent.script, "seed": seed}),
+                config=validate_scripted({"script": agent.script, "seed": seed, **agent.config}),
             )
             for agent in plan.agents
         ]
     for resource, value in plan.resources.items():
-        resource_create(name=resource, value=value, team=team, user=user)
+        resource_create(
+            name=resource,
+            value=value,
+            team=team,
+            user=user,
+            requires_approval=resource in plan.requires_approval,
+        )
     run = run_start(
         team=team,
         goal=plan.goal,

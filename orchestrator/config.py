@@ -36,6 +36,7 @@ class Config:
     redis_url: str
     data_dir: Path
     database_pool: bool
+    redis_is_default: bool = False  # REDIS_URL unset: `make run` starts an embedded Redis
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
@@ -170,4 +171,5 @@ def load(environ: Mapping[str, str]) -> Config:
         redis_url=parse_redis_url(environ.get("REDIS_URL")),
         data_dir=data_dir,
         database_pool=pool and not embedded,
+        redis_is_default=not (environ.get("REDIS_URL") or "").strip(),
     )

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
@@ -42,6 +42,8 @@ EVENT_LOG_LOCK_KEY = 0x4F524348  # "ORCH"
 ALL_EVENTS_GROUP = "events"
 # Seconds during which committed events are gathered into one push per group.
 PUBLISH_WINDOW = 0.05
+# Tries of a service whose SQLite transaction found the database locked (see service).
+SQLITE_LOCKED_ATTEMPTS = 5
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -70,21 +72,39 @@ def service(func: Callable[P, R]) -> Callable[P, R]:
 
     Nesting a service inside another transaction fails loudly (durable=True):
     the entry point owns the transaction, as CONVENTIONS.md asks.
+
+    On the embedded SQLite, a transaction that could not get the database's write
+    lock within its busy timeout ("database is locked": a writer starved by the
+    others) is run again, a bounded number of times. Nothing of it was written,
+    and its after-commit actions were dropped with it, so running it again is safe.
     """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with transaction.atomic(durable=True):
-            buffer: list[Event] = []
-            _state.buffer = buffer
+        for attempt in range(1, SQLITE_LOCKED_ATTEMPTS + 1):
             try:
-                result = func(*args, **kwargs)
-                _flush(buffer)
-            finally:
-                _state.buffer = None
-        return result
+                return _run_service(func, args, kwargs)
+            except OperationalError as exc:
+                locked = connection.vendor == "sqlite" and "database is locked" in str(exc)
+                if not locked or attempt == SQLITE_LOCKED_ATTEMPTS:
+                    raise
+                logger.warning("%s: database is locked, attempt %d", func.__name__, attempt)
+                time.sleep(0.05 * attempt)  # back off before trying again
+        raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _run_service(func: Callable[..., R], args: Any, kwargs: Any) -> R:
+    with transaction.atomic(durable=True):
+        buffer: list[Event] = []
+        _state.buffer = buffer
+        try:
+            result = func(*args, **kwargs)
+            _flush(buffer)
+        finally:
+            _state.buffer = None
+    return result
 
 
 def event_emit(

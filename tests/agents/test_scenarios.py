@@ -98,3 +98,45 @@ def test_the_guarded_booking_gives_each_slot_to_one_agent(queue) -> None:
     text = StringIO()
     call_command("check_run", str(run.pk), stdout=text)
     assert text.getvalue().strip().splitlines()[-1] == "OK"
+
+
+def test_the_demo_keeps_a_deadlock_and_an_approval_waiting_for_the_operator(
+    queue, monkeypatch
+) -> None:
+    """What `make run` starts: looping agents leave a deadlock and a contested write
+    to the operator (ask_operator), while the ticket sellers go on."""
+    from django.core.management import call_command
+
+    from agents import scenarios
+    from orchestrator.core.deadlocks import deadlock_sweep
+    from orchestrator.core.models import Approval
+
+    monkeypatch.setattr(scenarios, "DEMO_THINK", [0, 0])
+    real_plan = scenarios.plan_demo
+
+    def no_thinking(prefix, agents, rng):
+        plan = real_plan(prefix, agents, rng)
+        for agent in plan.agents:
+            agent.config = {**agent.config, "think": [0, 0]}
+        return plan
+
+    monkeypatch.setitem(scenarios.SCENARIOS, "demo", no_thinking)
+    call_command("demo", "--once", stdout=StringIO())
+    demo = Run.objects.get(team__name__startswith="demo-")
+    assert Run.objects.count() == 4  # booking, pipeline and deadlock ran once beside it
+
+    worker = django_rq.get_worker("steps", worker_class=SimpleWorker)
+    for _ in range(20):  # the monitor's sweep, between bursts of agent turns
+        worker.work(burst=True, max_jobs=200)
+        deadlock_sweep()
+        if (
+            Conflict.objects.filter(team=demo.team, kind="deadlock", status="open").exists()
+            and Approval.objects.filter(resource__team=demo.team, status="pending").exists()
+        ):
+            break
+    else:
+        pytest.fail("the demo never left both a deadlock and an approval to the operator")
+    demo.refresh_from_db()
+    assert demo.status == Run.Status.RUNNING
+    sellers = Resource.objects.filter(team=demo.team, name__contains="-tickets-")
+    assert sum(resource.version for resource in sellers) > 0

