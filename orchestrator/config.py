@@ -37,6 +37,8 @@ class Config:
     data_dir: Path
     database_pool: bool
     redis_is_default: bool = False  # REDIS_URL unset: `make run` starts an embedded Redis
+    https: bool = False  # served over HTTPS (behind a TLS-terminating proxy)
+    hsts_seconds: int = 0
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
@@ -49,6 +51,19 @@ def parse_bool(name: str, raw: str | None, default: bool) -> bool:
     if value in _FALSE:
         return False
     raise ConfigError(f"{name} must be one of 1/0, true/false, yes/no, on/off; got {raw!r}")
+
+
+def parse_int(name: str, raw: str | None, default: int) -> int:
+    """A whole number of zero or more; anything else is an error."""
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number; got {raw!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must be 0 or more; got {raw!r}")
+    return value
 
 
 def parse_hosts(raw: str | None, *, debug: bool) -> list[str]:
@@ -160,6 +175,7 @@ def load(environ: Mapping[str, str]) -> Config:
     debug = parse_bool("DEBUG", environ.get("DEBUG"), default=False)
     secret_key = environ.get("SECRET_KEY", "").strip() or None
     data_dir = Path(environ.get("ORCHESTRATOR_DATA_DIR") or BASE_DIR / "data")
+    https = parse_bool("HTTPS", environ.get("HTTPS"), default=False)
     pool = parse_bool("ORCHESTRATOR_DB_POOL", environ.get("ORCHESTRATOR_DB_POOL"), default=False)
     database, embedded = parse_database(environ.get("DATABASE_URL"), data_dir=data_dir, pool=pool)
     return Config(
@@ -172,4 +188,6 @@ def load(environ: Mapping[str, str]) -> Config:
         data_dir=data_dir,
         database_pool=pool and not embedded,
         redis_is_default=not (environ.get("REDIS_URL") or "").strip(),
+        https=https,
+        hsts_seconds=parse_int("HSTS_SECONDS", environ.get("HSTS_SECONDS"), 3600) if https else 0,
     )

@@ -15,6 +15,22 @@ ALLOWED_HOSTS = CONFIG.allowed_hosts
 REDIS_URL = CONFIG.redis_url
 DATA_DIR = CONFIG.data_dir
 
+# Production behind a TLS-terminating reverse proxy (HTTPS=1): secure cookies, HTTPS
+# redirects (but not for /healthz, which load balancers ask over plain HTTP), HSTS,
+# and the proxy's X-Forwarded-Proto trusted. `manage.py check --deploy` is clean.
+if CONFIG.https:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = CONFIG.hsts_seconds
+    CSRF_TRUSTED_ORIGINS = [f"https://{host}" for host in ALLOWED_HOSTS if host != "*"]
+    # HSTS for this host only: an operator console usually lives on one subdomain of a
+    # domain whose other hosts it does not own, so it must not impose HTTPS on them
+    # (includeSubDomains) nor ask browsers to hard-code that (preload).
+    SILENCED_SYSTEM_CHECKS = ["security.W005", "security.W021"]
+
 INSTALLED_APPS = [
     # daphne first: its runserver replaces Django's and serves ASGI.
     "daphne",
