@@ -191,6 +191,11 @@ def test_a_deadlock_is_shown_in_the_graph_and_broken_from_it(app: str, page: Any
         "finished", timeout=30_000
     )
     assert Run.objects.get(pk=started.run.pk).status == "finished"
+    page.get_by_role("link", name="Conflicts", exact=True).click()
+    page.get_by_label("Kind").select_option("deadlock")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#conflicts-table tbody")).to_contain_text("by operator olivia")
+    screenshot(page, "conflicts", docs=True)
 
 
 def test_a_contested_write_is_approved_from_the_page(app: str, page: Any) -> None:

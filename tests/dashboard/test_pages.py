@@ -149,3 +149,24 @@ def test_the_snapshot_derives_waiting_for_a_lock_and_for_a_human() -> None:
     (deadlock,) = state["deadlocks"].values()
     assert set(deadlock["agent_ids"]) == {a.pk for a in scene.agents}
     assert state["counts"] == {"approvals": 1, "conflicts": 2}
+
+
+def test_a_patch_for_a_started_run_brings_its_agents_and_their_status(redis_conn) -> None:
+    from agents.runtime import run_start
+    from orchestrator.core.models import Event
+    from orchestrator.dashboard.selectors.board import board_patch
+    from orchestrator.dashboard.selectors.feed import feed_snapshot
+
+    team = factories.team()
+    members = [factories.agent(team_=team, name=f"member-{i}") for i in range(2)]
+    since = feed_snapshot()["last_id"]
+    run = run_start(team=team, goal="g")
+    events = [
+        {"id": e.pk, "agent": e.agent_id, "subject_type": e.subject_type,
+         "subject_id": e.subject_id, "payload": e.payload}
+        for e in Event.objects.filter(id__gt=since)
+    ]  # fmt: skip
+    patch = board_patch(events)
+    assert set(patch["runs"]) == {str(run.pk)}
+    assert {patch["agents"][str(a.pk)]["status"] for a in members} == {"running"}
+    assert str(team.pk) in patch["teams"]

@@ -381,7 +381,12 @@ class Touched:
     def _resolve(self, subjects: dict[str, set[int]]) -> None:
         self.agents |= subjects.get("agent", set())
         self.resources |= subjects.get("resource", set())
-        self.runs |= subjects.get("run", set())
+        if subjects.get("run"):
+            # A run starting or ending changes its agents' status too.
+            self.runs |= subjects["run"]
+            self.agents |= set(
+                Step.objects.filter(run_id__in=subjects["run"]).values_list("agent_id", flat=True)
+            )
         if subjects.get("team"):
             self.teams |= subjects["team"]
             self.agents |= set(
