@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, URLResolver, re_path
@@ -138,6 +139,34 @@ def _is_json(response: HttpResponseBase) -> bool:
 
 def endpoint_not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
     return error_response(404, "not_found", f"no API endpoint at {request.path}")
+
+
+def docs_access(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """The API's docs page and OpenAPI document: for signed-in users and agents only.
+
+    A browser without a session is sent to the login page; any other caller gets
+    the JSON 401 of the API (agents fetch the document with their bearer token).
+    """
+
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        user = getattr(request, "user", None)
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if (user is not None and user.is_authenticated) or (
+            scheme.lower() == "bearer" and agent_by_token(token.strip()) is not None
+        ):
+            return view(request, *args, **kwargs)
+        if request.path.endswith(".json") or header:
+            return error_response(
+                401,
+                "unauthorized",
+                "sign in, or send an agent token as 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="orchestrator"'},
+            )
+        return redirect_to_login(request.get_full_path())
+
+    return wrapper
 
 
 class AgentAPI(NinjaAPI):

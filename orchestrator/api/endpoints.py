@@ -13,7 +13,7 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Path, Query, Status
 
-from orchestrator.api.edge import AgentAPI, AgentToken, install_error_handlers
+from orchestrator.api.edge import AgentAPI, AgentToken, docs_access, install_error_handlers
 from orchestrator.api.schemas import (
     MAX_ID,
     ApprovalPendingOut,
@@ -59,6 +59,7 @@ api = AgentAPI(
     ),
     urls_namespace="agent_api",
     auth=AgentToken(),
+    docs_decorator=docs_access,
 )
 install_error_handlers(api)
 MAX_POLL_WAIT = 30  # seconds a GET /lock-requests/{id}?wait= may block

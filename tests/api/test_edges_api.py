@@ -190,8 +190,8 @@ def test_no_error_response_is_html(alice, bob, settings) -> None:
     assert_json_error(call(alice.client, "put", "/resources/doc", {"value": "long"}), 413)
 
 
-def test_openapi_document_lists_every_path_and_its_errors() -> None:
-    response = Client().get(f"{API}/openapi.json")
+def test_openapi_document_lists_every_path_and_its_errors(alice) -> None:
+    response = alice.client.get(f"{API}/openapi.json")  # an agent fetches it with its token
 
     assert response.status_code == 200
     document = json.loads(response.content)
