@@ -84,6 +84,7 @@ def page(app: str, browser: Any) -> Iterator[Any]:
 
 
 def screenshot(page: Any, name: str, *, docs: bool = False) -> None:
+    page.evaluate("document.getElementById('toasts')?.replaceChildren()")  # transient
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
     if docs and os.environ.get("DASHBOARD_SCREENSHOTS") == "docs":

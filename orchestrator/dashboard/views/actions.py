@@ -38,6 +38,7 @@ from orchestrator.dashboard.forms import (
 from orchestrator.dashboard.selectors import lookups
 from orchestrator.dashboard.views.access import operator_required
 from orchestrator.dashboard.views.errors import refuse, wants_json
+from orchestrator.dashboard.views.pages import approvals_page
 
 
 def _back(request: HttpRequest) -> str:
@@ -206,8 +207,6 @@ def approval_decide_view(request: HttpRequest, approval_id: int) -> HttpResponse
     if not form.is_valid():
         if wants_json(request):
             return invalid(request, form)
-        from orchestrator.dashboard.views.pages import approvals_page
-
         return approvals_page(request, bound={approval_id: form}, status=400)
     try:
         detail = decide(request, approval_id, form)
