@@ -15,7 +15,7 @@ from ninja import Field, Schema
 from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
 
 from orchestrator.core.locks import MAX_TTL
-from orchestrator.core.models import ConflictKind, ConflictStatus, RequestStatus
+from orchestrator.core.models import NAME_MAX_LENGTH, ConflictKind, ConflictStatus, RequestStatus
 
 # Ids are PostgreSQL bigints; a larger number cannot name a row.
 MAX_ID = 2**63 - 1
@@ -29,7 +29,9 @@ class StrictBody(Schema):
 
 class ResourceCreateIn(StrictBody):
     name: StrictStr = Field(
-        description="1 to 200 printable characters, no surrounding spaces; unique."
+        min_length=1,
+        max_length=NAME_MAX_LENGTH,
+        description="1 to 200 printable characters, no surrounding spaces; unique.",
     )
     value: Any = Field(None, description="Any JSON value (size-limited).")
     requires_approval: StrictBool = Field(
