@@ -76,3 +76,20 @@ def test_every_operator_action_needs_the_csrf_token() -> None:
         response = client.post(path, {"paused": "1", "decision": "approve"})
         assert response.status_code == 403, (path, response.status_code)
     assert not Event.objects.filter(user__isnull=False).exists()
+
+
+def test_an_agent_token_opens_no_page_and_no_operator_action() -> None:
+    """Agents authenticate to /api/v1 only: elsewhere their token is worth nothing."""
+    from orchestrator.core.models import Switchboard
+    from orchestrator.core.tokens import agent_token_reset
+    from tests import factories
+
+    token = agent_token_reset(agent=factories.agent())
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+    paths = [p for p in every_path() if not public(p) and not p.startswith("/api/v1/")]
+    assert len(paths) > 40
+    for path in paths:
+        for method in ("get", "post"):
+            response = getattr(client, method)(path, {"paused": "1"})
+            assert response.status_code in REFUSALS, (method, path, response.status_code)
+    assert not Switchboard.objects.filter(paused=True).exists()
