@@ -358,6 +358,9 @@ def main() -> None:
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--plot", type=Path, help="draw the figures into this PNG (docs/benchmarks/locks.png)"
+    )
     args = parser.parse_args()
 
     recreate_database()
@@ -398,6 +401,38 @@ def main() -> None:
         )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
+    if args.plot:
+        plot(args.plot, rows, figures, args.web_processes)
+
+
+def plot(path: Path, rows: list[Row], figures: dict[str, float], web_processes: int) -> None:
+    from plot import grouped_bars
+
+    groups = [row.label for row in rows]
+    series = {
+        "raw ORM loop (baseline)": [row.raw for row in rows],
+        "protocol": [row.protocol for row in rows],
+    }
+    ratios = [row.protocol / row.raw for row in rows]
+    targets = [0.5] * len(rows)
+    if "api_8_clients" in figures:
+        groups.append(f"HTTP API, 8 clients,\n10 hot ({web_processes} daphne)")
+        series["raw ORM loop (baseline)"].append(0.0)
+        series["protocol"].append(figures["10_8_protocol"])
+        series["HTTP API"] = [0.0] * len(rows) + [figures["api_8_clients"]]
+        ratios.append(figures["api_8_clients"] / figures["10_8_protocol"])
+        targets.append(0.2)
+    grouped_bars(
+        path,
+        title="Lock cycles per second (acquire, write, release)",
+        groups=groups,
+        series=series,
+        ratios=ratios,
+        ratio_label="protocol / raw; API / in-process protocol",
+        target=targets,
+        unit="cycles per second",
+    )
+    print(f"plot: {path}")
 
 
 if __name__ == "__main__":

@@ -127,6 +127,9 @@ def main() -> None:
         help="comma-separated RQ worker classes",
     )
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
+    parser.add_argument(
+        "--plot", type=Path, help="draw the figures into this PNG (docs/benchmarks/steps.png)"
+    )
     args = parser.parse_args()
     recreate_database()
     os.environ.update({"DATABASE_URL": bench_database_url(), "REDIS_URL": REDIS_URL})
@@ -134,16 +137,34 @@ def main() -> None:
     import django
 
     django.setup()
+    labels, noops, stepss = [], [], []
     for worker_class in args.classes.split(","):
         for count in map(int, args.workers.split(",")):
             noop = noop_rate(args.noop, count, worker_class)
             steps = steps_rate(args.steps, count, worker_class)
             label = f"{worker_class.rsplit('.', 1)[-1]}, {count} worker{'s' if count > 1 else ''}"
             print(
-                f"{label:<22} no-op jobs {noop:7.1f}/s   agent steps {steps:7.1f}/s   "
+                f"{label:<26} no-op jobs {noop:7.1f}/s   agent steps {steps:7.1f}/s   "
                 f"ratio {steps / noop:4.2f}",
                 flush=True,
             )
+            labels.append(label)
+            noops.append(noop)
+            stepss.append(steps)
+    if args.plot:
+        from plot import grouped_bars
+
+        grouped_bars(
+            args.plot,
+            title="Agent steps per second on real RQ workers (acquire, write, release per step)",
+            groups=labels,
+            series={"no-op RQ jobs (baseline)": noops, "agent steps": stepss},
+            ratios=[s / n for s, n in zip(stepss, noops, strict=True)],
+            ratio_label="agent steps / no-op jobs",
+            target=0.5,
+            unit="per second",
+        )
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

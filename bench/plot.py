@@ -1,0 +1,53 @@
+"""Bar charts of the bench figures (matplotlib, written as PNG for docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def grouped_bars(
+    path: Path,
+    *,
+    title: str,
+    groups: list[str],
+    series: dict[str, list[float]],
+    ratios: list[float],
+    ratio_label: str,
+    target: float | list[float],
+    unit: str,
+) -> None:
+    """One group of bars per measurement, and the ratio (ours / baseline) above each
+    group, drawn against its target."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / len(series)
+    figure, axes = plt.subplots(figsize=(10, 4.8), dpi=110)
+    for i, (name, values) in enumerate(series.items()):
+        positions = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        axes.bar(positions, values, width, label=name)
+    tops = [max(values[g] for values in series.values()) for g in range(len(groups))]
+    targets = target if isinstance(target, list) else [target] * len(ratios)
+    for g, ratio in enumerate(ratios):
+        colour = "tab:green" if ratio >= targets[g] else "tab:red"
+        axes.annotate(
+            f"{ratio:.2f}",
+            (g, tops[g]),
+            textcoords="offset points",
+            xytext=(0, 4),
+            ha="center",
+            color=colour,
+            fontweight="bold",
+        )
+    axes.set_xticks(range(len(groups)), groups, fontsize=8)
+    axes.set_ylabel(unit)
+    goal = " / ".join(f"{t:g}" for t in dict.fromkeys(targets))
+    axes.set_title(f"{title}\n(numbers: {ratio_label}; targets {goal}, red below)")
+    axes.legend(fontsize=8)
+    axes.margins(y=0.15)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
