@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.core.approvals import approval_request
 from orchestrator.core.errors import Invalid
 from orchestrator.core.locks import holder_dict, lock_acquire, lock_release
-from orchestrator.core.models import Agent, Lock, LockMode, Run, Step
+from orchestrator.core.models import Agent, Lock, LockEnd, LockMode, Run, Step
 from orchestrator.core.resources import (
     WriteResult,
     resource_read,
@@ -41,7 +41,13 @@ def _held(
 
     A lock granted earlier in the same step is remembered (no query). If it has
     ended since, the services reject what is done with it (a stale fence), which is
-    what happened; otherwise the lock is looked up."""
+    what happened; otherwise the lock is looked up.
+
+    For a write (``exclusive``) the lock the agent was last granted in this run is
+    used even if it ended without the agent releasing it (its lease ran out while
+    its worker stalled between steps, or it was revoked or force-released): the
+    agent still believes it holds it, so its write carries that token and is
+    rejected as a stale fence, never sent unfenced to find the resource free."""
     granted = getattr(step, "_granted", {}).get(resource)
     if granted is not None and (granted[2] == LockMode.EXCLUSIVE or not exclusive):
         return granted[0], granted[1]
@@ -49,7 +55,24 @@ def _held(
     if exclusive:
         locks = locks.filter(mode=LockMode.EXCLUSIVE)
     found = locks.values_list("pk", "token").first()
+    if found is None and exclusive:
+        found = _lost_lock(agent, step, resource)
     return (found[0], found[1]) if found else None
+
+
+def _lost_lock(agent: Agent, step: Step, resource: str) -> tuple[int, int] | None:
+    """(lock id, fence) of the agent's latest lock on ``resource`` in this run, if it
+    was exclusive and ended other than by the agent's release; else None."""
+    started = Run.objects.filter(pk=step.run_id).values("started_at")[:1]
+    latest = (
+        Lock.objects.filter(agent=agent, resource__name=resource, acquired_at__gte=started)
+        .order_by("-pk")
+        .values_list("pk", "token", "mode", "end")
+        .first()
+    )
+    if latest is None or latest[2] != LockMode.EXCLUSIVE or latest[3] in ("", LockEnd.RELEASED):
+        return None
+    return latest[0], latest[1]
 
 
 def _remember(step: Step, resource: str, lock: Lock | None) -> None:

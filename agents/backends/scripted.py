@@ -14,9 +14,11 @@ that a script behaves like a careful model:
 * ``{"$inc": n}``: the value of that latest read plus ``n``.
 
 When a call fails the script does not advance: a refused write (stale
-version, lost lock) is followed by a fresh read and the same write again; an
-aborted wait (deadlock victim) starts the script over; after 20 failures in
-a row the agent gives up and finishes. Think-times (seconds, from ``think``)
+version, not the holder) is followed by a fresh read and the same write again;
+a write refused for a stale fencing token (the agent's lock ended: lease
+expired, revoked) goes back to the entry that acquired that lock, to take it
+again; an aborted wait (deadlock victim) starts the script over; after 20
+failures in a row the agent gives up and finishes. Think-times (seconds, from ``think``)
 are drawn from the same seeded RNG, so races happen reproducibly.
 """
 
@@ -108,6 +110,10 @@ class ScriptedBackend:
             return None, None
         if result.get("status") == "aborted" or result.get("error") == "aborted":
             return 0, None  # a deadlock victim: its locks are gone, start over
+        if last["name"] == "write" and result.get("error") == "stale_fence":
+            acquired = self._acquired_at(calls, last["args"].get("resource"))
+            if acquired is not None:  # the lock is lost: take it again, then go on
+                return acquired, None
         if last["name"] == "write" and result.get("error") in (
             "version_conflict",
             "stale_fence",
@@ -115,6 +121,16 @@ class ScriptedBackend:
         ):
             return index, last["args"].get("resource")
         return index, None
+
+    @staticmethod
+    def _acquired_at(calls: list[dict[str, Any]], resource: str | None) -> int | None:
+        """The script index of the latest ``acquire`` of ``resource``, or None."""
+        for call in reversed(calls):
+            if call["name"] == "acquire" and call["args"].get("resource") == resource:
+                tag = call["id"].split(":")[0]
+                if tag.startswith("s"):
+                    return int(tag[1:])
+        return None
 
     def _fill(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import close_old_connections
 
-from agents.recovery import recover_steps
+from agents.recovery import STALE_AFTER, recover_steps
 from orchestrator.core.monitor import monitor_sweep
 
 RECOVERY_INTERVAL = 5.0  # seconds between passes over lost steps and jobs
@@ -22,8 +22,16 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--interval", type=float, default=0.5, help="seconds between sweeps")
         parser.add_argument("--once", action="store_true", help="run one sweep and exit")
+        parser.add_argument(
+            "--stale-after",
+            type=float,
+            default=STALE_AFTER,
+            help="seconds without a heartbeat before a running step counts as lost and is retried",
+        )
 
-    def handle(self, *args: Any, interval: float, once: bool, **options: Any) -> None:
+    def handle(
+        self, *args: Any, interval: float, once: bool, stale_after: float, **options: Any
+    ) -> None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
@@ -44,7 +52,7 @@ class Command(BaseCommand):
             if once or time.monotonic() - last_recovery >= RECOVERY_INTERVAL:
                 last_recovery = time.monotonic()
                 try:
-                    recovered = recover_steps()
+                    recovered = recover_steps(stale_after=stale_after)
                 except Exception as exc:
                     self.stderr.write(f"monitor: step recovery failed: {exc!r}")
                 else:
