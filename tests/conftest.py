@@ -32,3 +32,21 @@ def redis_conn():
     conn.flushdb()
     yield conn
     conn.flushdb()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _end_stray_connections(django_db_setup, django_db_blocker):
+    """Before the test database is dropped, end the sessions still connected to it.
+
+    Outside the web server a thread keeps its connection (CONN_MAX_AGE=None), so a
+    thread that a test ran ORM code in (``sync_to_async``, a heartbeat) may still
+    hold one at the end of the run, and PostgreSQL would refuse to drop the
+    database, leaving it behind on the server."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
