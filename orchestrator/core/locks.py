@@ -535,6 +535,7 @@ def lock_request_cancel(*, request_id: int, agent: Agent | None, user: User = No
     if agent is not None and request.agent_id != agent.pk:
         raise Forbidden("not_your_request", "this request belongs to another agent")
     if request.status != RequestStatus.WAITING:
+        queue.settle()  # leases that Queue() just ended free their waiters now
         return request
     by_operator = user is not None
     queue.withdraw(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from django.db.models import F
 from django.utils import timezone
 
 from orchestrator.core.errors import Forbidden, Invalid
@@ -202,6 +203,27 @@ def test_cancel_a_waiting_request(agents) -> None:
         lock_request_cancel(request_id=waiting.request.pk, agent=a)
     cancelled = lock_request_cancel(request_id=waiting.request.pk, agent=b)
     assert cancelled.status == RequestStatus.CANCELLED
+
+
+def test_cancelling_a_resolved_request_still_grants_behind_a_lapsed_lease(agents) -> None:
+    # Found by tests/properties: cancelling a request that was already granted marked
+    # the lapsed lease on its resource expired but left the waiter behind it queued
+    # until the next sweep (a lease running out grants in the same transaction).
+    a, b, c = agents[:3]
+    resource_create(name="r")
+    first = lock_acquire(agent=a, resource="r")
+    queued = lock_acquire(agent=b, resource="r")
+    lock_release(lock_id=first.lock.pk, agent=a)
+    queued.request.refresh_from_db()
+    assert queued.request.status == RequestStatus.GRANTED
+    waiting = lock_acquire(agent=c, resource="r")
+    Lock.objects.filter(pk=queued.request.lock_id).update(
+        expires_at=F("acquired_at") + timezone.timedelta(microseconds=1)
+    )
+    assert lock_request_cancel(request_id=queued.request.pk, agent=b).status == "granted"
+    assert Lock.objects.get(pk=queued.request.lock_id).end == LockEnd.EXPIRED
+    waiting.request.refresh_from_db()
+    assert waiting.request.status == RequestStatus.GRANTED
 
 
 def test_bad_input_is_refused_before_anything_is_written(agents) -> None:
