@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 # trigger of migration 0002, which spells the same number).
 EVENT_LOG_LOCK_KEY = 0x4F524348  # "ORCH"
 ALL_EVENTS_GROUP = "events"
-# Seconds during which committed events are gathered into one push per group.
+# A process pushes to a group at most once per window: the first events after a quiet
+# spell at once, those committed during the window after a push together at its end.
 PUBLISH_WINDOW = 0.05
 # Tries of a service whose SQLite transaction found the database locked (see service).
 SQLITE_LOCKED_ATTEMPTS = 5
@@ -219,17 +220,21 @@ class _Publisher:
 
         # One loop for the thread's life, so channels_redis keeps its connections.
         loop = asyncio.new_event_loop()
+        pushed_at = -PUBLISH_WINDOW
         while True:
             batch = list(self._queue.get())
-            # Coalesce: whatever else is committed within the window goes in the same
-            # push, so a burst costs a few messages per group, not one per transaction.
-            # A flush request (someone waiting, e.g. a job about to exit) ends the window.
-            deadline = time.monotonic() + PUBLISH_WINDOW
-            while (left := deadline - time.monotonic()) > 0 and len(batch) < 1000:
-                if any("_flush" in m for m in batch):
-                    break
+            # Coalesce, leading edge: the first events after a quiet spell go at once;
+            # those committed within PUBLISH_WINDOW of the last push wait for the window's
+            # end and go together, so a burst costs one message per group per window, and
+            # a lone event is not held back. A flush request (someone waiting, e.g. a job
+            # about to exit) ends the window.
+            deadline = pushed_at + PUBLISH_WINDOW
+            while len(batch) < 1000 and not any("_flush" in m for m in batch):
                 try:
-                    batch.extend(self._queue.get(timeout=left))
+                    left = deadline - time.monotonic()
+                    batch.extend(
+                        self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
             markers = [m["_flush"] for m in batch if "_flush" in m]
@@ -237,6 +242,7 @@ class _Publisher:
             if events:
                 layer = get_channel_layer()
                 if layer is not None:
+                    pushed_at = time.monotonic()
                     loop.run_until_complete(self._send(layer, events))
             for marker in markers:
                 marker.set()

@@ -165,6 +165,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     async def _pump(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            # Frames are spaced from the start of one to the start of the next: spacing
+            # them from the end of the last one's build would stretch the interval by
+            # every build's duration and hold each event back that much longer.
+            started = loop.time()
             try:
                 await self._catch_up()
             except asyncio.CancelledError:
@@ -177,7 +181,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                 self._request = self._request or {"type": "snapshot"}
                 await asyncio.sleep(1.0)
                 continue
-            self._next_frame_at = loop.time() + FRAME_INTERVAL
+            self._next_frame_at = started + FRAME_INTERVAL
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=IDLE_CHECK)
             # Whatever arrives until the next frame is due goes into that frame.

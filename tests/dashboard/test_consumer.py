@@ -8,7 +8,10 @@ the test database busy when pytest drops it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -264,6 +267,40 @@ async def test_a_burst_of_pushes_is_coalesced_to_at_most_20_frames_a_second(
     # Frames are at least FRAME_INTERVAL apart, so over `elapsed` seconds at most:
     assert len(deltas) <= elapsed / consumers.FRAME_INTERVAL + 1, (len(deltas), elapsed)
     assert len(deltas) < burst  # some pushes shared a frame
+    await communicator.disconnect()
+
+
+async def test_a_slow_frame_build_does_not_add_the_frame_interval_on_top(
+    redis_conn, monkeypatch
+) -> None:
+    """Frames are spaced from the start of one build to the start of the next: while
+    events keep coming, a build as long as the interval is followed by the next at once."""
+    interval = 0.3
+    monkeypatch.setattr(consumers, "FRAME_INTERVAL", interval)
+    quick = consumers.feed_delta
+
+    def slow_delta(**kwargs: Any) -> dict[str, Any] | None:
+        time.sleep(interval)
+        return quick(**kwargs)
+
+    monkeypatch.setattr(consumers, "feed_delta", slow_delta)
+    agent = await sync_to_async(factories.agent)()
+    communicator = await connect()
+    client = Client(communicator)
+    await client.receive()
+    for i in range(40):  # about 2.5 s of events, 20 a second
+        await sync_to_async(agents_set_paused)(agents=[agent], paused=i % 2 == 0)
+        await asyncio.sleep(0.05)
+    await client.until(await sync_to_async(last_id)())
+    # When each frame was built, by the database clock (server_time, read at its end).
+    built = [
+        datetime.fromisoformat(frame["server_time"])
+        for frame in client.frames
+        if frame["type"] == "delta"
+    ]
+    gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(built))
+    # Spaced from the end of each build, frames would be built every 2 * interval.
+    assert gaps[len(gaps) // 2] < 1.5 * interval, gaps
     await communicator.disconnect()
 
 
