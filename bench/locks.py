@@ -50,10 +50,11 @@ BENCH_DB = "orchestrator_bench"
 READY = "ready"
 
 
-def bench_database_url() -> str:
+def bench_database_url(name: str = BENCH_DB) -> str:
+    """The URL of the bench database ``name`` on the server of DATABASE_URL."""
     base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/postgres"
     parts = urllib.parse.urlsplit(base)
-    return urllib.parse.urlunsplit(parts._replace(path="/" + BENCH_DB))
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
 
 
 def setup_django() -> None:
@@ -65,15 +66,16 @@ def setup_django() -> None:
     django.setup()
 
 
-def recreate_database() -> None:
+def recreate_database(name: str = BENCH_DB) -> None:
+    """Drop and create the bench database ``name``, then migrate it."""
     import psycopg
 
-    parts = urllib.parse.urlsplit(bench_database_url())
+    parts = urllib.parse.urlsplit(bench_database_url(name))
     admin = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    env = {**os.environ, "DATABASE_URL": bench_database_url()}
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    env = {**os.environ, "DATABASE_URL": bench_database_url(name)}
     subprocess.run(
         [sys.executable, "manage.py", "migrate", "--noinput", "-v0"], cwd=ROOT, env=env, check=True
     )

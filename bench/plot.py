@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def grouped_bars(
@@ -47,6 +48,54 @@ def grouped_bars(
     axes.set_title(f"{title}\n(numbers: {ratio_label}; targets {goal}, red below)")
     axes.legend(fontsize=8)
     axes.margins(y=0.15)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def limit_panels(path: Path, *, title: str, panels: list[dict[str, Any]]) -> None:
+    """Side-by-side bar charts of figures where lower is better (times, latencies).
+
+    Each panel is a dict with ``title``, ``groups`` (labels), ``series`` ({name:
+    values per group}), ``limits`` (the target of each group, or None) and
+    ``checked`` (the series compared with the limits): a dashed line marks each
+    group's limit, and the checked value is written above it, red when over.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: write files only
+    import matplotlib.pyplot as plt
+
+    figure, axes_row = plt.subplots(
+        1, len(panels), figsize=(6 * len(panels), 4.8), dpi=110, squeeze=False
+    )
+    for axes, panel in zip(axes_row[0], panels, strict=True):
+        series, groups = panel["series"], panel["groups"]
+        width = 0.8 / len(series)
+        for i, (name, values) in enumerate(series.items()):
+            positions = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+            axes.bar(positions, values, width, label=name)
+        checked = series[panel["checked"]]
+        for g, limit in enumerate(panel["limits"]):
+            top = max(values[g] for values in series.values())
+            if limit is not None:
+                axes.hlines(limit, g - 0.45, g + 0.45, colors="black", linestyles="dashed")
+            over = limit is not None and checked[g] > limit
+            axes.annotate(
+                f"{checked[g]:.0f}",
+                (g, max(top, limit or 0)),
+                textcoords="offset points",
+                xytext=(0, 4),
+                ha="center",
+                color="tab:red" if over else ("tab:green" if limit is not None else "black"),
+                fontweight="bold",
+            )
+        axes.set_xticks(range(len(groups)), groups, fontsize=7)
+        axes.set_title(f"{panel['title']}\n(numbers: {panel['checked']}; dashed: target)")
+        axes.legend(fontsize=7)
+        axes.margins(y=0.15)
+    figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
