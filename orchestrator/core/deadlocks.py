@@ -237,11 +237,14 @@ def deadlock_check_for(
         nx.find_cycle(graph, source=agent.pk)
     except nx.NetworkXNoCycle:
         return None
-    for component in deadlocked_components(graph):
-        reachable = nx.descendants(graph, agent.pk) | {agent.pk}
-        if component & reachable:
-            return _report(graph, component).conflict
-    return None
+    # The cycle this request closed (the agent's own component) first: another cycle it
+    # only waits behind may be reported already, and must not hide the new one.
+    reachable = nx.descendants(graph, agent.pk) | {agent.pk}
+    components = sorted(
+        (c for c in deadlocked_components(graph) if c & reachable),
+        key=lambda c: agent.pk not in c,
+    )
+    return _report(graph, components[0]).conflict if components else None
 
 
 @dataclass

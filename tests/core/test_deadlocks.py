@@ -185,3 +185,28 @@ def test_queue_edges_catch_a_cycle_through_a_queued_writer() -> None:
     graph = wait_for_graph()
     assert graph.has_edge(a.pk, d.pk)
     assert set(result.deadlock.data["agent_ids"]) == {a.pk, c.pk, d.pk}
+
+
+def test_a_new_cycle_behind_a_reported_one_is_reported_by_its_request() -> None:
+    """Found by tests/properties: a and b deadlock over r0/r1 (reported); c and d then
+    queue for both behind them, c behind d on r1 and d behind c on r0: a cycle of its
+    own, which d's request closes while also waiting behind the a-b cycle. The check
+    reported the a-b cycle again (already open) and left c-d to the next sweep."""
+    team, (a, b, c) = make_team()
+    d = factories.agent(team_=team, name=f"{team.name}-a3")
+    r0, r1 = f"{team.name}-r0", f"{team.name}-r1"
+    hold(b, r1)
+    lock_acquire(agent=a, resource=r1)
+    hold(a, r0)
+    first = lock_acquire(agent=b, resource=r0).deadlock
+    assert set(first.data["agent_ids"]) == {a.pk, b.pk}
+    lock_acquire(agent=d, resource=r1)
+    lock_acquire(agent=c, resource=r1)
+    assert lock_acquire(agent=c, resource=r0).deadlock == first  # waits behind it only
+    second = lock_acquire(agent=d, resource=r0).deadlock
+    assert second is not None and set(second.data["agent_ids"]) == {c.pk, d.pk}
+    assert {tuple(x.data["agent_ids"]) for x in open_deadlocks()} == {
+        tuple(sorted((a.pk, b.pk))),
+        tuple(sorted((c.pk, d.pk))),
+    }
+    assert deadlock_sweep().detected == []  # nothing was left for the sweep
