@@ -8,7 +8,10 @@ Called by the monitor every few seconds. Three cases:
   decision and skips journaled calls; writes are idempotent), at most
   ``MAX_ATTEMPTS`` times, after which it fails and its agent's locks are
   released;
-* a *queued* step whose RQ job no longer exists (Redis lost it): a new job;
+* a *queued* step whose RQ job can no longer run it: Redis lost the job, or the
+  job ended, or it is in no queue any more (a worker took it off the queue and
+  died before the step began: the job stays "queued" or "started" in Redis with
+  nobody to run it): a new job;
 * a *waiting* step whose wait has ended but whose continuation job was lost:
   the continuation is enqueued again (it is idempotent).
 """
@@ -64,6 +67,20 @@ def _job_status(job_id: str) -> str | None:
         return None
 
 
+def _job_lost(job_id: str) -> bool:
+    """Whether the job of a step queued long ago can no longer run it.
+
+    Only a job still waiting in its queue will: one that Redis lost or that ended
+    will not, nor one taken off the queue (a worker starts a step within moments of
+    that, so the step would not still be queued) by a worker that died first. A job
+    that turns out to be alive after all is harmless: the step got a new job id, and
+    the old job finds itself superseded (``step_begin``)."""
+    status = _job_status(job_id)
+    if status != JobStatus.QUEUED:
+        return True
+    return steps_queue().get_job_position(job_id) is None
+
+
 @service
 def step_retry(*, step_id: int, why: str) -> str:
     """Put a lost running step back on the queue, or fail it after MAX_ATTEMPTS."""
@@ -110,7 +127,7 @@ def recover_steps(*, stale_after: float = STALE_AFTER) -> Recovery:
         job_id=""
     )
     for pk, job_id in queued.values_list("pk", "job_id"):
-        if _job_status(job_id) in (None, *_DEAD) and _requeue(step_id=pk):
+        if _job_lost(job_id) and _requeue(step_id=pk):
             report.requeued.append(pk)
     waiting = Step.objects.filter(status=Step.Status.WAITING).filter(
         Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True)

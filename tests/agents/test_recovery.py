@@ -107,6 +107,34 @@ def test_a_queued_step_whose_job_was_lost_gets_a_new_one(agent, redis_conn) -> N
     assert run.status == Run.Status.FINISHED
 
 
+@pytest.mark.parametrize("status", ["queued", "started"])
+def test_a_queued_step_whose_job_left_the_queue_with_a_dead_worker_gets_a_new_one(
+    agent, redis_conn, status
+) -> None:
+    """A worker took the job off the queue (RQ moves it to an intermediate list)
+    and was killed before the step began: the job stays in Redis, with nobody to
+    run it."""
+    run = run_start(team=agent.team, goal="worker killed while dequeuing", agents=[agent])
+    step = Step.objects.get(run=run)
+    queue = django_rq.get_queue("steps")
+    job = queue.fetch_job(step.job_id)
+    queue.remove(job)
+    job.set_status(status)
+    assert not recover_steps(stale_after=60)  # a recent step: its job may be on its way
+    Step.objects.filter(run=run).update(created_at=timezone.now() - timedelta(hours=1))
+    report = recover_steps(stale_after=60)
+    assert report.requeued == [step.pk]
+    drain()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+
+
+def test_a_queued_step_whose_job_waits_in_the_queue_is_left_alone(agent, redis_conn) -> None:
+    run = run_start(team=agent.team, goal="a long queue", agents=[agent])
+    Step.objects.filter(run=run).update(created_at=timezone.now() - timedelta(hours=1))
+    assert not recover_steps(stale_after=60)
+
+
 def test_a_live_step_is_left_alone(agent) -> None:
     run = run_start(team=agent.team, goal="alive", agents=[agent])
     Step.objects.filter(run=run).update(status="running", heartbeat_at=timezone.now())
