@@ -34,7 +34,8 @@ agent), it measures:
   forwards each message to its WebSocket client as it comes: no database, no
   coalescing. Its messages are numbered, so drops are counted exactly.
 
-Both channels_redis layers are measured (``--layer both``, the default):
+Both channels_redis layers are measured (``--layer both``, the default), one daphne
+process each, taking turns rate by rate so that they share the load of the moment:
 RedisChannelLayer (``core``, the project's setting) and RedisPubSubChannelLayer
 (``pubsub``); each run of daphne and the producers gets the layer by a settings
 override in the process, the project's settings are not changed.
@@ -785,25 +786,30 @@ async def measure_floor(server: Daphne, layer: str, rate: int, seconds: float) -
     )
 
 
-async def measure_layer(
-    layer: str, cookie: str, rates: list[int], seconds: float, reps: int, end_to_end: bool
+async def measure_all(
+    layers: list[str], cookie: str, rates: list[int], seconds: float, reps: int
 ) -> tuple[list[Timing], list[Latency]]:
+    """One daphne per layer, all started first; then, rate by rate, the floor and the
+    dashboard on each layer in turn, so that the layers share whatever load the machine
+    has at that moment."""
     flush_redis()
-    server = Daphne(layer)
+    servers: dict[str, Daphne] = {}
     try:
-        timings = await overview_end_to_end(server, cookie, reps) if end_to_end else []
+        for layer in layers:
+            servers[layer] = Daphne(layer)
+        timings = await overview_end_to_end(servers[layers[0]], cookie, reps)
         results = []
         for rate in rates:
-            for measure in ("floor", "dashboard"):
-                if measure == "floor":
-                    result = await measure_floor(server, layer, rate, seconds)
-                else:
-                    result = await measure_dashboard(server, cookie, layer, rate, seconds)
-                print(latency_line(result), flush=True)
-                results.append(result)
+            for layer in layers:
+                server = servers[layer]
+                results.append(await measure_floor(server, layer, rate, seconds))
+                print(latency_line(results[-1]), flush=True)
+                results.append(await measure_dashboard(server, cookie, layer, rate, seconds))
+                print(latency_line(results[-1]), flush=True)
         return timings, results
     finally:
-        server.stop()
+        for server in servers.values():
+            server.stop()
 
 
 # --- report ---------------------------------------------------------------------------
@@ -883,13 +889,8 @@ def main() -> None:
 
     connections.close_all()
     print(LATENCY_HEADER, flush=True)
-    results: list[Latency] = []
-    for n, layer in enumerate(layers):
-        more, latencies = asyncio.run(
-            measure_layer(layer, cookie, args.rates, args.seconds, args.reps, end_to_end=n == 0)
-        )
-        timings += more
-        results += latencies
+    more, results = asyncio.run(measure_all(layers, cookie, args.rates, args.seconds, args.reps))
+    timings += more
     load = load_average()
     report(board, timings, snapshot_bytes, results, args.reps, load, time.monotonic() - began)
     if args.json:
