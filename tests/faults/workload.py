@@ -1,0 +1,146 @@
+"""The agents of a fault run: scripted read-modify-write on shared counters, bookings
+of shared slots, and zombie candidates, built from a seed.
+
+* **counter agents** (team ``main``, lease 10 s) increment shared counters under an
+  exclusive lock: acquire, read, write ``{"$inc": 1}`` at the version read, release;
+  several agents per counter, so that they queue for it.
+* **zombie agents** (team ``zombies``, lease 2 s) run the same increments on the
+  same counters, thinking a little before each call: the nemesis stops the worker
+  of one of them while it holds a counter's lock (see nemesis.py).
+* **booking agents** (team ``main``) each try to book a sequence of slots drawn from
+  a shared pool: acquire, read, write ``[agent]`` at version 0 (a free slot), release.
+  A slot somebody booked first is refused (version_conflict) and never overwritten;
+  the scripted agent retries, then gives up and finishes.
+
+One step runs one scripted call, so every acquire, read, write and release is a
+step (an RQ job) of its own.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+STEP_MARGIN = 3  # max_steps: the longest script times this (retries), plus some
+
+TOOLS = ("acquire", "read", "write", "release")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to build for a run aiming at ``operations`` tool calls."""
+
+    seed: int
+    operations: int
+    counters: int = 6
+    counter_agents: int = 12
+    zombie_agents: int = 2
+    booking_agents: int = 6
+    bookings_per_agent: int = 8
+    slots: int = 30
+    lease_ttl: int = 10
+    zombie_ttl: int = 2
+    zombie_think: tuple[float, float] = (0.15, 0.3)
+    think: tuple[float, float] = (0.0, 0.02)
+
+    @property
+    def prefix(self) -> str:
+        return f"faults{self.seed}"
+
+    @property
+    def zombie_rounds(self) -> int:
+        return max(10, math.ceil(self.operations / 120))
+
+    @property
+    def counter_rounds(self) -> int:
+        """Rounds per counter agent: counter and zombie agents alone make
+        ``operations`` (every round of theirs is done in the end); bookings come on top."""
+        zombie = self.zombie_agents * self.zombie_rounds * 4
+        left = max(self.operations - zombie, self.counter_agents * 4)
+        return math.ceil(left / (self.counter_agents * 4))
+
+    def counter_names(self) -> list[str]:
+        return [f"{self.prefix}-counter-{i}" for i in range(self.counters)]
+
+    def slot_names(self) -> list[str]:
+        return [f"{self.prefix}-slot-{i}" for i in range(self.slots)]
+
+
+@dataclass
+class Built:
+    """The ids of what was built and started."""
+
+    runs: list[int]
+    zombie_agents: list[int]
+    counters: list[str]
+    slots: list[str]
+
+
+def _call(tool: str, resource: str, **args: Any) -> dict[str, Any]:
+    return {"tool": tool, "args": {"resource": resource, **args}}
+
+
+def increment(resource: str) -> list[dict[str, Any]]:
+    return [
+        _call("acquire", resource),
+        _call("read", resource),
+        _call("write", resource, value={"$inc": 1}, expected_version="$version"),
+        _call("release", resource),
+    ]
+
+
+def booking(slot: str) -> list[dict[str, Any]]:
+    return [
+        _call("acquire", slot),
+        _call("read", slot),
+        _call("write", slot, value=["{agent}"], expected_version=0),  # only a free slot
+        _call("release", slot),
+    ]
+
+
+def build(plan: Plan) -> Built:
+    """Create the teams, resources and agents, then start one run per team (their
+    first steps are enqueued on commit)."""
+    from agents.runtime import run_start
+    from orchestrator.core.models import Agent, Team
+    from orchestrator.core.resources import resource_create
+
+    rng = random.Random(plan.seed)  # a simulation, seeded
+    main = Team.objects.create(name=f"{plan.prefix}-main", default_lease_ttl=plan.lease_ttl)
+    zombies = Team.objects.create(name=f"{plan.prefix}-zombies", default_lease_ttl=plan.zombie_ttl)
+    counters, slots = plan.counter_names(), plan.slot_names()
+    for name in counters:
+        resource_create(name=name, value=0, team=main)
+    for name in slots:
+        resource_create(name=name, value=[], team=main)
+
+    def agent(team: Team, name: str, script: list[dict[str, Any]], think: tuple) -> Agent:
+        config = {"script": script, "think": list(think), "seed": rng.randrange(2**31)}
+        return Agent.objects.create(team=team, name=name, backend="scripted", config=config)
+
+    longest = 0
+    for i in range(plan.counter_agents):
+        script = increment(counters[i % plan.counters]) * plan.counter_rounds
+        agent(main, f"{plan.prefix}-inc-{i}", script, plan.think)
+        longest = max(longest, len(script))
+    for i in range(plan.booking_agents):
+        wanted = rng.sample(slots, min(plan.bookings_per_agent, len(slots)))
+        script = [call for slot in wanted for call in booking(slot)]
+        agent(main, f"{plan.prefix}-guest-{i}", script, plan.think)
+        longest = max(longest, len(script))
+    zombie_ids = []
+    for i in range(plan.zombie_agents):
+        script = increment(counters[i % plan.counters]) * plan.zombie_rounds
+        zombie_ids.append(agent(zombies, f"{plan.prefix}-zombie-{i}", script, plan.zombie_think).pk)
+        longest = max(longest, len(script))
+    max_steps = longest * STEP_MARGIN + 100
+    runs = [
+        run_start(team=team, goal=goal, max_steps=max_steps, seed=plan.seed).pk
+        for team, goal in (
+            (main, "increment the shared counters and book slots, under faults"),
+            (zombies, "increment the shared counters while the nemesis stalls you"),
+        )
+    ]
+    return Built(runs=runs, zombie_agents=zombie_ids, counters=counters, slots=slots)
