@@ -144,9 +144,13 @@ STORAGES = {
     },
 }
 
+# Redis pub/sub layer, chosen by measurement (bench/live.py, docs/benchmarks.md): one
+# PUBLISH per group_send however many browsers listen, lower latency, and no silent
+# drops under load, where RedisChannelLayer dropped pushes past its capacity. Pushes
+# are best effort either way: browsers replay what they missed from the event log.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL], "prefix": "orchestrator"},
     },
 }
