@@ -44,6 +44,7 @@ class Plan:
     zombie_ttl: int = 2
     zombie_think: tuple[float, float] = (0.15, 0.3)
     think: tuple[float, float] = (0.0, 0.02)
+    unguarded: bool = False  # bypass the protocol (to show that the checks catch it)
 
     @property
     def prefix(self) -> str:
@@ -137,10 +138,13 @@ def build(plan: Plan) -> Built:
         longest = max(longest, len(script))
     max_steps = longest * STEP_MARGIN + 100
     runs = [
-        run_start(team=team, goal=goal, max_steps=max_steps, seed=plan.seed).pk
+        run_start(
+            team=team, goal=goal, max_steps=max_steps, seed=plan.seed, unguarded=plan.unguarded
+        ).pk
         for team, goal in (
             (main, "increment the shared counters and book slots, under faults"),
             (zombies, "increment the shared counters while the nemesis stalls you"),
         )
+        if team.agents.exists()
     ]
     return Built(runs=runs, zombie_agents=zombie_ids, counters=counters, slots=slots)
