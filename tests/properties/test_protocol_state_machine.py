@@ -92,7 +92,6 @@ from orchestrator.core.control import agents_set_paused
 from orchestrator.core.deadlocks import BreakAction, deadlock_break, wait_for_graph
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.locks import (
-    db_now,
     lock_acquire,
     lock_force_release,
     lock_release,
@@ -101,18 +100,14 @@ from orchestrator.core.locks import (
 )
 from orchestrator.core.models import (
     Agent,
-    Approval,
     Conflict,
     ConflictKind,
     ConflictPolicy,
     ConflictStatus,
     DeadlockPolicy,
-    Lock,
     LockMode,
     LockRequest,
     RequestStatus,
-    Resource,
-    ResourceVersion,
     Team,
 )
 from orchestrator.core.monitor import monitor_sweep
@@ -1099,11 +1094,11 @@ class ProtocolMachine(RuleBasedStateMachine):
                 self.agent_index[lock["agent_id"]],
                 lock["mode"],
                 lock["token"],
-                "lapsed" if lock["expires_at"] <= db.now else "live",
-                (lock["expires_at"] - db.now).total_seconds() < TTL / 2,
+                "lapsed" if lock["lapsed"] else "live",
+                lock["seconds_left"] < TTL / 2,
             )
             for lock in db.locks
-            if lock["released_at"] is None
+            if not lock["released"]
         }
         model_locks = {
             lock.pk: (
@@ -1118,7 +1113,7 @@ class ProtocolMachine(RuleBasedStateMachine):
             if lock.state != "ended"
         }
         assert db_locks == model_locks
-        ended = {lock["pk"]: lock["end"] for lock in db.locks if lock["released_at"] is not None}
+        ended = {lock["pk"]: lock["end"] for lock in db.locks if lock["released"]}
         assert ended == {lock.pk: lock.end for lock in world.locks if lock.state == "ended"}
         queued = [
             req["pk"]
@@ -1140,18 +1135,40 @@ class ProtocolMachine(RuleBasedStateMachine):
         assert [db.paused[agent.pk] for agent in self.agents] == world.paused
 
 
-LOCK_COLUMNS = [
-    "pk", "resource_id", "agent_id", "mode", "token", "expires_at", "released_at", "end",
-]  # fmt: skip
+# Everything the invariants read, as of one moment: one statement, one snapshot of all
+# the tables, and one reading of the database clock (round trips are what a step costs
+# on a busy machine).
+SNAPSHOT_SQL = """
+WITH clock AS (SELECT clock_timestamp() AS now)
+SELECT json_build_object(
+  'resources', (SELECT coalesce(json_agg(json_build_object(
+      'pk', id, 'value', value, 'version', version, 'fence', fence)), '[]') FROM core_resource),
+  'locks', (SELECT coalesce(json_agg(json_build_object(
+      'pk', l.id, 'resource_id', l.resource_id, 'agent_id', l.agent_id, 'mode', l.mode,
+      'token', l.token, 'end', l."end", 'released', l.released_at IS NOT NULL,
+      'lapsed', l.released_at IS NULL AND l.expires_at <= clock.now,
+      'seconds_left', extract(epoch FROM l.expires_at - clock.now)) ORDER BY l.id), '[]')
+      FROM core_lock l, clock),
+  'requests', (SELECT coalesce(json_agg(json_build_object(
+      'pk', id, 'resource_id', resource_id, 'agent_id', agent_id, 'mode', mode,
+      'status', status) ORDER BY id), '[]') FROM core_lockrequest),
+  'writes', (SELECT coalesce(json_agg(json_build_array(resource_id, fence, agent_id)
+      ORDER BY resource_id, version), '[]') FROM core_resourceversion WHERE version > 0),
+  'approvals', (SELECT coalesce(json_agg(json_build_array(id, status, applied_version)), '[]')
+      FROM core_approval),
+  'open_conflicts', (SELECT coalesce(json_agg(json_build_array(kind, id, key)), '[]')
+      FROM core_conflict WHERE status = 'open'),
+  'paused', (SELECT coalesce(json_agg(json_build_array(id, paused)), '[]') FROM core_agent)
+)
+"""
 
 
 @dataclass
 class Snapshot:
-    """What the invariants read, in a handful of queries (after the step committed)."""
+    """What the invariants read (after the step committed)."""
 
-    now: Any
     resources: dict[int, dict[str, Any]]
-    locks: list[dict[str, Any]]
+    locks: list[dict[str, Any]]  # with released, lapsed and seconds_left as of the snapshot
     requests: list[dict[str, Any]]
     writes: list[tuple[int, int | None, int | None]]
     approvals: dict[int, tuple[str, int | None]]
@@ -1161,48 +1178,25 @@ class Snapshot:
 
     @classmethod
     def take(cls) -> Snapshot:
+        with connection.cursor() as cursor:
+            cursor.execute(SNAPSHOT_SQL)
+            (rows,) = cursor.fetchone()
         return cls(
-            now=db_now(),
-            resources={
-                row["pk"]: row for row in Resource.objects.values("pk", "value", "version", "fence")
-            },
-            locks=list(Lock.objects.order_by("pk").values(*LOCK_COLUMNS)),
-            requests=list(
-                LockRequest.objects.order_by("pk").values(
-                    "pk", "resource_id", "agent_id", "mode", "status"
-                )
-            ),
-            writes=list(
-                ResourceVersion.objects.filter(version__gt=0)
-                .order_by("resource", "version")
-                .values_list("resource_id", "fence", "agent_id")
-            ),
-            approvals={
-                pk: (status, version)
-                for pk, status, version in Approval.objects.values_list(
-                    "pk", "status", "applied_version"
-                )
-            },
-            open_conflicts=set(
-                Conflict.objects.filter(status=ConflictStatus.OPEN).values_list("kind", "pk", "key")
-            ),
-            paused=dict(Agent.objects.values_list("pk", "paused")),
-            graph=wait_for_graph(),
+            resources={row["pk"]: row for row in rows["resources"]},
+            locks=rows["locks"],
+            requests=rows["requests"],
+            writes=[tuple(row) for row in rows["writes"]],
+            approvals={pk: (status, version) for pk, status, version in rows["approvals"]},
+            open_conflicts={tuple(row) for row in rows["open_conflicts"]},
+            paused=dict(rows["paused"]),
+            graph=wait_for_graph(),  # the function under test reads for itself
         )
 
     def live(self) -> list[dict[str, Any]]:
-        return [
-            lock
-            for lock in self.locks
-            if lock["released_at"] is None and lock["expires_at"] > self.now
-        ]
+        return [lock for lock in self.locks if not lock["released"] and not lock["lapsed"]]
 
     def lapsed(self) -> list[dict[str, Any]]:
-        return [
-            lock
-            for lock in self.locks
-            if lock["released_at"] is None and lock["expires_at"] <= self.now
-        ]
+        return [lock for lock in self.locks if lock["lapsed"]]
 
 
 @pytest.mark.parametrize(
