@@ -365,7 +365,9 @@ class World:
         self.apply(r, value, fence)
         return "applied", None
 
-    def _approval(self, agent: int, r: int, value: Any, fence: int | None, conflict: bool):
+    def _approval(
+        self, agent: int, r: int, value: Any, fence: int | None, conflict: bool
+    ) -> MApproval:
         approval = MApproval(
             resource=r,
             agent=agent,
