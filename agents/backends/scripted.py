@@ -17,8 +17,9 @@ When a call fails the script does not advance: a refused write (stale
 version, not the holder) is followed by a fresh read and the same write again;
 a write refused for a stale fencing token (the agent's lock ended: lease
 expired, revoked) goes back to the entry that acquired that lock, to take it
-again; an aborted wait (deadlock victim) starts the script over; after 20
-failures in a row the agent gives up and finishes. Think-times (seconds, from ``think``)
+again; a release refused because the lock already ended counts as done; an
+aborted wait (deadlock victim) starts the script over; after 20 failures in a
+row the agent gives up and finishes. Think-times (seconds, from ``think``)
 are drawn from the same seeded RNG, so races happen reproducibly.
 """
 
@@ -95,7 +96,10 @@ class ScriptedBackend:
         if tag.startswith("r"):  # a re-read after a refused write: retry the entry
             return index, None
         result = results.get(last["id"], {})
-        if result.get("ok"):
+        # A release refused because the lock already ended (its lease ran out) has
+        # nothing left to do: retrying it could never succeed.
+        gone = last["name"] == "release" and result.get("error") in ("lease_lost", "not_holder")
+        if result.get("ok") or gone:
             index += 1
             if index >= len(self.script):
                 return (0, None) if self.loop else (None, None)

@@ -128,3 +128,24 @@ def test_an_expired_lock_of_an_earlier_run_does_not_fence_a_new_run(redis_conn) 
     drain()
     # Somebody else holds the lock now: refused as a non-holder write, not a stale fence.
     assert write_call(run, 2)["result"]["error"] == "not_holder"
+
+
+def test_a_release_after_the_lock_ended_counts_as_done(redis_conn) -> None:
+    """Retrying it could never succeed: the agent goes on with its script instead of
+    retrying until it gives up."""
+    team = factories.team()
+    resource_create(name="counter", value=0)
+    agent = factories.agent(team_=team, name="late", backend="scripted",
+                            config={"script": INCREMENT * 2})  # fmt: skip
+    run = run_start(team=team, goal="count twice", agents=[agent], seed=3)
+    for _ in range(3):  # acquire, read, write
+        run_next_job()
+    lock = Lock.objects.get(agent=agent, released_at__isnull=True)
+    lock_force_release(lock_id=lock.pk, user=factories.superuser())
+    drain()
+    run.refresh_from_db()
+    counter = Resource.objects.get(name="counter")
+    assert (run.status, counter.value) == ("finished", 2)
+    assert Step.objects.filter(run=run).count() == 9  # two increments and the finish
+    (release,) = Step.objects.get(run=run, number=4).tool_calls
+    assert release["result"]["error"] == "not_holder"  # its lock is gone

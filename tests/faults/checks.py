@@ -407,6 +407,17 @@ def _figures(
             if call["tool"] in TOOLS:
                 operations[call["tool"]] += 1
     rejected = Counter(e["payload"].get("error") for e in events["write.rejected"])
+    refused: Counter[str] = Counter()
+    gave_up = 0  # agents whose last call before finishing was refused: a script abandoned
+    last: dict[int, dict] = {}
+    for step in steps:
+        for call in step["tool_calls"] or []:
+            if call["tool"] == "finish":
+                gave_up += not last.get(step["agent_id"], {}).get("result", {}).get("ok", True)
+            else:
+                last[step["agent_id"]] = call
+                if not call["result"].get("ok"):
+                    refused[f"{call['tool']} {call['result'].get('error')}"] += 1
     agent_ids = {step["agent_id"] for step in steps}
     report.figures.update(
         {
@@ -427,6 +438,8 @@ def _figures(
                 resource__name__in=built.counters + built.slots, version__gt=0
             ).count(),
             "writes refused": dict(rejected),
+            "calls refused": dict(refused),
+            "agents that gave up": gave_up,
             "slots booked": ResourceVersion.objects.filter(
                 resource__name__in=built.slots, version__gt=0
             ).count(),

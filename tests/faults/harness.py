@@ -71,7 +71,8 @@ class Outcome:
             f"steps retried: {f['steps retried']} "
             f"(steps run more than once: {f['steps run more than once']})",
             f"writes applied: {f['writes applied']} (slots booked: {f['slots booked']}); "
-            f"writes refused: {json.dumps(f['writes refused'])}; "
+            f"calls refused: {json.dumps(f['calls refused'])}; "
+            f"agents that gave up: {f['agents that gave up']}; "
             f"leases expired: {f['leases expired']}; "
             f"checker anomalies: {json.dumps(f['checker anomalies'])}",
             "nemesis:",
