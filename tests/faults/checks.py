@@ -273,7 +273,8 @@ def _locks(report: Report, log: Log, resources: dict, events: dict[str, list[dic
     by_resource: dict[int, list[Any]] = defaultdict(list)
     for lock in locks:
         by_resource[lock.resource_id].append(lock)
-    for request in LockRequest.objects.filter(resource_id__in=ids):
+    requests = list(LockRequest.objects.filter(resource_id__in=ids).select_related("lock"))
+    for request in requests:
         behind_expired = [
             lock.pk
             for lock in by_resource[request.resource_id]
@@ -285,6 +286,7 @@ def _locks(report: Report, log: Log, resources: dict, events: dict[str, list[dic
             not behind_expired,
             f"request #{request.pk} was queued behind expired leases {behind_expired}",
         )
+    report.figures["longest wait behind an expired lease (s)"] = _expiry_delay(locks, requests)
     for resource_id, held in by_resource.items():
         exclusive = [lock for lock in held if lock.mode == "exclusive"]
         for before, after in itertools.pairwise(exclusive):
@@ -323,6 +325,28 @@ def _locks(report: Report, log: Log, resources: dict, events: dict[str, list[dic
                 ends.get(lock_id, "") != "",
                 f"lock #{lock_id} of killed worker {kill.worker} never ended",
             )
+
+
+def _expiry_delay(locks: list[Any], requests: list[Any]) -> float:
+    """How long, at most, a waiter got its lock after the lease blocking it ran out
+    (database clock): the sweep's period, or the monitor's downtime if it was dead."""
+    by_resource: dict[int, list[Any]] = defaultdict(list)
+    for request in requests:
+        by_resource[request.resource_id].append(request)
+    longest = 0.0
+    for lock in locks:
+        if lock.end != "expired":
+            continue
+        grants = [
+            request.lock.acquired_at
+            for request in by_resource[lock.resource_id]
+            if request.requested_at < lock.expires_at
+            and request.lock is not None
+            and request.lock.acquired_at >= lock.expires_at
+        ]
+        if grants:
+            longest = max(longest, (min(grants) - lock.expires_at).total_seconds())
+    return round(longest, 2)
 
 
 # --- the event log ------------------------------------------------------------------

@@ -73,7 +73,8 @@ class Outcome:
             f"writes applied: {f['writes applied']} (slots booked: {f['slots booked']}); "
             f"calls refused: {json.dumps(f['calls refused'])}; "
             f"agents that gave up: {f['agents that gave up']}; "
-            f"leases expired: {f['leases expired']}; "
+            f"leases expired: {f['leases expired']} (longest wait behind an expired lease: "
+            f"{f['longest wait behind an expired lease (s)']} s); "
             f"checker anomalies: {json.dumps(f['checker anomalies'])}",
             "nemesis:",
             *(f"  {line}" for line in self.timeline),
