@@ -146,6 +146,26 @@ def plan_pipeline(prefix: str, agents: int, rng: random.Random) -> Plan:
     return plan
 
 
+def _clerk(name: str, first: str, second: str, config: dict[str, Any] | None = None) -> AgentPlan:
+    """An agent that takes ``first`` then ``second`` and increments both: two of them
+    in opposite orders make the classic lock-ordering deadlock."""
+    return AgentPlan(
+        name=name,
+        role=f"You update {first} and then {second}.",
+        script=[
+            _call("acquire", first),
+            _call("read", first),
+            _call("acquire", second),
+            _call("read", second),
+            _call("write", first, value={"$inc": 1}, expected_version="$version"),
+            _call("write", second, value={"$inc": 1}, expected_version="$version"),
+            _call("release", second),
+            _call("release", first),
+        ],
+        config=config or {},
+    )
+
+
 def plan_deadlock(prefix: str, agents: int, rng: random.Random) -> Plan:
     pairs = max(1, agents // 2)
     plan = Plan(
@@ -157,22 +177,7 @@ def plan_deadlock(prefix: str, agents: int, rng: random.Random) -> Plan:
         first, second = f"{prefix}-ledger{k + 1}-a", f"{prefix}-ledger{k + 1}-b"
         if i % 2:
             first, second = second, first  # the opposite order: the classic deadlock
-        plan.agents.append(
-            AgentPlan(
-                name=f"{prefix}-clerk{i + 1}",
-                role=f"You update {first} and then {second}.",
-                script=[
-                    _call("acquire", first),
-                    _call("read", first),
-                    _call("acquire", second),
-                    _call("read", second),
-                    _call("write", first, value={"$inc": 1}, expected_version="$version"),
-                    _call("write", second, value={"$inc": 1}, expected_version="$version"),
-                    _call("release", second),
-                    _call("release", first),
-                ],
-            )
-        )
+        plan.agents.append(_clerk(f"{prefix}-clerk{i + 1}", first, second))
     return plan
 
 
@@ -206,23 +211,7 @@ def plan_demo(prefix: str, agents: int, rng: random.Random) -> Plan:
             )
         )
     for i, (first, second) in enumerate((ledgers, ledgers[::-1])):
-        plan.agents.append(
-            AgentPlan(
-                name=f"{prefix}-clerk{i + 1}",
-                role=f"You update {first} and then {second}.",
-                script=[
-                    _call("acquire", first),
-                    _call("acquire", second),
-                    _call("read", first),
-                    _call("write", first, value={"$inc": 1}, expected_version="$version"),
-                    _call("read", second),
-                    _call("write", second, value={"$inc": 1}, expected_version="$version"),
-                    _call("release", second),
-                    _call("release", first),
-                ],
-                config=looping,
-            )
-        )
+        plan.agents.append(_clerk(f"{prefix}-clerk{i + 1}", first, second, looping))
     plan.agents.append(
         AgentPlan(
             name=f"{prefix}-editor",
