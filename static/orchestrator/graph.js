@@ -4,7 +4,7 @@
 import { canOperate, csrfToken } from "./actions.js";
 import { clear, h, s } from "./dom.js";
 import { byName } from "./format.js";
-import { board } from "./live.js";
+import { board, redrawOnChange } from "./live.js";
 
 const container = document.getElementById("graph");
 const deadlocksBox = document.getElementById("deadlocks");
@@ -191,13 +191,5 @@ function render() {
   if (focusedId) container.querySelector(`[data-agent-id="${CSS.escape(focusedId)}"]`)?.focus();
 }
 
-let scheduled = false;
-board.subscribe(() => {
-  if (scheduled) return;
-  scheduled = true;
-  requestAnimationFrame(() => {
-    scheduled = false;
-    render();
-  });
-});
+redrawOnChange(render);
 teamSelect.addEventListener("change", render);

@@ -123,4 +123,17 @@ export function applyPatch(state, patch) {
 }
 
 // One board per page, shared by every module that imports it.
+/** Call ``render`` after the board changes, at most once per animation frame. */
+export function redrawOnChange(render) {
+  let scheduled = false;
+  board.subscribe(() => {
+    if (scheduled) return;
+    scheduled = true;
+    requestAnimationFrame(() => {
+      scheduled = false;
+      render();
+    });
+  });
+}
+
 export const board = new LiveBoard(document.body.dataset.wsPath || "/ws/events/");

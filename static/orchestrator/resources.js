@@ -3,7 +3,7 @@
 import { actionForm, canOperate } from "./actions.js";
 import { h } from "./dom.js";
 import { byName, seconds } from "./format.js";
-import { board } from "./live.js";
+import { board, redrawOnChange } from "./live.js";
 
 const body = document.querySelector("#resources-table tbody");
 const filterInput = document.getElementById("resource-filter");
@@ -76,15 +76,7 @@ function tick() {
   }
 }
 
-let scheduled = false;
-board.subscribe(() => {
-  if (scheduled) return;
-  scheduled = true;
-  requestAnimationFrame(() => {
-    scheduled = false;
-    render();
-  });
-});
+redrawOnChange(render);
 filterInput.addEventListener("input", render);
 onlyContested.addEventListener("change", render);
 setInterval(tick, 250);
