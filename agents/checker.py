@@ -31,6 +31,9 @@ from typing import Any
 from orchestrator.core.models import Event, Lock, LockMode, Resource, ResourceVersion, Run, Step
 
 KINDS = ("double_bookings", "lost_updates", "non_holder_writes", "overlapping_holds")
+# Not needed here, and large: an agent's config holds its whole script, loaded once per
+# step or lock otherwise (a long fault run's check took over 20 GB).
+HEAVY_STEP_FIELDS = ("agent__config", "transcript", "decision")
 BOOKING_MARK = "slot-"
 NEVER = float("inf")
 
@@ -156,7 +159,10 @@ def check_run(*, run_id: int) -> RunReport:
     """Check one run's invariants. Read-only; raises Run.DoesNotExist for an unknown id."""
     run = Run.objects.get(pk=run_id)
     steps = list(
-        Step.objects.filter(run=run).select_related("agent").order_by("agent_id", "number")
+        Step.objects.filter(run=run)
+        .select_related("agent")
+        .defer(*HEAVY_STEP_FIELDS)
+        .order_by("agent_id", "number")
     )
     agents = {step.agent_id: step.agent.name for step in steps}
     stale, increments, names, finished = _walk_steps(steps)
@@ -259,7 +265,10 @@ def _lock_intervals(resources: dict[str, Resource], agents: dict[int, str]) -> l
     """Every lock on the run's resources, live from its grant event to its end event."""
     by_id = {res.pk: name for name, res in resources.items()}
     locks = list(
-        Lock.objects.filter(resource_id__in=list(by_id)).select_related("agent").order_by("pk")
+        Lock.objects.filter(resource_id__in=list(by_id))
+        .select_related("agent")
+        .defer("agent__config")
+        .order_by("pk")
     )
     starts: dict[int, int] = {}
     ends: dict[int, int] = {}
