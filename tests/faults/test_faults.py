@@ -10,6 +10,7 @@ with the same fault schedule: ``FAULT_SEED=7 pytest tests/faults``.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,7 @@ def test_invariants_hold_under_a_seeded_nemesis() -> None:
     assert not outcome.problems, f"{outcome.summary()}\nprocess logs: {logs}"
     assert figures["operations"] >= OPERATIONS
     injected = figures["faults injected"]
-    assert injected["kill_worker"] >= 1 and injected["zombie"] >= 1
+    assert injected["kill_worker"] == 3 and injected["zombie"] >= 1
     assert injected["restart_redis"] == 1 and injected["kill_monitor"] == 1
     assert figures["zombie writes rejected"] >= 1
+    shutil.rmtree(logs)  # kept when the test fails: the processes' own logs
