@@ -45,7 +45,8 @@ def lock_request_when_decided(*, request_id: int, agent: Agent, timeout: float) 
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        connection.close()  # back to the pool (web) while this thread waits
+        if not connection.in_atomic_block:
+            connection.close()  # back to the pool (web) while this thread waits
         wakeups.wait_for_wake(agent.pk, min(left, 1.0))
         request = lock_request_for_agent(request_id=request_id, agent=agent)
     return request
