@@ -79,13 +79,24 @@ def _call(tool: str, resource: str, **args: Any) -> dict[str, Any]:
     return {"tool": tool, "args": {"resource": resource, **args}}
 
 
-def _increment(resource: str) -> list[dict[str, Any]]:
+def increment_script(resource: str) -> list[dict[str, Any]]:
     """Read-modify-write under an exclusive lock: the careful way to add one."""
     return [
         _call("acquire", resource),
         _call("read", resource),
         _call("write", resource, value={"$inc": 1}, expected_version="$version"),
         _call("release", resource),
+    ]
+
+
+def booking_script(slot: str) -> list[dict[str, Any]]:
+    """Book ``slot`` for the agent: version 0 is the free slot, so a booked one is
+    refused (version_conflict), never overwritten."""
+    return [
+        _call("acquire", slot),
+        _call("read", slot),
+        _call("write", slot, value=["{agent}"], expected_version=0),
+        _call("release", slot),
     ]
 
 
@@ -106,13 +117,7 @@ def plan_booking(prefix: str, agents: int, rng: random.Random) -> Plan:
             AgentPlan(
                 name=f"{prefix}-guest{i + 1}",
                 role=f"You want {slot.removeprefix(prefix + '-')}.",
-                script=[
-                    _call("acquire", slot),
-                    _call("read", slot),
-                    # Version 0 is the free slot: a booked one is refused, never overwritten.
-                    _call("write", slot, value=["{agent}"], expected_version=0),
-                    _call("release", slot),
-                ],
+                script=booking_script(slot),
             )
         )
     return plan
@@ -128,17 +133,17 @@ def plan_pipeline(prefix: str, agents: int, rng: random.Random) -> Plan:
     for i in range(agents):
         role = roles[i % len(roles)]
         if role == "researcher":
-            round_ = _increment(notes)  # append a note
+            round_ = increment_script(notes)  # append a note
         elif role == "writer":
             round_ = [
                 _call("acquire", notes, mode=LockMode.SHARED),
                 _call("read", notes),
-                *_increment(draft)[:3],  # revise the draft from the notes
+                *increment_script(draft)[:3],  # revise the draft from the notes
                 _call("release", draft),
                 _call("release", notes),
             ]
         else:
-            round_ = _increment(draft)  # review the draft and stamp it
+            round_ = increment_script(draft)  # review the draft and stamp it
         plan.agents.append(
             AgentPlan(name=f"{prefix}-{role}{i // 3 + 1}", role=role, script=round_ * 2)
         )
@@ -206,7 +211,7 @@ def plan_demo(prefix: str, agents: int, rng: random.Random) -> Plan:
             AgentPlan(
                 name=f"{prefix}-seller{i + 1}",
                 role=f"You sell tickets for {counter.removeprefix(prefix + '-')}.",
-                script=_increment(counter),
+                script=increment_script(counter),
                 config=looping,
             )
         )
@@ -216,7 +221,7 @@ def plan_demo(prefix: str, agents: int, rng: random.Random) -> Plan:
         AgentPlan(
             name=f"{prefix}-editor",
             role="You revise the press release; an operator approves each revision.",
-            script=_increment(release),
+            script=increment_script(release),
             config={"think": [2.0, 5.0], "loop": True},
         )
     )

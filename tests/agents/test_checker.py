@@ -12,20 +12,13 @@ from rq import SimpleWorker
 
 from agents.checker import check_run
 from agents.runtime import run_start
+from agents.scenarios import increment_script
 from orchestrator.core.resources import resource_create
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-INCREMENT = [
-    {"tool": "acquire", "args": {"resource": "counter"}},
-    {"tool": "read", "args": {"resource": "counter"}},
-    {
-        "tool": "write",
-        "args": {"resource": "counter", "value": {"$inc": 1}, "expected_version": "$version"},
-    },
-    {"tool": "release", "args": {"resource": "counter"}},
-]
+INCREMENT = increment_script("counter")
 
 
 def test_check_run_never_loads_agent_configs(redis_conn) -> None:

@@ -18,6 +18,7 @@ from django.db import connection
 
 from agents.recovery import recover_steps
 from agents.runtime import run_start
+from agents.scenarios import increment_script
 from orchestrator.core.models import Resource, Run, Step
 from orchestrator.core.resources import resource_create
 from tests import factories
@@ -25,15 +26,7 @@ from tests import factories
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = [
-    {"tool": "acquire", "args": {"resource": "counter"}},
-    {"tool": "read", "args": {"resource": "counter"}},
-    {
-        "tool": "write",
-        "args": {"resource": "counter", "value": {"$inc": 1}, "expected_version": "$version"},
-    },
-    {"tool": "release", "args": {"resource": "counter"}},
-]
+SCRIPT = increment_script("counter")
 AGENTS, ROUNDS = 4, 4
 
 

@@ -15,6 +15,7 @@ import pytest
 from rq import SimpleWorker
 
 from agents.runtime import run_start
+from agents.scenarios import increment_script
 from orchestrator.core.locks import lock_acquire, lock_force_release, lock_release
 from orchestrator.core.models import Conflict, Lock, Resource, ResourceVersion, Run, Step
 from orchestrator.core.resources import resource_create, resource_write
@@ -22,15 +23,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-INCREMENT = [
-    {"tool": "acquire", "args": {"resource": "counter"}},
-    {"tool": "read", "args": {"resource": "counter"}},
-    {
-        "tool": "write",
-        "args": {"resource": "counter", "value": {"$inc": 1}, "expected_version": "$version"},
-    },
-    {"tool": "release", "args": {"resource": "counter"}},
-]
+INCREMENT = increment_script("counter")
 
 
 def run_next_job() -> None:

@@ -8,6 +8,7 @@ from rq import SimpleWorker
 
 from agents.backends import Decision, StepContext, ToolCall
 from agents.runtime import run_cancel, run_start
+from agents.scenarios import increment_script
 from orchestrator.core.control import agents_set_paused, system_set_paused
 from orchestrator.core.locks import lock_acquire, lock_release
 from orchestrator.core.models import Agent, Event, Lock, Resource, Run, Step
@@ -16,15 +17,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-COUNTER_SCRIPT = [
-    {"tool": "acquire", "args": {"resource": "counter"}},
-    {"tool": "read", "args": {"resource": "counter"}},
-    {
-        "tool": "write",
-        "args": {"resource": "counter", "value": {"$inc": 1}, "expected_version": "$version"},
-    },
-    {"tool": "release", "args": {"resource": "counter"}},
-]
+COUNTER_SCRIPT = increment_script("counter")
 
 
 @pytest.fixture

@@ -79,32 +79,11 @@ class Built:
     slots: list[str]
 
 
-def _call(tool: str, resource: str, **args: Any) -> dict[str, Any]:
-    return {"tool": tool, "args": {"resource": resource, **args}}
-
-
-def increment(resource: str) -> list[dict[str, Any]]:
-    return [
-        _call("acquire", resource),
-        _call("read", resource),
-        _call("write", resource, value={"$inc": 1}, expected_version="$version"),
-        _call("release", resource),
-    ]
-
-
-def booking(slot: str) -> list[dict[str, Any]]:
-    return [
-        _call("acquire", slot),
-        _call("read", slot),
-        _call("write", slot, value=["{agent}"], expected_version=0),  # only a free slot
-        _call("release", slot),
-    ]
-
-
 def build(plan: Plan) -> Built:
     """Create the teams, resources and agents, then start one run per team (their
     first steps are enqueued on commit)."""
     from agents.runtime import run_start
+    from agents.scenarios import booking_script, increment_script
     from orchestrator.core.models import Agent, Team
     from orchestrator.core.resources import resource_create
 
@@ -123,17 +102,17 @@ def build(plan: Plan) -> Built:
 
     longest = 0
     for i in range(plan.counter_agents):
-        script = increment(counters[i % plan.counters]) * plan.counter_rounds
+        script = increment_script(counters[i % plan.counters]) * plan.counter_rounds
         agent(main, f"{plan.prefix}-inc-{i}", script, plan.think)
         longest = max(longest, len(script))
     for i in range(plan.booking_agents):
         wanted = rng.sample(slots, min(plan.bookings_per_agent, len(slots)))
-        script = [call for slot in wanted for call in booking(slot)]
+        script = [call for slot in wanted for call in booking_script(slot)]
         agent(main, f"{plan.prefix}-guest-{i}", script, plan.think)
         longest = max(longest, len(script))
     zombie_ids = []
     for i in range(plan.zombie_agents):
-        script = increment(counters[i % plan.counters]) * plan.zombie_rounds
+        script = increment_script(counters[i % plan.counters]) * plan.zombie_rounds
         zombie_ids.append(agent(zombies, f"{plan.prefix}-zombie-{i}", script, plan.zombie_think).pk)
         longest = max(longest, len(script))
     max_steps = longest * STEP_MARGIN + 100
