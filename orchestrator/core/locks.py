@@ -51,7 +51,7 @@ from orchestrator.core.models import (
     Resource,
     Step,
 )
-from orchestrator.core.rowlocks import lock_resource_with_clock
+from orchestrator.core.rowlocks import lock_resource_then, lock_resource_with_clock
 
 MAX_TTL = 86400
 User = AbstractBaseUser | AnonymousUser | None
@@ -151,22 +151,25 @@ _QUEUE_SQL = """
 SELECT 0, l.id, l.agent_id, l.mode, l.token, l.acquired_at, l.expires_at,
        NULL::integer, NULL::bigint, NULL::timestamptz, a.name, a.team_id
   FROM core_lock l JOIN core_agent a ON a.id = l.agent_id
- WHERE l.resource_id = %s AND l.released_at IS NULL
+ WHERE l.resource_id = {resource_id} AND l.released_at IS NULL
 UNION ALL
 SELECT 1, r.id, r.agent_id, r.mode, NULL, NULL, NULL,
        r.ttl, r.step_id, r.requested_at, a.name, a.team_id
   FROM core_lockrequest r JOIN core_agent a ON a.id = r.agent_id
- WHERE r.resource_id = %s AND r.status = 'waiting'
+ WHERE r.resource_id = {resource_id} AND r.status = 'waiting'
  ORDER BY 1, 2
 """
 
 
-def load_queue(resource: Resource) -> tuple[list[Lock], list[LockRequest]]:
+def load_queue(
+    resource: Resource, rows: list[tuple] | None = None
+) -> tuple[list[Lock], list[LockRequest]]:
     """Live (possibly expired) locks and waiting requests of a resource, in id order.
 
-    On PostgreSQL one hand-written statement; this is the hot path of every
-    lock operation, and the ORM's two queries with select_related cost about
-    three times as much. Elsewhere (SQLite), the ORM.
+    On PostgreSQL one hand-written statement (``_QUEUE_SQL``, whose ``rows`` the
+    caller may have read already, see :func:`lock_queue`); this is the hot path
+    of every lock operation, and the ORM's two queries with select_related cost
+    about three times as much. Elsewhere (SQLite), the ORM.
     """
     if connection.vendor != "postgresql":
         locks = list(
@@ -180,9 +183,10 @@ def load_queue(resource: Resource) -> tuple[list[Lock], list[LockRequest]]:
             .order_by("pk")
         )
         return locks, waiting
-    with connection.cursor() as cursor:
-        cursor.execute(_QUEUE_SQL, [resource.pk, resource.pk])
-        rows = cursor.fetchall()
+    if rows is None:
+        with connection.cursor() as cursor:
+            cursor.execute(_QUEUE_SQL.format(resource_id="%s"), [resource.pk, resource.pk])
+            rows = cursor.fetchall()
     agents: dict[int, Agent] = {}
     locks, waiting = [], []
     for kind, pk, agent_id, mode, token, acquired, expires, ttl, step, since, name, team in rows:
@@ -211,10 +215,10 @@ class Queue:
     Creating it marks leases that ran out as expired (with their Events).
     """
 
-    def __init__(self, resource: Resource, now: datetime) -> None:
+    def __init__(self, resource: Resource, now: datetime, rows: list[tuple] | None = None) -> None:
         self.resource = resource
         self.now = now
-        rows, self._waiting = load_queue(resource)
+        rows, self._waiting = load_queue(resource, rows)
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
         for lock in self.expired:
@@ -331,10 +335,18 @@ class Queue:
         return []
 
 
+def lock_queue(**lookup: Any) -> Queue:
+    """Lock a resource row (``lookup`` as for ``lock_resource_with_clock``) and read
+    its queue, in one round trip. Raises Resource.DoesNotExist."""
+    return Queue(*lock_resource_then(_QUEUE_SQL, **lookup))
+
+
 def open_queue(resource: Resource | str | int) -> Queue:
     """Lock the resource row, expire its leases and grant freed waiters."""
-    res, now = resource_for_update(resource)
-    queue = Queue(res, now)
+    try:
+        queue = lock_queue(**resource_lookup(resource))
+    except Resource.DoesNotExist:
+        raise NotFound("resource_not_found", f"no resource named {resource!s:.200}") from None
     queue.settle()
     return queue
 
@@ -409,10 +421,9 @@ def lock_acquire(
 def _queue_of_lock(lock_id: int) -> tuple[Queue, Lock]:
     """Lock the resource of a lock and return its queue and the lock as of now."""
     try:
-        res, now = lock_resource_with_clock(locks__id=lock_id)
+        queue = lock_queue(locks__id=lock_id)
     except Resource.DoesNotExist:
         raise NotFound("lock_not_found", f"no lock with id {lock_id}") from None
-    queue = Queue(res, now)
     lock = next((lock for lock in queue.live if lock.pk == lock_id), None)
     if lock is None:  # ended: read it as it is
         lock = Lock.objects.select_related("agent").get(pk=lock_id)
@@ -525,10 +536,9 @@ def revoke(queue: Queue, lock: Lock, *, user: User = None) -> None:
 def lock_request_cancel(*, request_id: int, agent: Agent | None, user: User = None) -> LockRequest:
     """Withdraw a waiting request (its agent, or an operator). Idempotent once resolved."""
     try:
-        res, now = lock_resource_with_clock(requests__id=request_id)
+        queue = lock_queue(requests__id=request_id)
     except Resource.DoesNotExist:
         raise NotFound("request_not_found", f"no lock request with id {request_id}") from None
-    queue = Queue(res, now)
     request = next((r for r in queue.waiting if r.pk == request_id), None)
     if request is None:  # resolved already: idempotent
         request = LockRequest.objects.select_related("agent").get(pk=request_id)
@@ -568,8 +578,7 @@ def lock_release_all(*, agent_id: int, reason: str, user: User = None) -> int:
     )
     released = 0
     for resource_id in resource_ids:
-        res, now = lock_resource_with_clock(pk=resource_id)
-        queue = Queue(res, now)
+        queue = lock_queue(pk=resource_id)
         for request in [r for r in queue.waiting if r.agent_id == agent_id]:
             queue.withdraw(
                 request,

@@ -17,9 +17,8 @@ from django.db.models import Q
 from orchestrator.core.deadlocks import auto_break_pending, deadlock_sweep
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.events import service
-from orchestrator.core.locks import Queue, db_now, lock_renew
+from orchestrator.core.locks import db_now, lock_queue, lock_renew
 from orchestrator.core.models import Lock, LockRequest, RequestStatus, Switchboard
-from orchestrator.core.rowlocks import lock_resource_with_clock
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +38,7 @@ class SweepReport:
 
 @service
 def _sweep_resource(resource_id: int) -> tuple[int, int]:
-    res, now = lock_resource_with_clock(pk=resource_id)
-    queue = Queue(res, now)
+    queue = lock_queue(pk=resource_id)
     granted = queue.grant_waiters()
     return len(queue.expired), len(granted)
 

@@ -154,6 +154,16 @@ _LOCK_WITH_CLOCK = {
 }
 
 
+@functools.cache
+def _lock_with_clock_sql(key: str) -> str:
+    # Column names come from the model's metadata, the lookup from the table above.
+    return (
+        f"SELECT {_columns(Resource, 'locked')}, clock_timestamp() "  # noqa: S608
+        f"FROM (SELECT * FROM {Resource._meta.db_table} WHERE {_LOCK_WITH_CLOCK[key]} "
+        "FOR UPDATE) AS locked"
+    )
+
+
 def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
     """Lock one Resource row and read the database clock, in one round trip.
 
@@ -167,22 +177,46 @@ def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
     after a wait in the past: tests/concurrency/test_lock_clock.py.) Only the
     Resource row is locked. Raises Resource.DoesNotExist.
     """
+    res, now, _rows = lock_resource_then("", **lookup)
+    return res, now
+
+
+def lock_resource_then(then: str, **lookup: Any) -> tuple[Resource, datetime, list[tuple] | None]:
+    """:func:`lock_resource_with_clock`, then the query ``then`` in the same round trip.
+
+    ``then`` names the locked resource's id as ``{resource_id}`` (it becomes a
+    parameter or a subquery by the same lookup) and takes no other parameter.
+    On PostgreSQL both statements go out together (psycopg's pipeline mode) and
+    the server runs them one after the other: ``then`` starts once the row lock
+    is granted and, under READ COMMITTED, with a snapshot of its own taken then,
+    so it sees everything the previous holder of the row committed. (One
+    statement with a subquery would not: its snapshot predates the wait.)
+    Returns its rows, or None where the caller must query itself (no ``then``,
+    or SQLite). Raises Resource.DoesNotExist.
+    """
     ((key, value),) = lookup.items()
-    where = _LOCK_WITH_CLOCK[key]
     if connection.vendor != "postgresql":
         # SQLite serializes writers with BEGIN IMMEDIATE; it has no row locks.
-        return Resource.objects.get(**lookup), timezone.now()
-    table = Resource._meta.db_table
-    rows = list(
-        Resource.objects.raw(
-            f"SELECT locked.*, clock_timestamp() AS db_clock "  # noqa: S608 (constant SQL)
-            f"FROM (SELECT * FROM {table} WHERE {where} FOR UPDATE) AS locked",
-            [value],
-        )
-    )
-    if not rows:
+        return Resource.objects.get(**lookup), timezone.now(), None
+    rows = None
+    if not then:
+        with connection.cursor() as cursor:
+            cursor.execute(_lock_with_clock_sql(key), [value])
+            row = cursor.fetchone()
+    else:
+        where = _LOCK_WITH_CLOCK[key]  # constant SQL, keyed by the lookup
+        resource_id = "%s" if key == "pk" else f"(SELECT id FROM core_resource WHERE {where})"  # noqa: S608
+        sql = then.format(resource_id=resource_id)
+        connection.ensure_connection()
+        with connection.cursor() as locking, connection.cursor() as reading:
+            with connection.wrap_database_errors, connection.connection.pipeline():
+                locking.execute(_lock_with_clock_sql(key), [value])
+                reading.execute(sql, [value] * then.count("{resource_id}"))
+            row = locking.fetchone()
+            rows = reading.fetchall()
+    if row is None:
         raise Resource.DoesNotExist(f"no resource with {key}={value!r}")
-    return rows[0], rows[0].db_clock
+    return _instance(Resource, list(row[:-1])), row[-1], rows
 
 
 def lock_approval(approval_id: int) -> Approval:
