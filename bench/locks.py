@@ -1,6 +1,6 @@
 """Lock manager throughput, beside the raw ORM loop it is built on.
 
-Run:  .venv/bin/python bench/locks.py [--seconds 5] [--skip-api] [--web-processes 2]
+Run:  .venv/bin/python bench/locks.py [--seconds 3] [--rounds 3] [--skip-api] [--web-processes 2]
 
 Each figure is acquire -> read -> write -> release cycles per second, summed
 over N worker processes (each with its own database connection), on 10 hot
@@ -25,6 +25,13 @@ The ratio protocol/raw is the figure of merit (target >= 0.5), and api /
 in-process protocol with 8 clients (target >= 0.2). Absolute numbers depend
 on the machine; the ratios are what to compare.
 
+Each figure is the median of ``--rounds`` measurements (default 3), taken in
+turns (raw, protocol, one-transaction loop, raw, ...) so that a slow spell of
+the machine or a checkpoint of the database falls on all three alike; the
+spread (lowest-highest) is printed beside it. The raw loop on hot resources
+is the noisiest figure (its waiters poll every millisecond): one measurement
+of it varied between 200 and 380 cycles/s within a minute on a quiet machine.
+
 It uses its own database (``orchestrator_bench`` on the server of
 DATABASE_URL, default postgres://postgres@127.0.0.1:5432), created and
 migrated on each run, so it never touches a development or test database.
@@ -37,6 +44,7 @@ import json
 import multiprocessing as mp
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -286,16 +294,34 @@ def check_counters(expected_min: int) -> None:
 @dataclass
 class Row:
     label: str
-    raw: float
-    protocol: float
-    raw1: float
+    raws: list[float]
+    protocols: list[float]
+    raw1s: list[float]
+
+    @property
+    def raw(self) -> float:
+        return statistics.median(self.raws)
+
+    @property
+    def protocol(self) -> float:
+        return statistics.median(self.protocols)
+
+    @property
+    def raw1(self) -> float:
+        return statistics.median(self.raw1s)
 
     def line(self) -> str:
         return (
-            f"{self.label:<26} raw {self.raw:7.1f}/s  protocol {self.protocol:7.1f}/s  "
-            f"ratio {self.protocol / self.raw:4.2f}   (one-transaction loop {self.raw1:7.1f}/s, "
+            f"{self.label:<26} raw {self.raw:6.1f}/s {spread(self.raws)}  "
+            f"protocol {self.protocol:6.1f}/s {spread(self.protocols)}  "
+            f"ratio {self.protocol / self.raw:4.2f}   (one-transaction loop {self.raw1:6.1f}/s, "
             f"ratio {self.protocol / self.raw1:4.2f})"
         )
+
+
+def spread(values: list[float]) -> str:
+    """The range of a figure's measurements, for the eye: ``[201-377]``."""
+    return f"[{min(values):.0f}-{max(values):.0f}]"
 
 
 def start_web(port: int, processes: int) -> list[subprocess.Popen]:
@@ -356,7 +382,8 @@ def api_figure(seconds: float, web_processes: int, n_resources: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per figure (median)")
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -373,33 +400,40 @@ def main() -> None:
     figures: dict[str, float] = {}
     for n_resources, label in ((10, "10 hot"), (10_000, "10,000 cold")):
         for processes in (1, 8):
-            prepare(n_resources, 8)
-            connection.close()
-            raw = run_workers(raw_worker, processes, (n_resources,), args.seconds)
-            prepare(n_resources, 8)
-            connection.close()
-            protocol = run_workers(protocol_worker, processes, (n_resources,), args.seconds)
-            check_counters(1)
-            prepare(n_resources, 8)
-            connection.close()
-            raw1 = run_workers(raw1_worker, processes, (n_resources,), args.seconds)
             label_n = f"{label}, {processes} process{'es' if processes > 1 else ''}"
-            row = Row(label_n, raw, protocol, raw1)
+            row = Row(label_n, [], [], [])
+            for _ in range(args.rounds):
+                prepare(n_resources, 8)
+                connection.close()
+                row.raws.append(run_workers(raw_worker, processes, (n_resources,), args.seconds))
+                prepare(n_resources, 8)
+                connection.close()
+                row.protocols.append(
+                    run_workers(protocol_worker, processes, (n_resources,), args.seconds)
+                )
+                check_counters(1)
+                prepare(n_resources, 8)
+                connection.close()
+                row.raw1s.append(run_workers(raw1_worker, processes, (n_resources,), args.seconds))
             rows.append(row)
             print(row.line(), flush=True)
-            figures[f"{n_resources}_{processes}_raw"] = raw
-            figures[f"{n_resources}_{processes}_protocol"] = protocol
-            figures[f"{n_resources}_{processes}_raw_one_transaction"] = raw1
+            figures[f"{n_resources}_{processes}_raw"] = row.raw
+            figures[f"{n_resources}_{processes}_protocol"] = row.protocol
+            figures[f"{n_resources}_{processes}_raw_one_transaction"] = row.raw1
     if not args.skip_api:
-        prepare(10, 8)
-        connection.close()
-        api = api_figure(args.seconds, args.web_processes, 10)
-        check_counters(1)
+        apis = []
+        for _ in range(args.rounds):
+            prepare(10, 8)
+            connection.close()
+            apis.append(api_figure(args.seconds, args.web_processes, 10))
+            check_counters(1)
+        api = statistics.median(apis)
         in_process = figures["10_8_protocol"]
         figures["api_8_clients"] = api
         print(
-            f"{'HTTP API, 8 clients, 10 hot':<28} api {api:8.1f}/s   in-process {in_process:8.1f}/s"
-            f"   ratio {api / in_process:5.2f}   ({args.web_processes} daphne processes)"
+            f"{'HTTP API, 8 clients, 10 hot':<26} api {api:6.1f}/s {spread(apis)}  "
+            f"in-process {in_process:6.1f}/s   ratio {api / in_process:4.2f}"
+            f"   ({args.web_processes} daphne processes)"
         )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
