@@ -36,8 +36,8 @@ agent), it measures:
 
 Both channels_redis layers are measured (``--layer both``, the default), one daphne
 process each, taking turns rate by rate so that they share the load of the moment:
-RedisChannelLayer (``core``, the project's setting) and RedisPubSubChannelLayer
-(``pubsub``); each run of daphne and the producers gets the layer by a settings
+RedisChannelLayer (``core``) and RedisPubSubChannelLayer (``pubsub``, the project's
+setting); each run of daphne and the producers gets the layer by a settings
 override in the process, the project's settings are not changed.
 
 It uses its own database (``orchestrator_bench_live`` on the server of

@@ -93,7 +93,8 @@ def limit_panels(path: Path, *, title: str, panels: list[dict[str, Any]]) -> Non
             )
         axes.set_xticks(range(len(groups)), groups, fontsize=7)
         axes.set_title(f"{panel['title']}\n(numbers: {panel['checked']}; dashed: target)")
-        axes.legend(fontsize=7)
+        # Below the plot: inside, it hid the numbers of the first groups.
+        axes.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
         axes.margins(y=0.15)
     figure.suptitle(title)
     figure.tight_layout()
