@@ -56,7 +56,13 @@ from orchestrator.core.models import (
     Switchboard,
     Team,
 )
-from orchestrator.core.rowlocks import lock_agents, lock_runs, lock_step_in_context, lock_steps
+from orchestrator.core.rowlocks import (
+    lock_agents,
+    lock_run_ending,
+    lock_runs,
+    lock_step_in_context,
+    lock_steps,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -541,6 +547,7 @@ def _agent_ends(step: Step, status: str, why: str) -> None:
 
 
 def _maybe_end_run(run_id: int) -> None:
+    lock_run_ending(run_id)
     open_steps = Step.objects.filter(run_id=run_id).filter(
         Q(status__in=[Step.Status.QUEUED, Step.Status.RUNNING, Step.Status.WAITING])
     )

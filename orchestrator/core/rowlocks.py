@@ -56,6 +56,28 @@ def lock_runs(ids: Iterable[int]) -> list[Run]:
     return list(_locked(Run, ids))
 
 
+# The class id of the advisory locks taken by lock_run_ending (two-key form: it
+# cannot collide with the event log's one-key lock).
+RUN_ENDING_LOCK_CLASS = 0x52554E  # "RUN"
+
+
+def lock_run_ending(run_id: int) -> None:
+    """Serialize the transactions that may end run ``run_id`` (the last agent done).
+
+    Each checks whether steps of the run are still open after closing its own;
+    two such transactions running side by side would each see the other's step
+    as open (it is not committed yet) and neither would end the run, which then
+    stayed "running" for ever (seen with two workers). Taken after the caller's
+    step is closed, and held until commit: whoever comes second sees the first
+    one's step closed. An advisory lock, not the Run row: a transaction that
+    holds the Run row (run_cancel) waits for resources that this caller may hold.
+    """
+    if connection.vendor != "postgresql":
+        return  # SQLite: BEGIN IMMEDIATE serializes writers already
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [RUN_ENDING_LOCK_CLASS, run_id])
+
+
 def lock_steps(ids: Iterable[int]) -> list[Step]:
     """Lock and return Step rows (after any Run rows), in pk order."""
     return list(_locked(Step, ids))

@@ -232,3 +232,46 @@ def test_a_grant_that_lands_before_the_step_records_its_wait_is_not_lost(
     drain()
     run.refresh_from_db()
     assert run.status == Run.Status.FINISHED
+
+
+def test_the_last_two_agents_finishing_at_once_end_the_run(queue, monkeypatch) -> None:
+    """Two workers close the last steps of a run side by side: each transaction has
+    closed its own step and not committed when it looks for open steps. One of them
+    must still end the run (without the run-ending lock neither did: each saw the
+    other's step open, and the run stayed "running" for ever)."""
+    import threading
+
+    from django.db import connection
+
+    from agents import runtime
+
+    team = factories.team()
+    finish = [{"tool": "finish", "args": {"summary": "done"}}]
+    agents = [scripted(team, f"last-{i}", finish) for i in range(2)]  # one step each
+    run = run_start(team=team, goal="finish together", agents=agents)
+    steps = list(Step.objects.filter(run=run).values_list("pk", flat=True))
+    both_closed = threading.Barrier(2, timeout=30)
+    real_lock = runtime.lock_run_ending
+
+    def when_both_steps_are_closed(run_id: int) -> None:
+        both_closed.wait()  # both transactions closed their step and did not commit
+        real_lock(run_id)
+
+    monkeypatch.setattr(runtime, "lock_run_ending", when_both_steps_are_closed)
+    results: list[str] = []
+
+    def worker(step_id: int) -> None:
+        try:
+            results.append(runtime.execute_step(step_id))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker, args=(step_id,)) for step_id in steps]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert results == ["done", "done"]
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+    assert Event.objects.filter(kind="run.finished", subject_id=run.pk).count() == 1
