@@ -129,7 +129,10 @@ class Resource(models.Model):
 class ResourceVersion(models.Model):
     """Append-only history of a resource's values: one row per applied write."""
 
-    resource = models.ForeignKey(Resource, on_delete=models.CASCADE, related_name="versions")
+    # No index of its own: resource_version_unique (resource, version) serves it.
+    resource = models.ForeignKey(
+        Resource, on_delete=models.CASCADE, related_name="versions", db_index=False
+    )
     version = models.BigIntegerField()
     value = models.JSONField(null=True)
     agent = models.ForeignKey(Agent, on_delete=models.SET_NULL, null=True, related_name="+")
@@ -221,12 +224,9 @@ class Lock(models.Model):
                 name="lock_release_consistent",
             ),
         ]
+        # The live locks of a resource: one_live_lock_per_agent_and_resource
+        # (resource, agent where live) serves that lookup.
         indexes = [
-            models.Index(
-                fields=["resource"],
-                condition=Q(released_at__isnull=True),
-                name="lock_live_by_resource",
-            ),
             models.Index(
                 fields=["agent"], condition=Q(released_at__isnull=True), name="lock_live_by_agent"
             ),
@@ -496,8 +496,14 @@ class Event(models.Model):
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=64)
     actor = models.CharField(max_length=NAME_MAX_LENGTH + 16, help_text="agent:NAME, user:NAME…")
+    # No index of its own: event_team_id (team, id) serves it.
     team = models.ForeignKey(
-        Team, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
+        Team,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="events",
+        db_index=False,
     )
     agent = models.ForeignKey(
         Agent, on_delete=models.SET_NULL, null=True, blank=True, related_name="events"
