@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection
@@ -146,24 +146,35 @@ _REQUEST_FIELDS = [
     "id", "resource_id", "agent_id", "mode", "ttl", "status", "step_id", "lock_id", "reason",
     "requested_at", "resolved_at",
 ]  # fmt: skip
-# One statement, hence one snapshot, for both lists: live locks, then waiting requests.
+# One statement, hence one snapshot, for both lists: live locks, then waiting requests,
+# each with whether its agent also waits on another resource (the deadlock check's
+# cheap exit, see _open_deadlock_check).
 _QUEUE_SQL = """
 SELECT 0, l.id, l.agent_id, l.mode, l.token, l.acquired_at, l.expires_at,
-       NULL::integer, NULL::bigint, NULL::timestamptz, a.name, a.team_id
+       NULL::integer, NULL::bigint, NULL::timestamptz, a.name, a.team_id,
+       EXISTS (SELECT 1 FROM core_lockrequest o WHERE o.agent_id = l.agent_id
+                  AND o.status = 'waiting' AND o.resource_id <> {resource_id})
   FROM core_lock l JOIN core_agent a ON a.id = l.agent_id
  WHERE l.resource_id = {resource_id} AND l.released_at IS NULL
 UNION ALL
 SELECT 1, r.id, r.agent_id, r.mode, NULL, NULL, NULL,
-       r.ttl, r.step_id, r.requested_at, a.name, a.team_id
+       r.ttl, r.step_id, r.requested_at, a.name, a.team_id,
+       EXISTS (SELECT 1 FROM core_lockrequest o WHERE o.agent_id = r.agent_id
+                  AND o.status = 'waiting' AND o.resource_id <> {resource_id})
   FROM core_lockrequest r JOIN core_agent a ON a.id = r.agent_id
  WHERE r.resource_id = {resource_id} AND r.status = 'waiting'
  ORDER BY 1, 2
 """
 
 
-def load_queue(
-    resource: Resource, rows: list[tuple] | None = None
-) -> tuple[list[Lock], list[LockRequest]]:
+class QueueRows(NamedTuple):
+    locks: list[Lock]  # live, possibly expired
+    waiting: list[LockRequest]
+    # Agents among them that also wait on another resource; None: not read (SQLite).
+    waiting_elsewhere: frozenset[int] | None
+
+
+def load_queue(resource: Resource, rows: list[tuple] | None = None) -> QueueRows:
     """Live (possibly expired) locks and waiting requests of a resource, in id order.
 
     On PostgreSQL one hand-written statement (``_QUEUE_SQL``, whose ``rows`` the
@@ -182,19 +193,22 @@ def load_queue(
             .select_related("agent")
             .order_by("pk")
         )
-        return locks, waiting
+        return QueueRows(locks, waiting, None)
     if rows is None:
         with connection.cursor() as cursor:
-            cursor.execute(_QUEUE_SQL.format(resource_id="%s"), [resource.pk, resource.pk])
+            cursor.execute(_QUEUE_SQL.format(resource_id="%s"), [resource.pk] * 4)
             rows = cursor.fetchall()
     agents: dict[int, Agent] = {}
-    locks, waiting = [], []
-    for kind, pk, agent_id, mode, token, acquired, expires, ttl, step, since, name, team in rows:
+    locks, waiting, elsewhere = [], [], set()
+    for (kind, pk, agent_id, mode, token, acquired, expires, ttl, step, since, name, team,
+         waits_elsewhere) in rows:  # fmt: skip
         agent = agents.get(agent_id)
         if agent is None:
             # from_db takes values in the model's field order (id, team, name).
             agent = Agent.from_db("default", ["id", "team_id", "name"], [agent_id, team, name])
             agents[agent_id] = agent
+        if waits_elsewhere:
+            elsewhere.add(agent_id)
         if kind == 0:
             values = [pk, resource.pk, agent_id, mode, token, acquired, expires, None, ""]
             lock = Lock.from_db("default", _LOCK_FIELDS, values)
@@ -205,7 +219,7 @@ def load_queue(
             request = LockRequest.from_db("default", _REQUEST_FIELDS, values)
             request.agent, request.resource = agent, resource
             waiting.append(request)
-    return locks, waiting
+    return QueueRows(locks, waiting, frozenset(elsewhere))
 
 
 class Queue:
@@ -218,7 +232,7 @@ class Queue:
     def __init__(self, resource: Resource, now: datetime, rows: list[tuple] | None = None) -> None:
         self.resource = resource
         self.now = now
-        rows, self._waiting = load_queue(resource, rows)
+        rows, self._waiting, self.waiting_elsewhere = load_queue(resource, rows)
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
         for lock in self.expired:
@@ -359,6 +373,10 @@ def _open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
     # a queued writer ahead of a reader waits for the shared holders).
     nearby = {lock.agent_id for lock in queue.live} | {req.agent_id for req in queue.waiting}
     nearby.discard(agent.pk)
+    if queue.waiting_elsewhere is not None:  # read with the queue: no query needed
+        if not nearby & queue.waiting_elsewhere:
+            return None  # every wait-for edge out of here stays on this resource
+        return deadlock_check_for(agent)
     return deadlock_check_for(agent, resource=queue.resource, nearby=nearby)
 
 

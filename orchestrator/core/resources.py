@@ -189,7 +189,7 @@ def resource_read(*, resource: Resource | str | int) -> ResourceState:
         if res is None:
             raise NotFound("resource_not_found", f"no resource named {resource!s:.200}")
         now = getattr(res, "db_clock", None) or db_now()
-        locks, waiters = load_queue(res)
+        locks, waiters, _elsewhere = load_queue(res)
     return ResourceState(res, [lock for lock in locks if lock.expires_at > now], waiters)
 
 

@@ -257,8 +257,13 @@ def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
     lock_acquire(agent=b, resource="r", mode="shared")
     lock_acquire(agent=c, resource="r", mode="exclusive")
     lock_acquire(agent=d, resource="r", mode="shared")
+    # b also waits on another resource, held by a; d waits only here.
+    resource_create(name="s")
+    lock_acquire(agent=a, resource="s")
+    lock_acquire(agent=b, resource="s")
     res = Resource.objects.get(name="r")
-    locks, waiting = load_queue(res)
+    locks, waiting, waiting_elsewhere = load_queue(res)
+    assert waiting_elsewhere == {b.pk}
     orm_locks = list(Lock.objects.filter(resource=res, released_at__isnull=True).order_by("pk"))
     orm_waiting = list(LockRequest.objects.filter(resource=res, status="waiting").order_by("pk"))
     fields = [f.attname for f in Lock._meta.concrete_fields]
