@@ -122,7 +122,6 @@ export function applyPatch(state, patch) {
   }
 }
 
-// One board per page, shared by every module that imports it.
 /** Call ``render`` after the board changes, at most once per animation frame. */
 export function redrawOnChange(render) {
   let scheduled = false;
@@ -136,4 +135,5 @@ export function redrawOnChange(render) {
   });
 }
 
+// One board per page, shared by every module that imports it.
 export const board = new LiveBoard(document.body.dataset.wsPath || "/ws/events/");

@@ -2,7 +2,7 @@
 import { actionForm, canOperate } from "./actions.js";
 import { h } from "./dom.js";
 import { byName, statusLabel } from "./format.js";
-import { board } from "./live.js";
+import { board, redrawOnChange } from "./live.js";
 
 const agentsBody = document.querySelector("#agents-table tbody");
 const runsBody = document.querySelector("#runs-table tbody");
@@ -138,22 +138,16 @@ function renderCards(state) {
   for (const node of document.querySelectorAll("[data-card]")) node.textContent = String(tally[node.dataset.card] ?? 0);
 }
 
-let scheduled = false;
 function render() {
-  if (scheduled) return;
-  scheduled = true;
-  requestAnimationFrame(() => {
-    scheduled = false;
-    const state = board.state;
-    if (!state) return;
-    renderSystem(state);
-    renderCards(state);
-    renderRuns(state);
-    renderTeams(state);
-    renderAgents(state);
-  });
+  const state = board.state;
+  if (!state) return;
+  renderSystem(state);
+  renderCards(state);
+  renderRuns(state);
+  renderTeams(state);
+  renderAgents(state);
 }
 
-board.subscribe(render);
+redrawOnChange(render);
 filterInput.addEventListener("input", render);
 statusFilter.addEventListener("change", render);
