@@ -118,6 +118,11 @@ def storable_text(text: str) -> bool:
     return "\x00" not in text
 
 
+def resource_not_found(resource: Resource | str | int) -> NotFound:
+    """The error for a resource that no row matches."""
+    return NotFound("resource_not_found", f"no resource named {resource!s:.200}")
+
+
 def resource_lookup(resource: Resource | str | int) -> dict[str, Any]:
     """The lookup for a resource given as a row, an id or a name; NotFound if none can match."""
     if isinstance(resource, Resource):
@@ -127,7 +132,7 @@ def resource_lookup(resource: Resource | str | int) -> dict[str, Any]:
     # Names PostgreSQL cannot store would make it raise rather than find nothing.
     if isinstance(resource, str) and len(resource) <= NAME_MAX_LENGTH and storable_text(resource):
         return {"name": resource}
-    raise NotFound("resource_not_found", f"no resource named {resource!s:.200}")
+    raise resource_not_found(resource)
 
 
 def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datetime]:
@@ -135,7 +140,7 @@ def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datet
     try:
         return lock_resource_with_clock(**resource_lookup(resource))
     except Resource.DoesNotExist:
-        raise NotFound("resource_not_found", f"no resource named {resource!s:.200}") from None
+        raise resource_not_found(resource) from None
 
 
 _LOCK_FIELDS = [
@@ -360,7 +365,7 @@ def open_queue(resource: Resource | str | int) -> Queue:
     try:
         queue = lock_queue(**resource_lookup(resource))
     except Resource.DoesNotExist:
-        raise NotFound("resource_not_found", f"no resource named {resource!s:.200}") from None
+        raise resource_not_found(resource) from None
     queue.settle()
     return queue
 

@@ -27,7 +27,7 @@ from django.db.models import Func
 from django.utils import timezone
 
 from orchestrator.core import hotpath
-from orchestrator.core.errors import Conflicting, Invalid, NotFound
+from orchestrator.core.errors import Conflicting, Invalid
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.locks import (
     Queue,
@@ -37,6 +37,7 @@ from orchestrator.core.locks import (
     open_queue,
     resource_for_update,
     resource_lookup,
+    resource_not_found,
 )
 from orchestrator.core.models import (
     NAME_MAX_LENGTH,
@@ -187,7 +188,7 @@ def resource_read(*, resource: Resource | str | int) -> ResourceState:
             rows = rows.annotate(db_clock=Func(function="clock_timestamp", output_field=DTField()))
         res = rows.first()
         if res is None:
-            raise NotFound("resource_not_found", f"no resource named {resource!s:.200}")
+            raise resource_not_found(resource)
         now = getattr(res, "db_clock", None) or db_now()
         locks, waiters, _elsewhere = load_queue(res)
     return ResourceState(res, [lock for lock in locks if lock.expires_at > now], waiters)
