@@ -83,11 +83,11 @@ def lock_steps(ids: Iterable[int]) -> list[Step]:
     return list(_locked(Step, ids))
 
 
-def _columns(model: type[Model], alias: str) -> str:
+def columns(model: type[Model], alias: str) -> str:
     return ", ".join(f'{alias}."{field.column}"' for field in model._meta.concrete_fields)
 
 
-def _instance(model: type[Model], values: list[Any]) -> Model:
+def instance(model: type[Model], values: list[Any]) -> Model:
     """A model instance from raw column values, converted as the ORM would."""
     fields = model._meta.concrete_fields
     converted = [
@@ -101,8 +101,8 @@ def _instance(model: type[Model], values: list[Any]) -> Model:
 def _step_in_context_sql() -> str:
     # Column names come from the models' metadata; the one value is a parameter.
     return (
-        f"SELECT {_columns(Step, 's')}, {_columns(Agent, 'a')}, {_columns(Team, 't')}, "  # noqa: S608
-        f"{_columns(Run, 'r')}, rt.paused, "
+        f"SELECT {columns(Step, 's')}, {columns(Agent, 'a')}, {columns(Team, 't')}, "  # noqa: S608
+        f"{columns(Run, 'r')}, rt.paused, "
         "EXISTS (SELECT 1 FROM core_switchboard WHERE id = 1 AND paused), "
         "EXISTS (SELECT 1 FROM core_lock l WHERE l.agent_id = s.agent_id "
         "AND l.released_at IS NULL) "
@@ -147,7 +147,7 @@ def lock_step_in_context(step_id: int) -> Step | None:
     parts = []
     for model in (Step, Agent, Team, Run):
         width = len(model._meta.concrete_fields)
-        parts.append(_instance(model, values[:width]))
+        parts.append(instance(model, values[:width]))
         values = values[width:]
     step, agent, team, run = parts
     agent.team = team
@@ -180,7 +180,7 @@ _LOCK_WITH_CLOCK = {
 def _lock_with_clock_sql(key: str) -> str:
     # Column names come from the model's metadata, the lookup from the table above.
     return (
-        f"SELECT {_columns(Resource, 'locked')}, clock_timestamp() "  # noqa: S608
+        f"SELECT {columns(Resource, 'locked')}, clock_timestamp() "  # noqa: S608
         f"FROM (SELECT * FROM {Resource._meta.db_table} WHERE {_LOCK_WITH_CLOCK[key]} "
         "FOR UPDATE) AS locked"
     )
@@ -238,7 +238,7 @@ def lock_resource_then(then: str, **lookup: Any) -> tuple[Resource, datetime, li
             rows = reading.fetchall()
     if row is None:
         raise Resource.DoesNotExist(f"no resource with {key}={value!r}")
-    return _instance(Resource, list(row[:-1])), row[-1], rows
+    return instance(Resource, list(row[:-1])), row[-1], rows
 
 
 def lock_approval(approval_id: int) -> Approval:

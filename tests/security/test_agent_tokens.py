@@ -68,3 +68,20 @@ def test_the_final_comparison_is_constant_time(monkeypatch) -> None:
     assert tokens.agent_by_token(raw) == agent
     stored = Agent.objects.get(pk=agent.pk).token_hash
     assert compared == [(stored, tokens.token_hash(raw))]
+
+
+def test_the_lookup_loads_the_agent_and_its_team_as_the_orm_does(
+    django_assert_num_queries,
+) -> None:
+    agent = factories.agent()
+    raw = tokens.agent_token_reset(agent=agent)
+    expected = Agent.objects.select_related("team").get(pk=agent.pk)
+
+    with django_assert_num_queries(1):  # one statement, the team with it
+        found = tokens.agent_by_token(raw)
+        team = found.team
+
+    for model, got, want in ((Agent, found, expected), (type(team), team, expected.team)):
+        for field in model._meta.concrete_fields:
+            assert getattr(got, field.attname) == getattr(want, field.attname), field.name
+    assert found._state.adding is False and found._state.db == "default"
