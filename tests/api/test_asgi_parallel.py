@@ -1,4 +1,5 @@
-"""Under ASGI (daphne), requests to the sync API views are served in parallel.
+"""Under ASGI (daphne), requests to the sync API views are served in parallel, and
+the middleware chain runs whole in the request's thread.
 
 Django's ASGIHandler gives each request its own thread context, so one
 request blocked in the database must not hold up the others. The check is
@@ -15,9 +16,9 @@ import threading
 import pytest
 from asgiref.sync import sync_to_async
 from asgiref.testing import ApplicationCommunicator
-from django.core.asgi import get_asgi_application
 from django.db import connection, transaction
 
+from orchestrator.asgi import OneHopASGIHandler, django_asgi_app
 from orchestrator.core.models import Resource
 from orchestrator.core.rowlocks import lock_resource
 
@@ -26,8 +27,11 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 DEADLINE = 20  # seconds; only reached when the check fails
 
 
-async def asgi_get(path: str, token: str, *, method: str = "GET", body: bytes = b"") -> int:
-    """Call ``path`` through Django's ASGI handler, as daphne does; the status code."""
+async def asgi_call(
+    path: str, token: str, *, method: str = "GET", body: bytes = b""
+) -> tuple[dict, bytes]:
+    """Call ``path`` through the project's ASGI handler, as daphne does: the response
+    start message (status, headers) and the body."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -46,11 +50,17 @@ async def asgi_get(path: str, token: str, *, method: str = "GET", body: bytes = 
         "client": ("127.0.0.1", 50000),
         "server": ("testserver", 80),
     }
-    communicator = ApplicationCommunicator(get_asgi_application(), scope)
+    communicator = ApplicationCommunicator(django_asgi_app, scope)
     await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
     start = await communicator.receive_output(DEADLINE)
-    await communicator.receive_output(DEADLINE)  # the body
+    content = await communicator.receive_output(DEADLINE)
     await communicator.wait(DEADLINE)
+    return start, content["body"]
+
+
+async def asgi_get(path: str, token: str, *, method: str = "GET", body: bytes = b"") -> int:
+    """The status code of ``path`` called through the project's ASGI handler."""
+    start, _ = await asgi_call(path, token, method=method, body=body)
     return start["status"]
 
 
@@ -108,3 +118,18 @@ async def test_a_request_blocked_in_the_database_does_not_block_others(alice) ->
     finally:
         # The thread that ran this test's own queries would keep its connection open.
         await sync_to_async(close_connection)()
+
+
+async def test_the_middleware_chain_runs_in_one_thread_and_still_applies() -> None:
+    # Loaded in sync mode: the chain is one call, not a hand-off per middleware hook.
+    assert isinstance(django_asgi_app, OneHopASGIHandler)
+    assert not asyncio.iscoroutinefunction(django_asgi_app._middleware_chain)
+    # ... and every middleware still does its work: security headers, CSRF cookie.
+    start, body = await asgi_call("/login/", token="")
+    headers = {name.decode().lower(): value.decode() for name, value in start["headers"]}
+    assert start["status"] == 200
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert "csrftoken=" in headers["set-cookie"]
+    assert b'name="csrfmiddlewaretoken"' in body
+    await sync_to_async(close_connection)()
