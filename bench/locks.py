@@ -232,6 +232,10 @@ def api_worker(index: int, bases: list[str], tokens: list[str], seconds: float, 
         payload = response.read()
         return response.status, json.loads(payload) if payload else {}
 
+    # Warm up as the in-process workers do before READY (they have connected and
+    # queried): the server's code paths and its pooled database connections.
+    for _ in range(3):
+        call("GET", "/api/v1/resources/r0")
     out.put(READY)  # set up and connected: the parent starts the clock when all are
     start.wait()
     done, deadline = 0, time.monotonic() + seconds

@@ -52,9 +52,10 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Async, like every middleware here: a sync one (WhiteNoise) cost two thread hops
-    # per request under daphne (~1.8 ms of CPU; bench/locks.py API figure).
-    "servestatic.middleware.ServeStaticMiddleware",
+    # Sync, like every middleware here: orchestrator.asgi runs the whole chain and the
+    # view in one worker thread per request (an async-only middleware, ServeStatic's,
+    # split it in three and made Django hand each hook of the others to a thread).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -130,18 +131,17 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = BASE_DIR / "staticfiles"
-# ServeStatic (WhiteNoise's async fork) serves static files from the web process:
-# hashed, compressed files from STATIC_ROOT once `collectstatic` has run
-# (production), otherwise straight from the app folders (a development checkout,
-# the test suite).
+# WhiteNoise serves static files from the web process: hashed, compressed files
+# from STATIC_ROOT once `collectstatic` has run (production), otherwise straight
+# from the app folders (a development checkout, the test suite).
 STATIC_COLLECTED = (STATIC_ROOT / "staticfiles.json").exists()
-STATIC_ROOT.mkdir(exist_ok=True)  # ServeStatic warns about a missing root on every start
-SERVESTATIC_USE_FINDERS = not STATIC_COLLECTED
-SERVESTATIC_AUTOREFRESH = DEBUG
+STATIC_ROOT.mkdir(exist_ok=True)  # WhiteNoise warns about a missing root on every start
+WHITENOISE_USE_FINDERS = not STATIC_COLLECTED
+WHITENOISE_AUTOREFRESH = DEBUG
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
-        "BACKEND": "servestatic.storage.CompressedManifestStaticFilesStorage"
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
         if STATIC_COLLECTED
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
