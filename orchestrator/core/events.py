@@ -2,14 +2,17 @@
 
 Every service runs inside :func:`service`, a durable transaction that
 buffers the events the service emits and writes them as its very last
-statement. On PostgreSQL a BEFORE INSERT trigger (migration 0002) takes a
-transaction-level advisory lock, held until commit, and only then draws the
-id, so that event ids are handed out and made visible in the same order: a
-reader that has seen id N never later sees a new id below N appear. Because
-the advisory lock is taken after every row lock the transaction needs, it
-cannot take part in a deadlock, and it is held only for the insert and the
-commit itself. On SQLite (laptop mode) write transactions are serialized by
-``BEGIN IMMEDIATE`` already.
+statement. On PostgreSQL a BEFORE INSERT trigger (migrations 0002 and 0007)
+takes the event log's transaction-level advisory lock *shared*, held until
+commit, and only then draws the id. Writers do not wait for each other, so
+ids are not made visible in id order by themselves; readers that follow ids
+read inside :func:`event_log_barrier`, which takes the same lock exclusively:
+it waits until every writer that has drawn an id has committed, and holds new
+ones off while the read runs. So a reader that has seen id N never later sees
+a new id below N appear. Because writers take the lock after every row lock
+their transaction needs, it cannot take part in a deadlock, and it is held
+only for the insert and the commit itself. On SQLite (laptop mode) write
+transactions are serialized by ``BEGIN IMMEDIATE`` already.
 
 After commit each event is pushed to the channel layer, to the group of its
 team and to the ``events`` group. The layer may drop messages; readers catch
@@ -18,18 +21,19 @@ up from the table by id (:func:`events_after`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import OperationalError, connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Max
 from django.utils import timezone
 
 from orchestrator.core.models import Agent, Event, Team
@@ -147,8 +151,8 @@ def event_emit(
 def _flush(buffer: list[Event]) -> None:
     if not buffer:
         return
-    # On PostgreSQL a trigger takes the event log's advisory lock before it
-    # draws each id (migration 0002), so this insert is the only statement.
+    # On PostgreSQL a trigger takes the event log's advisory lock (shared) before
+    # it draws each id (migration 0007), so this insert is the only statement.
     from orchestrator.core.hotpath import insert_events
 
     insert_events(buffer, timezone.now())
@@ -275,9 +279,35 @@ def publish_flush(timeout: float = 5.0) -> bool:
     return _publisher.flush(timeout)
 
 
-def events_after(last_id: int, *, team_id: int | None = None, limit: int = 500) -> QuerySet[Event]:
-    """Events with id greater than ``last_id`` in id (= commit) order."""
+@contextlib.contextmanager
+def event_log_barrier() -> Iterator[None]:
+    """A transaction in which the event log reads as if written in id order.
+
+    Inside it, every event with an id below the largest one visible has
+    committed, and no event can commit below it until the block ends: the
+    event log's advisory lock, which writers hold shared from drawing an id to
+    their commit, is taken exclusively. Keep the block to reads: writers wait
+    while it is open.
+    """
+    with transaction.atomic(savepoint=False):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK_KEY])
+        yield
+
+
+def events_after(last_id: int, *, team_id: int | None = None, limit: int = 500) -> list[Event]:
+    """Events with id greater than ``last_id``, in id order, read behind the
+    :func:`event_log_barrier`: none will later commit below the last one."""
     queryset = Event.objects.filter(id__gt=last_id).order_by("id")
     if team_id is not None:
         queryset = queryset.filter(team_id=team_id)
-    return queryset[:limit]
+    with event_log_barrier():
+        return list(queryset[:limit])
+
+
+def last_event_id() -> int:
+    """The largest event id, read behind the :func:`event_log_barrier`: every event
+    up to it has committed, so what is read after this includes them all."""
+    with event_log_barrier():
+        return Event.objects.aggregate(last=Max("id"))["last"] or 0

@@ -87,46 +87,72 @@ def test_a_channel_layer_failure_does_not_fail_the_service(settings) -> None:
     warning.assert_called_once()
 
 
-def test_event_ids_are_drawn_in_commit_order() -> None:
-    """A second writer waits for the first to commit before it draws an id."""
+def _advisory_lock_waiters() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        )
+        return cursor.fetchone()[0]
+
+
+def test_writers_share_the_event_log_and_a_reader_waits_for_both() -> None:
+    """Two writers insert events side by side (the first still open while the second
+    commits); a reader following ids waits until the first has committed, then sees
+    both, in id order."""
     import threading
     import time
 
-    from django.db import connection, connections
+    from django.db import connection
 
-    first_inserted, release_first = threading.Event(), threading.Event()
-    ids: dict[str, int] = {}
+    deadline = 20
+    first_inserted, second_done, release = threading.Event(), threading.Event(), threading.Event()
+    read: list[int] = []
+    start = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
 
-    def first() -> None:
-        with transaction.atomic():
-            ids["first"] = Event.objects.create(kind="t.first", actor="test").pk
-            first_inserted.set()
-            release_first.wait(10)
-        connections.close_all()
+    def first_writer() -> None:
+        try:
+            with transaction.atomic():
+                Event.objects.create(kind="test.first", actor="test")
+                first_inserted.set()
+                release.wait(deadline)
+        finally:
+            connection.close()
 
-    def second() -> None:
-        first_inserted.wait(10)
-        with transaction.atomic():
-            ids["second"] = Event.objects.create(kind="t.second", actor="test").pk
-        connections.close_all()
+    def second_writer() -> None:
+        try:
+            with transaction.atomic():
+                Event.objects.create(kind="test.second", actor="test")
+            second_done.set()
+        finally:
+            connection.close()
 
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    for thread in threads:
-        thread.start()
-    # Wait (with a deadline) until the second writer blocks on the event log's lock.
-    deadline = time.monotonic() + 10
-    while True:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND wait_event = 'advisory' AND datname = current_database()"
-            )
-            if cursor.fetchone()[0] == 1:
-                break
-        assert time.monotonic() < deadline, "the second insert never waited"
-        time.sleep(0.01)
-    assert "second" not in ids
-    release_first.set()
-    for thread in threads:
-        thread.join(10)
-    assert ids["second"] > ids["first"]
+    def reader() -> None:
+        try:
+            read.extend(event.id for event in events_after(start))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first_writer)]
+    threads[0].start()
+    try:
+        assert first_inserted.wait(deadline)
+        threads.append(threading.Thread(target=second_writer))
+        threads[1].start()
+        assert second_done.wait(deadline), "the second writer waited for the first"
+        threads.append(threading.Thread(target=reader))
+        threads[2].start()
+        began = time.monotonic()
+        while not _advisory_lock_waiters():  # the reader is parked on the barrier
+            assert time.monotonic() - began < deadline, "the reader did not wait"
+            time.sleep(0.01)
+        assert read == []
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(deadline)
+    kinds = list(Event.objects.filter(id__in=read).order_by("id").values_list("kind", flat=True))
+    assert kinds == ["test.first", "test.second"]
+    assert read == sorted(read)

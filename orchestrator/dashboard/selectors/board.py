@@ -30,8 +30,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, Max, Q
+from django.db.models import Count, Q
 
+from orchestrator.core.events import last_event_id
 from orchestrator.core.models import (
     Agent,
     AgentStatus,
@@ -41,7 +42,6 @@ from orchestrator.core.models import (
     ConflictKind,
     ConflictStatus,
     DeadlockPolicy,
-    Event,
     Lock,
     LockRequest,
     RequestStatus,
@@ -320,10 +320,6 @@ def board_counts() -> dict[str, int]:
 def system_state() -> dict[str, Any]:
     board = Switchboard.objects.filter(pk=1).first()
     return {"paused": bool(board and board.paused)}
-
-
-def last_event_id() -> int:
-    return Event.objects.aggregate(last=Max("id"))["last"] or 0
 
 
 def _keyed(rows: dict[int, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.events import event_message, events_after
+from orchestrator.core.events import event_log_barrier, event_message, events_after, last_event_id
 from orchestrator.core.locks import db_now
-from orchestrator.dashboard.selectors.board import board_patch, board_snapshot, last_event_id
+from orchestrator.dashboard.selectors.board import board_patch, board_snapshot
 
 # A browser further behind than this gets a fresh snapshot instead of a replay.
 REPLAY_LIMIT = 500
@@ -33,9 +33,10 @@ def feed_delta(*, since: int, limit: int | None = None) -> dict[str, Any] | None
     ``limit`` (default REPLAY_LIMIT) events to replay, or ``since`` beyond the end of the log.
     """
     limit = REPLAY_LIMIT if limit is None else limit
-    if since > last_event_id():
-        return None
-    events = [event_message(event) for event in events_after(since, limit=limit + 1)]
+    with event_log_barrier():  # one barrier for both reads
+        if since > last_event_id():
+            return None
+        events = [event_message(event) for event in events_after(since, limit=limit + 1)]
     if len(events) > limit:
         return None
     return {
