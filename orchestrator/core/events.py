@@ -289,10 +289,14 @@ def event_log_barrier() -> Iterator[None]:
     their commit, is taken exclusively. Keep the block to reads: writers wait
     while it is open.
     """
+    if connection.vendor != "postgresql":
+        # SQLite: BEGIN IMMEDIATE serializes writers already; no transaction here,
+        # which would take the write lock for a read.
+        yield
+        return
     with transaction.atomic(savepoint=False):
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK_KEY])
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK_KEY])
         yield
 
 
