@@ -63,6 +63,7 @@ from orchestrator.core.rowlocks import (
     lock_step_in_context,
     lock_steps,
 )
+from orchestrator.core.selectors import lock_request_with_lock
 
 logger = logging.getLogger(__name__)
 
@@ -580,9 +581,9 @@ def wait_result(call: dict[str, Any]) -> dict[str, Any] | None:
     """The final result of a waiting call, or None if it is still waiting."""
     result = call["result"]
     if "request_id" in result:
-        request = LockRequest.objects.select_related("lock", "resource").get(
-            pk=result["request_id"]
-        )
+        request = lock_request_with_lock(result["request_id"])
+        if request is None:
+            raise LockRequest.DoesNotExist(f"lock request {result['request_id']} is gone")
         if request.status == RequestStatus.WAITING:
             return None
         if request.status == RequestStatus.GRANTED:

@@ -177,8 +177,9 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
 
     from orchestrator.core import wakeups
     from orchestrator.core.locks import lock_acquire, lock_release
-    from orchestrator.core.models import Agent, LockRequest, Resource
+    from orchestrator.core.models import Agent, Resource
     from orchestrator.core.resources import resource_write
+    from orchestrator.core.selectors import lock_request_with_lock
 
     # Waiting the way the runtime does: the transaction that grants a queued request
     # wakes its agent after commit (here through a Redis list the waiter blocks on).
@@ -198,9 +199,7 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
         if lock is None:  # queued: block until woken (re-check every 0.5 s)
             while lock is None:
                 redis.blpop([f"bench:wake:{agent.pk}"], timeout=0.5)
-                request = LockRequest.objects.select_related("lock", "resource").get(
-                    pk=result.request.pk
-                )
+                request = lock_request_with_lock(result.request.pk)
                 lock = request.lock
             # The resource as it is now that we hold it, read with the request, as the
             # runtime reads a granted request (agents.runtime.wait_result).

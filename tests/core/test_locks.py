@@ -281,6 +281,35 @@ def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
     ]
 
 
+def test_the_hand_written_request_read_matches_the_orm(agents, django_assert_num_queries) -> None:
+    from orchestrator.core.models import Resource
+    from orchestrator.core.selectors import lock_request_with_lock
+
+    a, b = agents[:2]
+    resource_create(name="r", value={"n": 1})
+    held = lock_acquire(agent=a, resource="r").lock
+    waiting = lock_acquire(agent=b, resource="r").request
+
+    def same(got, want, model) -> None:
+        for field in model._meta.concrete_fields:
+            assert getattr(got, field.attname) == getattr(want, field.attname), field.name
+
+    with django_assert_num_queries(1):
+        queued = lock_request_with_lock(waiting.pk)
+        assert queued.lock is None and queued.resource.value == {"n": 1}
+    same(queued, LockRequest.objects.get(pk=waiting.pk), LockRequest)
+
+    lock_release(lock_id=held.pk, agent=a)
+    with django_assert_num_queries(1):  # resource and lock come with it
+        granted = lock_request_with_lock(waiting.pk)
+        assert granted.lock.resource is granted.resource
+    expected = LockRequest.objects.select_related("lock", "resource").get(pk=waiting.pk)
+    same(granted, expected, LockRequest)
+    same(granted.lock, expected.lock, Lock)
+    same(granted.resource, expected.resource, Resource)
+    assert lock_request_with_lock(10**9) is None
+
+
 def test_reads_do_not_wait_for_the_row_lock(agents) -> None:
     import threading
 
