@@ -7,7 +7,6 @@ session user, so consumers can refuse anonymous connections.
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import django
 from asgiref.sync import sync_to_async
@@ -29,7 +28,9 @@ class OneHopASGIHandler(ASGIHandler):
     chain is loaded in async mode: about 15 hand-offs to a worker thread per
     request. This handler loads the chain in sync mode, as under WSGI, and runs
     it whole in the request's thread; Django's ASGI handling around it (reading
-    the body, the request signals, disconnects, sending) is unchanged.
+    the body, the request signals, disconnects, sending) is unchanged. An async
+    view would still work (Django runs it with ``async_to_sync``), at the cost
+    of hops of its own.
     """
 
     def __init__(self) -> None:
@@ -40,7 +41,7 @@ class OneHopASGIHandler(ASGIHandler):
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)
 
 
-def django_application() -> Any:
+def django_application() -> OneHopASGIHandler:
     """What ``get_asgi_application()`` returns, with the one-hop handler."""
     django.setup(set_prefix=False)
     return OneHopASGIHandler()

@@ -33,10 +33,11 @@ def feed_delta(*, since: int, limit: int | None = None) -> dict[str, Any] | None
     ``limit`` (default REPLAY_LIMIT) events to replay, or ``since`` beyond the end of the log.
     """
     limit = REPLAY_LIMIT if limit is None else limit
-    with event_log_barrier():  # one barrier for both reads
+    with event_log_barrier():  # one barrier for both reads; writers wait while it is held
         if since > last_event_id():
             return None
-        events = [event_message(event) for event in events_after(since, limit=limit + 1)]
+        rows = events_after(since, limit=limit + 1)
+    events = [event_message(event) for event in rows]
     if len(events) > limit:
         return None
     return {
