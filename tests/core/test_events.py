@@ -103,9 +103,10 @@ def test_writers_share_the_event_log_and_a_reader_waits_for_both() -> None:
     commits); a reader following ids waits until the first has committed, then sees
     both, in id order."""
     import threading
-    import time
 
     from django.db import connection
+
+    from tests.concurrency.processes import wait_until
 
     deadline = 20
     first_inserted, second_done, release = threading.Event(), threading.Event(), threading.Event()
@@ -144,10 +145,8 @@ def test_writers_share_the_event_log_and_a_reader_waits_for_both() -> None:
         assert second_done.wait(deadline), "the second writer waited for the first"
         threads.append(threading.Thread(target=reader))
         threads[2].start()
-        began = time.monotonic()
-        while not _advisory_lock_waiters():  # the reader is parked on the barrier
-            assert time.monotonic() - began < deadline, "the reader did not wait"
-            time.sleep(0.01)
+        # The reader parks on the barrier (a TimeoutError here if it did not wait).
+        wait_until(_advisory_lock_waiters, timeout=deadline, what="the reader waiting")
         assert read == []
     finally:
         release.set()
