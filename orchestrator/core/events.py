@@ -5,14 +5,16 @@ buffers the events the service emits and writes them as its very last
 statement. On PostgreSQL a BEFORE INSERT trigger (migrations 0002 and 0007)
 takes the event log's transaction-level advisory lock *shared*, held until
 commit, and only then draws the id. Writers do not wait for each other, so
-ids are not made visible in id order by themselves; readers that follow ids
-read inside :func:`event_log_barrier`, which takes the same lock exclusively:
-it waits until every writer that has drawn an id has committed, and holds new
-ones off while the read runs. So a reader that has seen id N never later sees
-a new id below N appear. Because writers take the lock after every row lock
-their transaction needs, it cannot take part in a deadlock, and it is held
-only for the insert and the commit itself. On SQLite (laptop mode) write
-transactions are serialized by ``BEGIN IMMEDIATE`` already.
+ids are not made visible in id order by themselves. Readers that follow ids
+read up to :func:`last_event_id`, the largest id read behind
+:func:`event_log_barrier`, which takes the same lock exclusively: it waits
+until every writer that has drawn an id has committed, and every id drawn
+after it is larger. So a reader that has seen id N never later sees a new id
+below N appear, and writers wait only for that one quick read. Because
+writers take the lock after every row lock their transaction needs, it cannot
+take part in a deadlock, and it is held only for the insert and the commit
+itself. On SQLite (laptop mode) write transactions are serialized by
+``BEGIN IMMEDIATE`` already.
 
 After commit each event is pushed to the channel layer, to the group of its
 team and to the ``events`` group. The layer may drop messages; readers catch
@@ -286,8 +288,8 @@ def event_log_barrier() -> Iterator[None]:
     Inside it, every event with an id below the largest one visible has
     committed, and no event can commit below it until the block ends: the
     event log's advisory lock, which writers hold shared from drawing an id to
-    their commit, is taken exclusively. Keep the block to reads: writers wait
-    while it is open.
+    their commit, is taken exclusively. Writers wait while it is open: keep it
+    to one quick read, as :func:`last_event_id` does.
     """
     if connection.vendor != "postgresql":
         # SQLite: BEGIN IMMEDIATE serializes writers already; no transaction here,
@@ -300,18 +302,25 @@ def event_log_barrier() -> Iterator[None]:
         yield
 
 
-def events_after(last_id: int, *, team_id: int | None = None, limit: int = 500) -> list[Event]:
-    """Events with id greater than ``last_id``, in id order, read behind the
-    :func:`event_log_barrier`: none will later commit below the last one."""
-    queryset = Event.objects.filter(id__gt=last_id).order_by("id")
-    if team_id is not None:
-        queryset = queryset.filter(team_id=team_id)
-    with event_log_barrier():
-        return list(queryset[:limit])
-
-
 def last_event_id() -> int:
-    """The largest event id, read behind the :func:`event_log_barrier`: every event
-    up to it has committed, so what is read after this includes them all."""
+    """The largest event id, read behind the :func:`event_log_barrier`.
+
+    Every event up to it has committed (or never will), and every event
+    committed later has a larger id: the events up to it are a settled prefix
+    of the log, which can be read afterwards without holding anything.
+    """
     with event_log_barrier():
         return Event.objects.aggregate(last=Max("id"))["last"] or 0
+
+
+def events_after(
+    last_id: int, *, team_id: int | None = None, limit: int = 500, upto: int | None = None
+) -> list[Event]:
+    """Events with id greater than ``last_id`` and at most ``upto`` (default: the
+    :func:`last_event_id` now), in id order: none will later commit below them."""
+    if upto is None:
+        upto = last_event_id()
+    queryset = Event.objects.filter(id__gt=last_id, id__lte=upto).order_by("id")
+    if team_id is not None:
+        queryset = queryset.filter(team_id=team_id)
+    return list(queryset[:limit])

@@ -10,8 +10,9 @@ they commit. Writer X can draw id 10, writer Y id 11, and Y commit first; a read
 between the two commits returns 11 and moves ``last`` past 10, so event 10,
 committed a moment later, is never seen. Writers take the event log's advisory
 lock shared before drawing an id (the trigger of migration 0007) and hold it
-until commit; ``events_after`` reads behind ``event_log_barrier``, which takes it
-exclusively, so it waits for X's commit before reading. (Checked by reading
+until commit; ``events_after`` reads up to ``last_event_id``, which is read
+behind ``event_log_barrier`` (the lock taken exclusively): it waits for X's
+commit, and every event committed after it has a larger id. (Checked by reading
 with a plain query instead: the test then fails, with 35-44 of about 740 ids
 missing from what the reader saw.)
 """

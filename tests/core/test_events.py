@@ -98,10 +98,21 @@ def _advisory_lock_waiters() -> int:
         return cursor.fetchone()[0]
 
 
-def test_writers_share_the_event_log_and_a_reader_waits_for_both() -> None:
+def _replay(start: int) -> list[int]:
+    return [event.id for event in events_after(start)]
+
+
+def _timeline(start: int) -> list[int]:
+    from orchestrator.dashboard.selectors.timeline import events_filtered
+
+    return sorted(event.id for event in events_filtered() if event.id > start)
+
+
+@pytest.mark.parametrize("reader", [_replay, _timeline], ids=["replay", "timeline"])
+def test_writers_share_the_event_log_and_a_reader_waits_for_both(reader) -> None:
     """Two writers insert events side by side (the first still open while the second
-    commits); a reader following ids waits until the first has committed, then sees
-    both, in id order."""
+    commits); a reader following ids (a replay, the timeline page) waits until the
+    first has committed, then sees both, in id order."""
     import threading
 
     from django.db import connection
@@ -130,9 +141,9 @@ def test_writers_share_the_event_log_and_a_reader_waits_for_both() -> None:
         finally:
             connection.close()
 
-    def reader() -> None:
+    def read_log() -> None:
         try:
-            read.extend(event.id for event in events_after(start))
+            read.extend(reader(start))
         finally:
             connection.close()
 
@@ -143,7 +154,7 @@ def test_writers_share_the_event_log_and_a_reader_waits_for_both() -> None:
         threads.append(threading.Thread(target=second_writer))
         threads[1].start()
         assert second_done.wait(deadline), "the second writer waited for the first"
-        threads.append(threading.Thread(target=reader))
+        threads.append(threading.Thread(target=read_log))
         threads[2].start()
         # The reader parks on the barrier (a TimeoutError here if it did not wait).
         wait_until(_advisory_lock_waiters, timeout=deadline, what="the reader waiting")

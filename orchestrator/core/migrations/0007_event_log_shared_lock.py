@@ -4,10 +4,10 @@ Migration 0002's trigger took the event log's advisory lock exclusively before
 drawing each event id and held it until commit, so the transactions that
 write events committed one at a time. Now the trigger takes it *shared*:
 writers still hold it from drawing an id until they commit, but side by side.
-Readers that follow ids take it exclusively (``events.event_log_barrier``):
-that waits until every writer that has drawn an id has committed and holds
-new writers off until the read is done, so a reader that has seen id N still
-never later sees a new id below N appear. Measured by bench/locks.py, in turns
+Readers that follow ids read up to the largest id, read while holding it
+exclusively (``events.last_event_id``): that waits until every writer that
+has drawn an id has committed, and every id drawn after it is larger, so a
+reader that has seen id N still never later sees a new id below N appear. Measured by bench/locks.py, in turns
 in one run: 8 processes on 10,000 cold resources +17%, on 10 hot ones +8%.
 """
 

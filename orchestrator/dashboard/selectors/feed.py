@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.events import event_log_barrier, event_message, events_after, last_event_id
+from orchestrator.core.events import event_message, events_after, last_event_id
 from orchestrator.core.locks import db_now
 from orchestrator.dashboard.selectors.board import board_patch, board_snapshot
 
@@ -33,11 +33,10 @@ def feed_delta(*, since: int, limit: int | None = None) -> dict[str, Any] | None
     ``limit`` (default REPLAY_LIMIT) events to replay, or ``since`` beyond the end of the log.
     """
     limit = REPLAY_LIMIT if limit is None else limit
-    with event_log_barrier():  # one barrier for both reads; writers wait while it is held
-        if since > last_event_id():
-            return None
-        rows = events_after(since, limit=limit + 1)
-    events = [event_message(event) for event in rows]
+    upto = last_event_id()
+    if since > upto:
+        return None
+    events = [event_message(event) for event in events_after(since, limit=limit + 1, upto=upto)]
     if len(events) > limit:
         return None
     return {

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 
 from django.db.models import QuerySet
 
+from orchestrator.core.events import last_event_id
 from orchestrator.core.models import Agent, Event, Lock, Resource, Team
 
 EVENTS_LIMIT = 200
@@ -21,11 +22,13 @@ def events_filtered(
     actor: str = "",
     limit: int = EVENTS_LIMIT,
 ) -> list[Event]:
-    """The newest ``limit`` matching events, newest first.
+    """The newest ``limit`` matching events, newest first, up to the
+    :func:`~orchestrator.core.events.last_event_id`: no event will later commit
+    below the newest one shown, so the page's live feed can go on from it.
 
     ``kind`` matches a prefix ("lock." is every lock event); ``actor`` a substring.
     """
-    queryset: QuerySet[Event] = Event.objects.all()
+    queryset: QuerySet[Event] = Event.objects.filter(id__lte=last_event_id())
     if kind:
         queryset = queryset.filter(kind__startswith=kind)
     if team is not None:
