@@ -124,6 +124,17 @@ async def test_the_middleware_chain_runs_in_one_thread_and_still_applies() -> No
     # Loaded in sync mode: the chain is one call, not a hand-off per middleware hook.
     assert isinstance(django_asgi_app, OneHopASGIHandler)
     assert not asyncio.iscoroutinefunction(django_asgi_app._middleware_chain)
+    # An async-only middleware would be wrapped in async_to_sync and split the chain
+    # (ServeStatic's did): every middleware must be able to run sync.
+    from django.conf import settings
+    from django.utils.module_loading import import_string
+
+    async_only = [
+        path
+        for path in settings.MIDDLEWARE
+        if not getattr(import_string(path), "sync_capable", True)
+    ]
+    assert async_only == []
     # ... and every middleware still does its work: security headers, CSRF cookie.
     start, body = await asgi_call("/login/", token="")
     headers = {name.decode().lower(): value.decode() for name, value in start["headers"]}
