@@ -84,6 +84,7 @@ def lock_steps(ids: Iterable[int]) -> list[Step]:
 
 
 def columns(model: type[Model], alias: str) -> str:
+    """The select list of every column of ``model`` under table alias ``alias``."""
     return ", ".join(f'{alias}."{field.column}"' for field in model._meta.concrete_fields)
 
 
@@ -95,6 +96,26 @@ def instance(model: type[Model], values: list[Any]) -> Model:
         for field, value in zip(fields, values, strict=True)
     ]
     return model.from_db(connection.alias, [field.attname for field in fields], converted)
+
+
+def one_row_as(
+    sql: str, params: list[Any], *models: type[Model]
+) -> tuple[list[Model], list[Any]] | None:
+    """Run ``sql``, whose select list is the :func:`columns` of each of ``models`` in
+    turn, then any other values; return the models' instances built from its one
+    row, and the other values. None if there is no row."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    values = list(row)
+    instances = []
+    for model in models:
+        width = len(model._meta.concrete_fields)
+        instances.append(instance(model, values[:width]))
+        values = values[width:]
+    return instances, values
 
 
 @functools.cache
@@ -138,18 +159,10 @@ def lock_step_in_context(step_id: int) -> Step | None:
         if step is not None:
             step.run_team_paused = step.run.team.paused
         return step
-    with connection.cursor() as cursor:
-        cursor.execute(_step_in_context_sql(), [step_id])
-        row = cursor.fetchone()
-    if row is None:
+    found = one_row_as(_step_in_context_sql(), [step_id], Step, Agent, Team, Run)
+    if found is None:
         return None
-    values = list(row)
-    parts = []
-    for model in (Step, Agent, Team, Run):
-        width = len(model._meta.concrete_fields)
-        parts.append(instance(model, values[:width]))
-        values = values[width:]
-    step, agent, team, run = parts
+    (step, agent, team, run), values = found
     agent.team = team
     step.agent, step.run = agent, run
     step.run_team_paused, step.system_paused, step.agent_holds_locks = values

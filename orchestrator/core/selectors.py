@@ -11,7 +11,7 @@ from django.db.models import QuerySet
 from orchestrator.core import wakeups
 from orchestrator.core.errors import Forbidden, NotFound
 from orchestrator.core.models import Agent, Conflict, Lock, LockRequest, RequestStatus, Resource
-from orchestrator.core.rowlocks import columns, instance
+from orchestrator.core.rowlocks import columns, one_row_as
 
 CONFLICTS_LIMIT = 200
 
@@ -55,22 +55,14 @@ def lock_request_with_lock(request_id: int) -> LockRequest | None:
             .filter(pk=request_id)
             .first()
         )
-    with connection.cursor() as cursor:
-        cursor.execute(_lock_request_sql(), [request_id])
-        row = cursor.fetchone()
-    if row is None:
+    found = one_row_as(_lock_request_sql(), [request_id], LockRequest, Resource, Lock)
+    if found is None:
         return None
-    values = list(row)
-    request_width = len(LockRequest._meta.concrete_fields)
-    resource_width = len(Resource._meta.concrete_fields)
-    request = instance(LockRequest, values[:request_width])
-    resource = instance(Resource, values[request_width : request_width + resource_width])
+    (request, resource, lock), _ = found
     request.resource = resource
-    lock_values = values[request_width + resource_width :]
-    if lock_values[0] is None:  # no lock (LEFT JOIN): the request is not granted
+    if lock.pk is None:  # no lock (LEFT JOIN): the request is not granted
         request.lock = None
     else:
-        lock = instance(Lock, lock_values)
         lock.resource = resource
         request.lock = lock
     return request

@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from orchestrator.core.events import actor_name, event_emit, service
 from orchestrator.core.models import Agent, Team
-from orchestrator.core.rowlocks import columns, instance
+from orchestrator.core.rowlocks import columns, one_row_as
 
 TOKEN_PREFIX = "orc_"  # noqa: S105 (a public prefix, not a secret)
 
@@ -83,12 +83,9 @@ def _agent_with_team(digest: str) -> Agent | None:
     """
     if connection.vendor != "postgresql":
         return Agent.objects.select_related("team").filter(token_hash=digest).first()
-    with connection.cursor() as cursor:
-        cursor.execute(_agent_by_hash_sql(), [digest])
-        row = cursor.fetchone()
-    if row is None:
+    found = one_row_as(_agent_by_hash_sql(), [digest], Agent, Team)
+    if found is None:
         return None
-    width = len(Agent._meta.concrete_fields)
-    agent = instance(Agent, list(row[:width]))
-    agent.team = instance(Team, list(row[width:]))
+    (agent, team), _ = found
+    agent.team = team
     return agent
