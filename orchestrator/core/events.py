@@ -39,6 +39,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from orchestrator.core.models import Agent, Event, Team
+from orchestrator.core.rowlocks import advisory_xact_lock
 
 logger = logging.getLogger(__name__)
 
@@ -297,8 +298,7 @@ def event_log_barrier() -> Iterator[None]:
         yield
         return
     with transaction.atomic(savepoint=False):
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [EVENT_LOG_LOCK_KEY])
+        advisory_xact_lock(EVENT_LOG_LOCK_KEY)
         yield
 
 

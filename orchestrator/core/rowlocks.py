@@ -72,10 +72,18 @@ def lock_run_ending(run_id: int) -> None:
     one's step closed. An advisory lock, not the Run row: a transaction that
     holds the Run row (run_cancel) waits for resources that this caller may hold.
     """
+    advisory_xact_lock(RUN_ENDING_LOCK_CLASS, run_id)
+
+
+def advisory_xact_lock(*key: int) -> None:
+    """Take PostgreSQL's transaction-level advisory lock ``key`` (one or two
+    integers) exclusively, until commit. Nothing on SQLite, where BEGIN IMMEDIATE
+    serializes writers already."""
     if connection.vendor != "postgresql":
-        return  # SQLite: BEGIN IMMEDIATE serializes writers already
+        return
+    placeholders = ", ".join(["%s"] * len(key))
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [RUN_ENDING_LOCK_CLASS, run_id])
+        cursor.execute(f"SELECT pg_advisory_xact_lock({placeholders})", list(key))
 
 
 def lock_steps(ids: Iterable[int]) -> list[Step]:
