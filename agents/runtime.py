@@ -521,15 +521,23 @@ def _complete(step: Step, *, finished: bool) -> str:
     step.save(update_fields=["tool_calls", "transcript", "status", "finished_at"])
     event_emit("step.done", agent=step.agent, subject=step, payload=_summary(step))
     run = step.run  # read with the step's row lock (lock_step_in_context)
+    limit = step_limit(run, step.agent)
     if finished:
         _agent_ends(step, AgentStatus.DONE, "finished")
-    elif step.number >= run.max_steps:
-        _agent_ends(step, AgentStatus.FAILED, f"reached its step limit ({run.max_steps})")
+    elif step.number >= limit:
+        _agent_ends(step, AgentStatus.FAILED, f"reached its step limit ({limit})")
     elif run.status == Run.Status.CANCELLED:
         pass
     else:
         create_step(run_id=step.run_id, agent_id=step.agent_id, number=step.number + 1)
     return step.status
+
+
+def step_limit(run: Run, agent: Agent) -> int:
+    """How many steps ``agent`` may take in ``run``: the run's limit, or the agent's own
+    ``max_steps`` (its backend config) when that is smaller."""
+    own = agent.config.get("max_steps") if isinstance(agent.config, dict) else None
+    return min(run.max_steps, own) if isinstance(own, int) else run.max_steps
 
 
 def _agent_ends(step: Step, status: str, why: str) -> None:

@@ -55,6 +55,16 @@ def _text(config: dict[str, Any], key: str, default: str = "", max_length: int =
     return value
 
 
+def _optional_max_steps(config: dict[str, Any], cleaned: dict[str, Any]) -> dict[str, Any]:
+    """``max_steps``, when given, caps the agent's steps in any run (the run's own limit
+    still applies: the smaller one wins). Left out, only the run's limit counts."""
+    if "max_steps" in config:
+        cleaned["max_steps"] = _integer(config, "max_steps", 1, 1_000_000, 50)
+    else:
+        cleaned.pop("max_steps", None)
+    return cleaned
+
+
 def validate_scripted(config: dict[str, Any]) -> dict[str, Any]:
     """``{"script": [{"tool": ..., "args": {...}}, ...], "seed"?, "think": [lo, hi]?}``."""
     _unknown_keys(config, {"script", "seed", "think", "max_steps", "loop"})
@@ -78,7 +88,7 @@ def validate_scripted(config: dict[str, Any]) -> dict[str, Any]:
         raise ValidationError("'think' must be [min, max] seconds with 0 <= min <= max <= 60.")
     cleaned = dict(config)
     cleaned["seed"] = _integer(config, "seed", 0, 2**63 - 1, 0)
-    cleaned["max_steps"] = _integer(config, "max_steps", 1, 100000, 200)
+    _optional_max_steps(config, cleaned)
     if not isinstance(config.get("loop", False), bool):
         raise ValidationError("'loop' must be true or false.")
     return cleaned
@@ -102,14 +112,14 @@ def validate_openai(config: dict[str, Any]) -> dict[str, Any]:
             "'api_key_env' is the NAME of an environment variable (like OPENAI_API_KEY), "
             "never the key itself."
         )
-    return {
+    cleaned = {
         "model": model,
         "base_url": base_url,
         "api_key_env": api_key_env,
         "temperature": _number(config, "temperature", 0.0, 2.0, 0.2),
         "system_prompt": _text(config, "system_prompt"),
-        "max_steps": _integer(config, "max_steps", 1, 10000, 50),
     }
+    return _optional_max_steps(config, cleaned)
 
 
 def validate_python(config: dict[str, Any]) -> dict[str, Any]:
@@ -121,11 +131,7 @@ def validate_python(config: dict[str, Any]) -> dict[str, Any]:
     options = config.get("options", {})
     if not isinstance(options, dict):
         raise ValidationError("'options' must be an object.")
-    return {
-        "callable": target,
-        "options": options,
-        "max_steps": _integer(config, "max_steps", 1, 100000, 50),
-    }
+    return _optional_max_steps(config, {"callable": target, "options": options})
 
 
 VALIDATORS = {

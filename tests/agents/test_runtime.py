@@ -275,3 +275,20 @@ def test_the_last_two_agents_finishing_at_once_end_the_run(queue, monkeypatch) -
     run.refresh_from_db()
     assert run.status == Run.Status.FINISHED
     assert Event.objects.filter(kind="run.finished", subject_id=run.pk).count() == 1
+
+
+@pytest.mark.parametrize(("agent_limit", "run_limit", "steps"), [(2, 10, 2), (10, 3, 3)])
+def test_the_smaller_of_the_agents_and_the_runs_step_limit_applies(
+    queue, agent_limit: int, run_limit: int, steps: int
+) -> None:
+    team = factories.team()
+    resource_create(name="counter", value=0)
+    # One increment per step, for ever: only a step limit ends the agent.
+    agent = scripted(team, "looper", COUNTER_SCRIPT, loop=True, max_steps=agent_limit)
+    run = run_start(team=team, goal="count", max_steps=run_limit)
+    drain()
+    agent.refresh_from_db()
+    assert agent.status == "failed"
+    assert Step.objects.filter(run=run, agent=agent).count() == steps
+    why = Event.objects.get(kind="agent.failed", subject_id=agent.pk).payload["why"]
+    assert why == f"reached its step limit ({steps})"
