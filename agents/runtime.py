@@ -34,13 +34,13 @@ from typing import Any
 import django_rq
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
 from agents.backends import BackendError, StepContext, ToolCall, get_backend
 from agents.tools import TOOL_SPECS
 from orchestrator.core import wakeups
-from orchestrator.core.errors import ProtocolError
+from orchestrator.core.errors import Conflicting, Invalid, ProtocolError
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.hotpath import StopState, journal_step
 from orchestrator.core.models import (
@@ -75,6 +75,8 @@ QUEUE = "steps"
 # whose write can never apply loops until its step limit instead of giving up.
 TRANSCRIPT_WINDOW = 80
 HEARTBEAT_SECONDS = 5.0
+# A step in one of these is not over: its agent is still at work in that run.
+OPEN_STEP_STATUSES = (Step.Status.QUEUED, Step.Status.RUNNING, Step.Status.WAITING)
 User = AbstractBaseUser | AnonymousUser | None
 
 
@@ -131,8 +133,33 @@ def run_start(
     """Create a run and enqueue the first step of each of its agents (after commit).
 
     ``unguarded`` bypasses the protocol for this run's tool calls (agents.tools_exec).
+    Refuses, leaving nothing behind, a run without agents, an agent of another team,
+    and an agent still taking steps in another active run (checked with the agents'
+    rows locked, so two operators starting runs at once cannot both take an agent).
     """
     members = agents if agents is not None else list(team.agents.order_by("pk"))
+    if not members:
+        raise Invalid("no_agents", f"Team {team.name} has no agents: add some in the admin first.")
+    strangers = [a.name for a in members if a.team_id != team.pk]
+    if strangers:
+        raise Invalid(
+            "agent_not_in_team", f"Not agents of team {team.name}: {', '.join(strangers)}."
+        )
+    members = lock_agents(a.pk for a in members)
+    busy = (
+        Step.objects.filter(
+            agent__in=members,
+            status__in=OPEN_STEP_STATUSES,
+            run__status__in=[Run.Status.RUNNING, Run.Status.PAUSED],
+        )
+        .values_list("agent__name", "run_id")
+        .order_by("agent__name")
+        .first()
+    )
+    if busy is not None:
+        raise Conflicting(
+            "agent_busy", f"Agent {busy[0]} is still taking steps in run #{busy[1]}.", run=busy[1]
+        )
     run = Run.objects.create(
         team=team,
         goal=goal,
@@ -143,7 +170,7 @@ def run_start(
         created_by=user if user is not None and user.is_authenticated else None,
         started_at=timezone.now(),
     )
-    for agent in lock_agents(a.pk for a in members):
+    for agent in members:
         agent.status = AgentStatus.RUNNING
         agent.save(update_fields=["status"])
         create_step(run_id=run.pk, agent_id=agent.pk, number=1)
@@ -557,10 +584,7 @@ def _agent_ends(step: Step, status: str, why: str) -> None:
 
 def _maybe_end_run(run_id: int) -> None:
     lock_run_ending(run_id)
-    open_steps = Step.objects.filter(run_id=run_id).filter(
-        Q(status__in=[Step.Status.QUEUED, Step.Status.RUNNING, Step.Status.WAITING])
-    )
-    if open_steps.exists():
+    if Step.objects.filter(run_id=run_id, status__in=OPEN_STEP_STATUSES).exists():
         return
     run = Run.objects.get(pk=run_id)
     if run.status != Run.Status.RUNNING:

@@ -292,3 +292,28 @@ def test_the_smaller_of_the_agents_and_the_runs_step_limit_applies(
     assert Step.objects.filter(run=run, agent=agent).count() == steps
     why = Event.objects.get(kind="agent.failed", subject_id=agent.pk).payload["why"]
     assert why == f"reached its step limit ({steps})"
+
+
+def test_a_run_is_refused_without_agents_with_a_stranger_or_with_a_busy_agent(queue) -> None:
+    from orchestrator.core.errors import ProtocolError
+
+    empty, team, other = factories.team(), factories.team(), factories.team()
+    member = scripted(team, "member", COUNTER_SCRIPT)
+    stranger = scripted(other, "stranger", COUNTER_SCRIPT)
+    with pytest.raises(ProtocolError) as refused:
+        run_start(team=empty, goal="nobody")
+    assert refused.value.code == "no_agents"
+    with pytest.raises(ProtocolError) as refused:
+        run_start(team=team, goal="mixed", agents=[member, stranger])
+    assert refused.value.code == "agent_not_in_team"
+    first = run_start(team=team, goal="first")
+    with pytest.raises(ProtocolError) as refused:
+        run_start(team=team, goal="second")
+    assert (refused.value.code, refused.value.status) == ("agent_busy", 409)
+    assert f"run #{first.pk}" in refused.value.detail
+    # Refusals leave nothing behind: one run, one queued first step.
+    assert list(Run.objects.values_list("pk", flat=True)) == [first.pk]
+    assert queue.count == 1
+    drain()  # once the first run is over, its agent may start another
+    run_start(team=team, goal="second")
+    assert Run.objects.count() == 2
