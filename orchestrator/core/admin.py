@@ -15,6 +15,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 
 from orchestrator.core.backends import validate_backend_config
@@ -228,13 +229,22 @@ class StepInline(admin.TabularInline):
 
 
 @admin.register(Run)
-class RunAdmin(admin.ModelAdmin):
+class RunAdmin(ReadOnlyAdmin):
+    """Runs are read-only here: a run starts through the runtime's ``run_start`` (it
+    enqueues the first steps), so "Add run" opens the dashboard's New run form, and
+    pausing or cancelling is on the run's dashboard page."""
+
     list_display = ["id", "team", "status", "paused", "created_by", "created_at", "finished_at"]
     list_filter = ["status", "paused", "team"]
     search_fields = ["goal", "team__name"]
-    readonly_fields = ["status", "paused", "created_by", "started_at", "finished_at"]
     inlines = [StepInline]
     list_select_related = ["team", "created_by"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return admin.ModelAdmin.has_add_permission(self, request)
+
+    def add_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        return redirect("dashboard:run-new")
 
 
 @admin.register(Step)

@@ -16,6 +16,8 @@ from orchestrator.core.models import Agent, ConflictKind, ConflictStatus, Team
 
 NOTE_MAX = 5000
 EDITED_VALUE_MAX = 1_000_000
+GOAL_MAX = 5000
+RUN_STEPS_MAX = 1_000_000
 
 
 class PauseForm(forms.Form):
@@ -70,6 +72,53 @@ class DecisionForm(forms.Form):
                     cleaned["parsed_value"] = json.loads(raw)
                 except ValueError as exc:
                     self.add_error("value", f"This is not valid JSON: {exc}")
+        return cleaned
+
+
+class RunStartForm(forms.Form):
+    """A new run of a team toward a goal. No agent ticked means every agent of the team."""
+
+    team = forms.ModelChoiceField(queryset=Team.objects.order_by("name"), empty_label=None)
+    goal = forms.CharField(
+        max_length=GOAL_MAX,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="What the agents work toward; each agent sees it at every step.",
+    )
+    max_steps = forms.IntegerField(
+        label="Step limit",
+        min_value=1,
+        max_value=RUN_STEPS_MAX,
+        initial=50,
+        help_text="Steps per agent; an agent that reaches it fails. An agent's own max_steps "
+        "(its backend config) applies when smaller.",
+    )
+    agents = forms.ModelMultipleChoiceField(
+        queryset=Agent.objects.order_by("name"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked to run every agent of the team.",
+    )
+    seed = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=2**63 - 1,
+        help_text="Seeds scripted agents' random choices, to replay a run; empty for none.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        team, chosen = cleaned.get("team"), cleaned.get("agents")
+        if team is None or chosen is None:
+            return cleaned
+        strangers = [agent.name for agent in chosen if agent.team_id != team.pk]
+        if strangers:
+            self.add_error(
+                "agents", f"Not agents of team {team.name}: {', '.join(sorted(strangers))}."
+            )
+        elif not chosen and not team.agents.exists():
+            self.add_error(
+                "team", f"Team {team.name} has no agents yet: add them in the admin first."
+            )
         return cleaned
 
 

@@ -16,6 +16,7 @@ urlpatterns = [
     path("conflicts/", pages.conflicts_view, name="conflicts"),
     path("timeline/", pages.timeline_view, name="timeline"),
     path("runs/<int:run_id>/", pages.run_view, name="run"),
+    path("runs/new/", actions.run_new, name="run-new"),
     # Operator actions: POST only, operators only.
     path("actions/pause-everything", actions.system_pause, name="system-pause"),
     path("actions/teams/<int:team_id>/pause", actions.team_pause, name="team-pause"),

@@ -110,7 +110,10 @@ function renderTeams(state) {
       h("td", {}, team.deadlock_policy.replaceAll("_", " ")),
       h("td", {}, team.conflict_policy.replaceAll("_", " ")),
       h("td", {}, statusChip(team.paused ? "paused" : "running")),
-      h("td", {}, canOperate ? pauseForm(`/actions/teams/${team.id}/pause`, team.paused, `team ${team.name}`) : null));
+      h("td", {}, canOperate ? [
+        pauseForm(`/actions/teams/${team.id}/pause`, team.paused, `team ${team.name}`), " ",
+        h("a", { class: "button small", href: `/runs/new/?team=${encodeURIComponent(team.id)}`, "aria-label": `New run of team ${team.name}` }, "New run"),
+      ] : null));
   });
   if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No team yet.")));
   teamsBody.replaceChildren(...rows);

@@ -77,6 +77,7 @@ def test_viewers_get_403_for_every_action_and_nothing_changes(viewer_client: Cli
         reverse("dashboard:lock-release", args=[1]),
         reverse("dashboard:deadlock-break", args=[1]),
         reverse("dashboard:approval-decide", args=[1]),
+        reverse("dashboard:run-new"),
     ]
     for url in urls:
         page = viewer_client.post(url, {"paused": "1"})
@@ -85,6 +86,7 @@ def test_viewers_get_403_for_every_action_and_nothing_changes(viewer_client: Cli
         data = viewer_client.post(url, {"paused": "1"}, **JSON)
         assert data.status_code == 403
         assert data.json()["error"] == "operators_only"
+    assert viewer_client.get(reverse("dashboard:run-new")).status_code == 403
     assert not Event.objects.filter(user__isnull=False).exists()
 
 

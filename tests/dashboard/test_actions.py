@@ -119,6 +119,115 @@ def test_cancel_a_run(operator_client: Client, redis_conn) -> None:
     assert missing.status_code == 404
 
 
+def test_start_a_run_from_the_new_run_form(operator, operator_client: Client, redis_conn) -> None:
+    import django_rq
+    from rq import SimpleWorker
+
+    team, other = factories.team(name="desk"), factories.team(name="elsewhere")
+    ann = factories.agent(team_=team, name="ann", role="books rooms")
+    factories.agent(team_=team, name="bob")
+    factories.agent(team_=other, name="stranger")
+    form = operator_client.get(reverse("dashboard:run-new") + f"?team={team.pk}")
+    assert form.status_code == 200
+    page = form.content.decode()
+    assert f'<option value="{team.pk}" selected>desk</option>' in page
+    assert f'data-team="{team.pk}"' in page and "books rooms" in page
+    # The form's own CSRF token, as a browser sends it.
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(operator)
+    client.get(reverse("dashboard:run-new"))
+    data = {"team": team.pk, "goal": "Book room 1 at 9", "max_steps": "7", "agents": [ann.pk]}
+    assert client.post(reverse("dashboard:run-new"), data).status_code == 403  # no token
+    assert not Run.objects.exists()
+    data["csrfmiddlewaretoken"] = client.cookies["csrftoken"].value
+    response = client.post(reverse("dashboard:run-new"), data)
+    run = Run.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == reverse("dashboard:run", args=[run.pk])
+    assert (run.team, run.goal, run.max_steps, run.status) == (
+        team,
+        "Book room 1 at 9",
+        7,
+        "running",
+    )
+    assert run.created_by == operator
+    assert_event_names("run.started", "olivia")
+    assert list(run.steps.values_list("agent__name", "number", "status")) == [("ann", 1, "queued")]
+    assert django_rq.get_queue("steps").count == 1  # the first step is enqueued
+    shown = client.get(response["Location"]).content.decode()
+    assert f"Run #{run.pk} started: 1 agent, first steps queued." in shown
+    django_rq.get_worker("steps", worker_class=SimpleWorker).work(burst=True)
+    run.refresh_from_db()
+    assert run.status == "finished"  # the default script calls finish
+    # No agent ticked: every agent of the team.
+    everyone = operator_client.post(
+        reverse("dashboard:run-new"), {"team": team.pk, "goal": "all", "max_steps": 5}, **JSON
+    )
+    assert everyone.status_code == 201, everyone.content
+    started = Run.objects.get(pk=everyone.json()["run"])
+    assert sorted(started.steps.values_list("agent__name", flat=True)) == ["ann", "bob"]
+
+
+def test_bad_new_run_input_gets_form_errors_and_starts_nothing(operator_client: Client) -> None:
+    team, empty = factories.team(name="desk"), factories.team(name="empty")
+    factories.agent(team_=team, name="ann")
+    stranger = factories.agent(name="stranger")
+    url = reverse("dashboard:run-new")
+    good = {"team": team.pk, "goal": "go", "max_steps": 5}
+    cases = [
+        ({**good, "goal": ""}, "goal", "This field is required."),
+        ({**good, "max_steps": 0}, "max_steps", "greater than or equal to 1"),
+        ({**good, "max_steps": "many"}, "max_steps", "Enter a whole number."),
+        ({**good, "team": 424242}, "team", "Select a valid choice."),
+        ({**good, "agents": [stranger.pk]}, "agents", "Not agents of team desk: stranger."),
+        ({**good, "team": empty.pk}, "team", "Team empty has no agents yet"),
+        ({**good, "seed": -1}, "seed", "greater than or equal to 0"),
+        ({**good, "goal": "x" * 5001}, "goal", "at most 5000 characters"),
+    ]
+    for data, field, message in cases:
+        page = operator_client.post(url, data)
+        assert page.status_code == 400, (data, page.status_code)
+        assert message in page.content.decode(), (field, message)
+        answer = operator_client.post(url, data, **JSON)
+        assert answer.status_code == 400
+        assert any(message in error for error in answer.json()["errors"][field]), answer.json()
+    assert not Run.objects.exists()
+    assert not Event.objects.filter(kind="run.started").exists()
+
+
+def test_a_new_run_with_a_busy_agent_is_refused_on_the_form(
+    operator_client: Client, redis_conn
+) -> None:
+    team = factories.team(name="desk")
+    factories.agent(team_=team, name="ann")
+    first = run_start(team=team, goal="first")
+    data = {"team": team.pk, "goal": "second", "max_steps": 5}
+    page = operator_client.post(reverse("dashboard:run-new"), data)
+    assert page.status_code == 409
+    assert f"Agent ann is still taking steps in run #{first.pk}." in page.content.decode()
+    answer = operator_client.post(reverse("dashboard:run-new"), data, **JSON)
+    assert (answer.status_code, answer.json()["error"]) == (409, "agent_busy")
+    assert list(Run.objects.values_list("pk", flat=True)) == [first.pk]
+
+
+def test_the_admin_adds_runs_through_the_dashboard_form_and_shows_them_read_only(
+    redis_conn,
+) -> None:
+    admin = builders.client_for(factories.superuser())
+    add = admin.get(reverse("admin:core_run_add"))
+    assert add.status_code == 302 and add["Location"] == reverse("dashboard:run-new")
+    team = factories.team()
+    factories.agent(team_=team)
+    run = run_start(team=team, goal="watch me")
+    change = admin.get(reverse("admin:core_run_change", args=[run.pk]))
+    assert change.status_code == 200
+    assert b'name="goal"' not in change.content  # nothing to edit by hand
+    posted = admin.post(reverse("admin:core_run_change", args=[run.pk]), {"goal": "changed"})
+    assert posted.status_code == 403
+    run.refresh_from_db()
+    assert run.goal == "watch me"
+
+
 # --- locks ----------------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.contrib.auth.views import redirect_to_login
 from django.http import HttpRequest, HttpResponse
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from orchestrator.dashboard.permissions import can_operate, can_watch
 from orchestrator.dashboard.views.errors import refuse, wants_json
@@ -42,10 +42,7 @@ def watcher_required(view: View) -> View:
     return wrapped
 
 
-def operator_required(view: View) -> View:
-    """POST only, signed in, in the operators group; viewers get a 403 that says why."""
-
-    @require_POST
+def _operators_only(view: View) -> View:
     @functools.wraps(view)
     def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not request.user.is_authenticated:
@@ -61,3 +58,13 @@ def operator_required(view: View) -> View:
         return view(request, *args, **kwargs)
 
     return wrapped
+
+
+def operator_required(view: View) -> View:
+    """POST only, signed in, in the operators group; viewers get a 403 that says why."""
+    return require_POST(_operators_only(view))
+
+
+def operator_form(view: View) -> View:
+    """A page with an operator's form: GET shows it, POST acts; operators only."""
+    return require_http_methods(["GET", "POST"])(_operators_only(view))

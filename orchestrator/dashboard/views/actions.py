@@ -14,11 +14,11 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect
+from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from agents.runtime import run_cancel
+from agents.runtime import run_cancel, run_start
 from orchestrator.core.approvals import approval_decide
 from orchestrator.core.control import (
     agents_set_paused,
@@ -34,9 +34,10 @@ from orchestrator.dashboard.forms import (
     DecisionForm,
     ForceReleaseForm,
     PauseForm,
+    RunStartForm,
 )
 from orchestrator.dashboard.selectors import lookups
-from orchestrator.dashboard.views.access import operator_required
+from orchestrator.dashboard.views.access import operator_form, operator_required
 from orchestrator.dashboard.views.errors import refuse, wants_json
 from orchestrator.dashboard.views.pages import approvals_page
 
@@ -155,6 +156,43 @@ def run_cancel_view(request: HttpRequest, run_id: int) -> HttpResponse:
         return f"Run #{run.pk} cancelled: its agents' locks and waits are released."
 
     return perform(request, forms.Form(request.POST), act)
+
+
+@operator_form
+def run_new(request: HttpRequest) -> HttpResponse:
+    """Start a run of a team: its agents' first steps are enqueued when it commits. A
+    refusal (an agent still busy in another run) is shown on the form, like its errors."""
+    if request.method == "GET":
+        form = RunStartForm(initial={"team": request.GET.get("team")})
+        return _run_form(request, form)
+    form = RunStartForm(request.POST)
+    if not form.is_valid():
+        return invalid(request, form) if wants_json(request) else _run_form(request, form, 400)
+    data = form.cleaned_data
+    try:
+        run = run_start(
+            team=data["team"],
+            goal=data["goal"],
+            agents=list(data["agents"]) or None,
+            max_steps=data["max_steps"],
+            seed=data["seed"],
+            user=request.user,
+        )
+    except ProtocolError as exc:
+        if wants_json(request):
+            return refused(request, exc)
+        form.add_error(None, exc.detail)
+        return _run_form(request, form, exc.status)
+    agents = run.steps.count()
+    detail = f"Run #{run.pk} started: {agents} agent{'s'[: agents != 1]}, first steps queued."
+    if wants_json(request):
+        return JsonResponse({"ok": True, "detail": detail, "run": run.pk}, status=201)
+    messages.success(request, detail)
+    return redirect("dashboard:run", run_id=run.pk)
+
+
+def _run_form(request: HttpRequest, form: RunStartForm, status: int = 200) -> HttpResponse:
+    return render(request, "dashboard/run_new.html", {"form": form}, status=status)
 
 
 @operator_required
