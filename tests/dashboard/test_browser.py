@@ -141,6 +141,42 @@ def test_a_lock_taken_through_the_api_appears_on_the_resources_page_within_a_sec
     expect(page.locator('[data-count="approvals"]')).to_have_text("1", timeout=5000)
 
 
+def test_a_run_started_from_the_overview_makes_progress(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    from agents.scenarios import increment_script
+
+    builders.operator("olivia")
+    team = factories.team(name="ticket desk")
+    resource_create(name="sold", value=0, team=team)
+    for name in ("seller-1", "seller-2", "seller-3"):
+        factories.agent(
+            team_=team,
+            name=name,
+            role="You sell tickets: add one to the counter each turn.",
+            config={"script": increment_script("sold") * 2, "think": [0.3, 0.6]},
+        )
+    log_in(page, "olivia")
+    row = page.locator(f'#teams-table tr[data-team-id="{team.pk}"]')
+    row.get_by_role("link", name="New run of team ticket desk").click()
+    expect(page.locator("h1")).to_have_text("New run")
+    expect(page.get_by_label("Team")).to_have_value(str(team.pk))
+    page.get_by_label("Goal").fill("Sell two tickets each.")
+    page.get_by_label("Step limit").fill("20")
+    page.get_by_label("seller-1").check()
+    page.get_by_label("seller-2").check()
+    screenshot(page, "run-new", docs=True)
+    page.get_by_role("button", name="Start run").click()
+    expect(page.locator(".messages")).to_contain_text("started: 2 agents, first steps queued.")
+    run = Run.objects.get(team=team)
+    assert run.created_by.get_username() == "olivia" and run.max_steps == 20
+    page.get_by_role("link", name="Overview", exact=True).click()
+    run_row = page.locator(f'tr[data-run-id="{run.pk}"]')
+    expect(run_row.locator(".status")).to_have_text("finished", timeout=30_000)
+    assert Resource.objects.get(name="sold").value == 4  # two agents, two tickets each
+    assert set(run.steps.values_list("agent__name", flat=True)) == {"seller-1", "seller-2"}
+
+
 def test_pause_everything_from_the_overview(app: str, page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -245,7 +281,8 @@ def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
 
     held = lock_acquire(agent=agent, resource=f"doc {XSS}").lock
     log_in(page, "olivia")
-    for path in ["/", "/resources/", "/graph/", "/conflicts/", "/timeline/", f"/runs/{run.pk}/"]:
+    pages = ["/", "/resources/", "/graph/", "/conflicts/", "/timeline/", f"/runs/{run.pk}/"]
+    for path in [*pages, f"/runs/new/?team={team.pk}"]:
         page.goto(path)
         expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
         expect(page.locator("main")).to_contain_text("<script>window.__pwned=2</script>")
