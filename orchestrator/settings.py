@@ -85,10 +85,8 @@ TEMPLATES = [
     },
 ]
 
+# Without DATABASE_URL, the embedded PostgreSQL in DATA_DIR (orchestrator/embedded.py).
 DATABASES = {"default": CONFIG.database}
-DATABASE_IS_EMBEDDED = CONFIG.database_is_embedded
-if DATABASE_IS_EMBEDDED:
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

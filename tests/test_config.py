@@ -44,19 +44,43 @@ def test_the_web_server_asks_for_a_pool(tmp_path: Path) -> None:
     assert cfg.database["CONN_MAX_AGE"] == 0
 
 
-def test_without_database_url_falls_back_to_embedded_sqlite(tmp_path: Path) -> None:
+def test_without_database_url_the_embedded_postgresql_of_the_data_dir(tmp_path: Path) -> None:
     cfg = config.load({"ORCHESTRATOR_DATA_DIR": str(tmp_path)})
     db = cfg.database
-    assert db["ENGINE"] == "django.db.backends.sqlite3"
-    assert db["NAME"] == str(tmp_path / "orchestrator.sqlite3")
-    assert db["OPTIONS"]["transaction_mode"] == "IMMEDIATE"
-    assert "journal_mode=WAL" in db["OPTIONS"]["init_command"]
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    # Its unix socket in the cluster's directory, the one every process finds.
+    assert (db["HOST"], db["NAME"], db["USER"]) == (
+        str(tmp_path / "postgres"),
+        "orchestrator",
+        "postgres",
+    )
+    assert db["OPTIONS"]["server_side_binding"] is True
     assert cfg.database_is_embedded is True
+    # And the embedded Redis's socket beside it: nothing guessed on localhost.
+    assert cfg.redis_url == f"unix://{tmp_path / 'redis.sock'}"
+    assert cfg.redis_is_default is True
+
+
+def test_a_data_dir_too_long_for_a_socket_path_gets_a_short_socket_dir(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    cfg = config.load({"ORCHESTRATOR_DATA_DIR": str(deep)})
+    host = cfg.database["HOST"]
+    assert len(f"{host}/.s.PGSQL.5432") <= 100
+    # The same for every process with this data dir, and another for another.
+    assert config.load({"ORCHESTRATOR_DATA_DIR": str(deep)}).database["HOST"] == host
+    assert config.load({"ORCHESTRATOR_DATA_DIR": str(deep / "x")}).database["HOST"] != host
+
+
+def test_the_web_server_pools_connections_to_the_embedded_postgresql_too(tmp_path: Path) -> None:
+    cfg = config.load({"ORCHESTRATOR_DATA_DIR": str(tmp_path), "ORCHESTRATOR_DB_POOL": "1"})
+    assert cfg.database_pool is True and "pool" in cfg.database["OPTIONS"]
 
 
 def test_other_database_engines_are_refused(tmp_path: Path) -> None:
     with pytest.raises(config.ConfigError, match="PostgreSQL"):
         config.load({"DATABASE_URL": "mysql://root@localhost/x"})
+    with pytest.raises(config.ConfigError, match="PostgreSQL"):
+        config.load({"DATABASE_URL": "sqlite:///x.db"})
 
 
 def test_unparseable_database_url_names_the_variable() -> None:
@@ -87,7 +111,7 @@ def test_allowed_hosts() -> None:
 
 
 def test_redis_url_default_and_validation() -> None:
-    assert config.load({}).redis_url == config.DEFAULT_REDIS_URL
+    assert config.load({}).redis_url == f"unix://{config.BASE_DIR / 'data' / 'redis.sock'}"
     assert config.load({"REDIS_URL": "redis://cache:6380/2"}).redis_url == "redis://cache:6380/2"
     with pytest.raises(config.ConfigError, match="REDIS_URL"):
         config.load({"REDIS_URL": "http://cache"})
