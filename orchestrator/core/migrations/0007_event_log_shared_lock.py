@@ -22,22 +22,15 @@ BEGIN
     NEW.id := nextval(pg_get_serial_sequence('core_event', 'id')::regclass);
     RETURN NEW;
 END
-$$ LANGUAGE plpgsql;
+$$ LANGUAGE plpgsql
 """
-
-
-def forwards(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(
-            TRIGGER_FUNCTION.format(lock="pg_advisory_xact_lock_shared", key=LOCK_KEY)
-        )
-
-
-def backwards(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(TRIGGER_FUNCTION.format(lock="pg_advisory_xact_lock", key=LOCK_KEY))
 
 
 class Migration(migrations.Migration):
     dependencies = [("core", "0006_drop_redundant_indexes")]
-    operations = [migrations.RunPython(forwards, backwards)]
+    operations = [
+        migrations.RunSQL(
+            [TRIGGER_FUNCTION.format(lock="pg_advisory_xact_lock_shared", key=LOCK_KEY)],
+            [TRIGGER_FUNCTION.format(lock="pg_advisory_xact_lock", key=LOCK_KEY)],
+        )
+    ]
