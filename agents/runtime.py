@@ -33,7 +33,7 @@ from typing import Any
 
 import django_rq
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 
@@ -42,7 +42,6 @@ from agents.tools import TOOL_SPECS
 from orchestrator.core import wakeups
 from orchestrator.core.errors import Conflicting, Invalid, ProtocolError
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.hotpath import StopState, journal_step
 from orchestrator.core.models import (
     Agent,
     AgentStatus,
@@ -64,6 +63,7 @@ from orchestrator.core.rowlocks import (
     lock_steps,
 )
 from orchestrator.core.selectors import lock_request_with_lock
+from orchestrator.core.sql import StopState, journal_step, transcript_turns
 
 logger = logging.getLogger(__name__)
 
@@ -267,46 +267,14 @@ def step_begin(*, step_id: int, job_id: str = "") -> Begin:
     return Begin(True, step)
 
 
-# The newest turns whose messages fit in the window (and always the newest one),
-# chosen by the database so that only those are sent and decoded.
-_TRANSCRIPT_SQL = """
-SELECT transcript FROM (
-    SELECT number, transcript,
-           SUM(jsonb_array_length(transcript)) OVER (ORDER BY number DESC) AS upto,
-           ROW_NUMBER() OVER (ORDER BY number DESC) AS nth
-      FROM core_step
-     WHERE run_id = %s AND agent_id = %s AND number < %s AND transcript <> '[]'::jsonb
-) AS turns
-WHERE upto <= %s OR nth = 1
-ORDER BY number
-"""
-
-
 def transcript_of(run_id: int, agent_id: int, before: int) -> list[dict[str, Any]]:
     """The agent's messages in this run, from the steps before ``before``.
 
     Whole turns (an assistant message with all its tool results) are kept, the most
     recent ones within ``TRANSCRIPT_WINDOW`` messages (at least the last turn), so a
     model never sees a result without its call."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(_TRANSCRIPT_SQL, [run_id, agent_id, before, TRANSCRIPT_WINDOW])
-            turns = [json.loads(t) if isinstance(t, str) else t for (t,) in cursor.fetchall()]
-        return [message for turn in turns for message in turn]
-    newest_first = (
-        Step.objects.filter(run_id=run_id, agent_id=agent_id, number__lt=before)
-        .exclude(transcript=[])
-        .order_by("-number")
-        .values_list("transcript", flat=True)[:TRANSCRIPT_WINDOW]
-    )
-    kept: list[list[dict[str, Any]]] = []
-    size = 0
-    for turn in newest_first:
-        if kept and size + len(turn) > TRANSCRIPT_WINDOW:
-            break
-        kept.append(turn)
-        size += len(turn)
-    return [message for turn in reversed(kept) for message in turn]
+    turns = transcript_turns(run_id, agent_id, before, TRANSCRIPT_WINDOW)
+    return [message for turn in turns for message in turn]
 
 
 def _current_job_id() -> str:

@@ -214,22 +214,13 @@ def choose_victim(component: frozenset[int], policy: str) -> int:
     return _youngest(component)
 
 
-def deadlock_check_for(
-    agent: Agent, *, resource: Resource | None = None, nearby: set[int] | None = None
-) -> Conflict | None:
+def deadlock_check_for(agent: Agent) -> Conflict | None:
     """Check for a cycle reachable from ``agent`` right after it queued. Inside a service.
 
-    ``nearby`` (the other agents holding or queued on ``resource``) allows a
-    cheap exit: every wait-for edge out of ``resource``'s holders and queue
-    stays among them unless one of them also waits on another resource. When
-    none does, no cycle is reachable and the graph is not built (the usual case).
+    The caller has taken the cheap exit already where it could (locks.py: when no
+    agent holding or queued on the resource also waits on another one, every
+    wait-for edge out of it stays there, and no cycle is reachable).
     """
-    if nearby is not None and resource is not None:
-        elsewhere = LockRequest.objects.filter(
-            status=RequestStatus.WAITING, agent_id__in=nearby
-        ).exclude(resource=resource)
-        if not nearby or not elsewhere.exists():
-            return None
     graph = wait_for_graph()
     if agent.pk not in graph:
         return None

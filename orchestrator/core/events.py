@@ -13,8 +13,7 @@ after it is larger. So a reader that has seen id N never later sees a new id
 below N appear, and writers wait only for that one quick read. Because
 writers take the lock after every row lock their transaction needs, it cannot
 take part in a deadlock, and it is held only for the insert and the commit
-itself. On SQLite (laptop mode) write transactions are serialized by
-``BEGIN IMMEDIATE`` already.
+itself.
 
 After commit each event is pushed to the channel layer, to the group of its
 team and to the ``events`` group. The layer may drop messages; readers catch
@@ -34,12 +33,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import OperationalError, connection, transaction
+from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
+from orchestrator.core import sql
 from orchestrator.core.models import Agent, Event, Team
-from orchestrator.core.rowlocks import advisory_xact_lock
 
 logger = logging.getLogger(__name__)
 
@@ -50,9 +48,6 @@ ALL_EVENTS_GROUP = "events"
 # A process pushes to a group at most once per window: the first events after a quiet
 # spell at once, those committed during the window after a push together at its end.
 PUBLISH_WINDOW = 0.05
-# Tries of a service whose SQLite transaction found the database locked (see service).
-SQLITE_LOCKED_ATTEMPTS = 5
-
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -80,39 +75,21 @@ def service(func: Callable[P, R]) -> Callable[P, R]:
 
     Nesting a service inside another transaction fails loudly (durable=True):
     the entry point owns the transaction, as CONVENTIONS.md asks.
-
-    On the embedded SQLite, a transaction that could not get the database's write
-    lock within its busy timeout ("database is locked": a writer starved by the
-    others) is run again, a bounded number of times. Nothing of it was written,
-    and its after-commit actions were dropped with it, so running it again is safe.
     """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        for attempt in range(1, SQLITE_LOCKED_ATTEMPTS + 1):
+        with transaction.atomic(durable=True):
+            buffer: list[Event] = []
+            _state.buffer = buffer
             try:
-                return _run_service(func, args, kwargs)
-            except OperationalError as exc:
-                locked = connection.vendor == "sqlite" and "database is locked" in str(exc)
-                if not locked or attempt == SQLITE_LOCKED_ATTEMPTS:
-                    raise
-                logger.warning("%s: database is locked, attempt %d", func.__name__, attempt)
-                time.sleep(0.05 * attempt)  # back off before trying again
-        raise AssertionError("unreachable")
+                result = func(*args, **kwargs)
+                _flush(buffer)
+            finally:
+                _state.buffer = None
+        return result
 
     return wrapper
-
-
-def _run_service(func: Callable[..., R], args: Any, kwargs: Any) -> R:
-    with transaction.atomic(durable=True):
-        buffer: list[Event] = []
-        _state.buffer = buffer
-        try:
-            result = func(*args, **kwargs)
-            _flush(buffer)
-        finally:
-            _state.buffer = None
-    return result
 
 
 def event_emit(
@@ -154,11 +131,10 @@ def event_emit(
 def _flush(buffer: list[Event]) -> None:
     if not buffer:
         return
-    # On PostgreSQL a trigger takes the event log's advisory lock (shared) before
-    # it draws each id (migration 0007), so this insert is the only statement.
-    from orchestrator.core.hotpath import insert_events
-
-    insert_events(buffer, timezone.now())
+    # A trigger takes the event log's advisory lock (shared) before it draws each
+    # id (migration 0007), so this insert is the only statement. PostgreSQL returns
+    # the ids in the order of the rows, which is the order they were drawn in.
+    Event.objects.bulk_create(buffer)
     messages = [event_message(event) for event in buffer]
     transaction.on_commit(lambda: publish(messages))
 
@@ -292,13 +268,8 @@ def event_log_barrier() -> Iterator[None]:
     their commit, is taken exclusively. Writers wait while it is open: keep it
     to one quick read, as :func:`last_event_id` does.
     """
-    if connection.vendor != "postgresql":
-        # SQLite: BEGIN IMMEDIATE serializes writers already; no transaction here,
-        # which would take the write lock for a read.
-        yield
-        return
     with transaction.atomic(savepoint=False):
-        advisory_xact_lock(EVENT_LOG_LOCK_KEY)
+        sql.advisory_xact_lock(EVENT_LOG_LOCK_KEY)
         yield
 
 

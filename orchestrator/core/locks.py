@@ -28,13 +28,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db import connection
-from django.utils import timezone
 
-from orchestrator.core import hotpath, wakeups
+from orchestrator.core import sql, wakeups
 from orchestrator.core.errors import Forbidden, Gone, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import (
@@ -59,11 +57,7 @@ User = AbstractBaseUser | AnonymousUser | None
 
 def db_now() -> datetime:
     """The database clock, so that leases mean the same on every host."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT clock_timestamp()")
-            return cursor.fetchone()[0]
-    return timezone.now()
+    return sql.clock()
 
 
 def holder_dict(lock: Lock) -> dict[str, Any]:
@@ -143,88 +137,10 @@ def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datet
         raise resource_not_found(resource) from None
 
 
-_LOCK_FIELDS = [
-    "id", "resource_id", "agent_id", "mode", "token", "acquired_at", "expires_at",
-    "released_at", "end",
-]  # fmt: skip
-_REQUEST_FIELDS = [
-    "id", "resource_id", "agent_id", "mode", "ttl", "status", "step_id", "lock_id", "reason",
-    "requested_at", "resolved_at",
-]  # fmt: skip
-# One statement, hence one snapshot, for both lists: live locks, then waiting requests,
-# each with whether its agent also waits on another resource (the deadlock check's
-# cheap exit, see _open_deadlock_check).
-_QUEUE_SQL = """
-SELECT 0, l.id, l.agent_id, l.mode, l.token, l.acquired_at, l.expires_at,
-       NULL::integer, NULL::bigint, NULL::timestamptz, a.name, a.team_id,
-       EXISTS (SELECT 1 FROM core_lockrequest o WHERE o.agent_id = l.agent_id
-                  AND o.status = 'waiting' AND o.resource_id <> {resource_id})
-  FROM core_lock l JOIN core_agent a ON a.id = l.agent_id
- WHERE l.resource_id = {resource_id} AND l.released_at IS NULL
-UNION ALL
-SELECT 1, r.id, r.agent_id, r.mode, NULL, NULL, NULL,
-       r.ttl, r.step_id, r.requested_at, a.name, a.team_id,
-       EXISTS (SELECT 1 FROM core_lockrequest o WHERE o.agent_id = r.agent_id
-                  AND o.status = 'waiting' AND o.resource_id <> {resource_id})
-  FROM core_lockrequest r JOIN core_agent a ON a.id = r.agent_id
- WHERE r.resource_id = {resource_id} AND r.status = 'waiting'
- ORDER BY 1, 2
-"""
-
-
-class QueueRows(NamedTuple):
-    locks: list[Lock]  # live, possibly expired
-    waiting: list[LockRequest]
-    # Agents among them that also wait on another resource; None: not read (SQLite).
-    waiting_elsewhere: frozenset[int] | None
-
-
-def load_queue(resource: Resource, rows: list[tuple] | None = None) -> QueueRows:
-    """Live (possibly expired) locks and waiting requests of a resource, in id order.
-
-    On PostgreSQL one hand-written statement (``_QUEUE_SQL``, whose ``rows`` the
-    caller may have read already, see :func:`lock_queue`); this is the hot path
-    of every lock operation, and the ORM's two queries with select_related cost
-    about three times as much. Elsewhere (SQLite), the ORM.
-    """
-    if connection.vendor != "postgresql":
-        locks = list(
-            Lock.objects.filter(resource=resource, released_at__isnull=True)
-            .select_related("agent")
-            .order_by("pk")
-        )
-        waiting = list(
-            LockRequest.objects.filter(resource=resource, status=RequestStatus.WAITING)
-            .select_related("agent")
-            .order_by("pk")
-        )
-        return QueueRows(locks, waiting, None)
-    if rows is None:
-        with connection.cursor() as cursor:
-            cursor.execute(_QUEUE_SQL.format(resource_id="%s"), [resource.pk] * 4)
-            rows = cursor.fetchall()
-    agents: dict[int, Agent] = {}
-    locks, waiting, elsewhere = [], [], set()
-    for (kind, pk, agent_id, mode, token, acquired, expires, ttl, step, since, name, team,
-         waits_elsewhere) in rows:  # fmt: skip
-        agent = agents.get(agent_id)
-        if agent is None:
-            # from_db takes values in the model's field order (id, team, name).
-            agent = Agent.from_db("default", ["id", "team_id", "name"], [agent_id, team, name])
-            agents[agent_id] = agent
-        if waits_elsewhere:
-            elsewhere.add(agent_id)
-        if kind == 0:
-            values = [pk, resource.pk, agent_id, mode, token, acquired, expires, None, ""]
-            lock = Lock.from_db("default", _LOCK_FIELDS, values)
-            lock.agent, lock.resource = agent, resource
-            locks.append(lock)
-        else:
-            values = [pk, resource.pk, agent_id, mode, ttl, "waiting", step, None, "", since, None]
-            request = LockRequest.from_db("default", _REQUEST_FIELDS, values)
-            request.agent, request.resource = agent, resource
-            waiting.append(request)
-    return QueueRows(locks, waiting, frozenset(elsewhere))
+def _end_lock(lock: Lock, *, end: str, now: datetime) -> None:
+    """Mark a live lock released, revoked or expired at ``now``."""
+    lock.released_at, lock.end = now, end
+    Lock.objects.filter(pk=lock.pk).update(released_at=now, end=end)
 
 
 class Queue:
@@ -237,11 +153,11 @@ class Queue:
     def __init__(self, resource: Resource, now: datetime, rows: list[tuple] | None = None) -> None:
         self.resource = resource
         self.now = now
-        rows, self._waiting, self.waiting_elsewhere = load_queue(resource, rows)
+        rows, self._waiting, self.waiting_elsewhere = sql.load_queue(resource, rows)
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
         for lock in self.expired:
-            hotpath.end_lock(lock, end=LockEnd.EXPIRED, now=max(now, lock.acquired_at))
+            _end_lock(lock, end=LockEnd.EXPIRED, now=max(now, lock.acquired_at))
             event_emit(
                 "lock.expired",
                 agent=lock.agent,
@@ -275,7 +191,17 @@ class Queue:
     def grant(self, agent: Agent, mode: str, ttl: int, *, actor: str | None = None) -> Lock:
         """Create a live lock. Caller checked compatibility."""
         res = self.resource
-        lock = hotpath.grant_lock(res, agent_id=agent.pk, mode=mode, ttl=ttl, now=self.now)
+        if mode == LockMode.EXCLUSIVE:  # the fence bumped in the same statement
+            lock = sql.grant_exclusive(res, agent_id=agent.pk, ttl=ttl, now=self.now)
+        else:
+            lock = Lock.objects.create(
+                resource=res,
+                agent=agent,
+                mode=mode,
+                token=res.fence,
+                acquired_at=self.now,
+                expires_at=self.now + timedelta(seconds=ttl),
+            )
         lock.agent, lock.resource = agent, res
         self.live.append(lock)
         event_emit(
@@ -289,7 +215,7 @@ class Queue:
 
     def end(self, lock: Lock, end: str, **emit: Any) -> None:
         """End a live lock (released, revoked, force-released)."""
-        hotpath.end_lock(lock, end=end, now=self.now)
+        _end_lock(lock, end=end, now=self.now)
         self.live = [other for other in self.live if other.pk != lock.pk]
         kind = {
             LockEnd.RELEASED: "lock.released",
@@ -357,7 +283,7 @@ class Queue:
 def lock_queue(**lookup: Any) -> Queue:
     """Lock a resource row (``lookup`` as for ``lock_resource_with_clock``) and read
     its queue, in one round trip. Raises Resource.DoesNotExist."""
-    return Queue(*lock_resource_then(_QUEUE_SQL, **lookup))
+    return Queue(*lock_resource_then(sql.QUEUE, **lookup))
 
 
 def open_queue(resource: Resource | str | int) -> Queue:
@@ -378,11 +304,9 @@ def _open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
     # a queued writer ahead of a reader waits for the shared holders).
     nearby = {lock.agent_id for lock in queue.live} | {req.agent_id for req in queue.waiting}
     nearby.discard(agent.pk)
-    if queue.waiting_elsewhere is not None:  # read with the queue: no query needed
-        if not nearby & queue.waiting_elsewhere:
-            return None  # every wait-for edge out of here stays on this resource
-        return deadlock_check_for(agent)
-    return deadlock_check_for(agent, resource=queue.resource, nearby=nearby)
+    if not nearby & queue.waiting_elsewhere:  # read with the queue: no query needed
+        return None  # every wait-for edge out of here stays on this resource
+    return deadlock_check_for(agent)
 
 
 @service

@@ -21,19 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import DateTimeField as DTField
 from django.db.models import Func
 from django.utils import timezone
 
-from orchestrator.core import hotpath
+from orchestrator.core import sql
 from orchestrator.core.errors import Conflicting, Invalid
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.locks import (
     Queue,
     User,
     db_now,
-    load_queue,
     open_queue,
     resource_for_update,
     resource_lookup,
@@ -173,25 +172,20 @@ class ResourceState:
 def resource_read(*, resource: Resource | str | int) -> ResourceState:
     """Value, version, fence, live holders and waiting requests, read consistently.
 
-    On PostgreSQL the reads share one REPEATABLE READ snapshot, so holders and
-    value belong to the same moment without taking the row lock: a reader never
-    waits behind lock traffic and never delays it. Expired leases are left out
-    (they count as free).
+    The reads share one REPEATABLE READ snapshot, so holders and value belong to
+    the same moment without taking the row lock: a reader never waits behind
+    lock traffic and never delays it. Expired leases are left out (they count as
+    free), by the database's clock, read in the same statement as the resource.
     """
     lookup = resource_lookup(resource)
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        rows = Resource.objects.filter(**lookup)
-        if connection.vendor == "postgresql":  # the clock in the same statement
-            rows = rows.annotate(db_clock=Func(function="clock_timestamp", output_field=DTField()))
-        res = rows.first()
+        sql.read_only_snapshot()
+        clock = Func(function="clock_timestamp", output_field=DTField())
+        res = Resource.objects.filter(**lookup).annotate(db_clock=clock).first()
         if res is None:
             raise resource_not_found(resource)
-        now = getattr(res, "db_clock", None) or db_now()
-        locks, waiters, _elsewhere = load_queue(res)
-    return ResourceState(res, [lock for lock in locks if lock.expires_at > now], waiters)
+        locks, waiters, _elsewhere = sql.load_queue(res)
+    return ResourceState(res, [lock for lock in locks if lock.expires_at > res.db_clock], waiters)
 
 
 @dataclass
@@ -268,7 +262,7 @@ def apply_write(
     idempotency_key: str = "",
 ) -> int:
     """Store ``value`` as the next version. Caller holds the Resource row lock and checked."""
-    hotpath.write_value(
+    sql.write_value(
         res,
         value,
         agent_id=agent.pk if agent else None,
@@ -506,7 +500,7 @@ def resource_write_unguarded(
     value = clean_value(value)
     base_version = clean_version(base_version)
     res, _now = resource_for_update(resource)
-    version = hotpath.write_value(
+    version = sql.write_value(
         res, value, agent_id=agent.pk, user_id=None, fence=None, now=timezone.now()
     )
     event_emit(

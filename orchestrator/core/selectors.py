@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import time
 
 from django.db import connection
 from django.db.models import QuerySet
 
-from orchestrator.core import wakeups
+from orchestrator.core import sql, wakeups
 from orchestrator.core.errors import Forbidden, NotFound
-from orchestrator.core.models import Agent, Conflict, Lock, LockRequest, RequestStatus, Resource
-from orchestrator.core.rowlocks import columns, one_row_as
+from orchestrator.core.models import Agent, Conflict, LockRequest, RequestStatus
 
 CONFLICTS_LIMIT = 200
 
@@ -29,43 +27,11 @@ def lock_request_for_agent(*, request_id: int, agent: Agent) -> LockRequest:
     return request
 
 
-@functools.cache
-def _lock_request_sql() -> str:
-    # Column names come from the models' metadata; the one value is a parameter.
-    return (
-        f"SELECT {columns(LockRequest, 'q')}, {columns(Resource, 'r')}, "  # noqa: S608
-        f"{columns(Lock, 'l')} FROM core_lockrequest q "
-        "JOIN core_resource r ON r.id = q.resource_id "
-        "LEFT JOIN core_lock l ON l.id = q.lock_id WHERE q.id = %s"
-    )
-
-
 def lock_request_with_lock(request_id: int) -> LockRequest | None:
     """The lock request ``request_id`` with its resource and its lock (if granted)
-    loaded, the lock's resource being the request's; None if there is none.
-
-    Every poll of a queued request reads this (the API's long polls, the
-    runtime's waiting calls); on PostgreSQL it is one hand-written statement,
-    the ORM's select_related version cost about as much CPU as the rest of a
-    poll (profiled under bench/locks.py).
-    """
-    if connection.vendor != "postgresql":
-        return (
-            LockRequest.objects.select_related("resource", "lock", "lock__resource")
-            .filter(pk=request_id)
-            .first()
-        )
-    found = one_row_as(_lock_request_sql(), [request_id], LockRequest, Resource, Lock)
-    if found is None:
-        return None
-    (request, resource, lock), _ = found
-    request.resource = resource
-    if lock.pk is None:  # no lock (LEFT JOIN): the request is not granted
-        request.lock = None
-    else:
-        lock.resource = resource
-        request.lock = lock
-    return request
+    loaded, the lock's resource being the request's; None if there is none (one
+    hand-written statement, sql.lock_request_with_lock: every poll reads it)."""
+    return sql.lock_request_with_lock(request_id)
 
 
 def lock_request_when_decided(*, request_id: int, agent: Agent, timeout: float) -> LockRequest:

@@ -1,4 +1,4 @@
-"""Invariants of a counter run, checked from the database history (PostgreSQL or SQLite)."""
+"""Invariants of a counter run, checked from the database history."""
 
 from __future__ import annotations
 

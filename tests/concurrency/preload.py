@@ -14,7 +14,6 @@ import importlib
 MODULES = (
     "django.db.models",
     "django.db.backends.postgresql.base",
-    "django.db.backends.sqlite3.base",
     "django.http",
     "django.urls",
     "django.test",

@@ -130,7 +130,7 @@ class Workers:
 
     ``database_name`` is the PostgreSQL database children connect to (default:
     the current test database); pass ``None`` with ``env`` overrides that
-    select another database (the embedded SQLite). Leaving the ``with`` block
+    select another database (another server). Leaving the ``with`` block
     kills children that are still running, so a failed test leaves none behind.
     """
 

@@ -12,8 +12,6 @@ import random
 from collections import Counter
 from typing import Any
 
-from django.db import connection
-
 from orchestrator.core import wakeups
 from orchestrator.core.locks import lock_acquire, lock_release
 from orchestrator.core.models import (
@@ -101,7 +99,7 @@ def counter_setup(*, agents: int, counters: int, prefix: str) -> dict[str, Any]:
         resource_create(name=f"{prefix}-counter-{i}-{next(_names)}", value=0, team=team).pk
         for i in range(counters)
     ]
-    return {"agent_ids": agent_ids, "resource_ids": resource_ids, "vendor": connection.vendor}
+    return {"agent_ids": agent_ids, "resource_ids": resource_ids}
 
 
 def counter_worker(

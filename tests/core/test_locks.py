@@ -248,8 +248,8 @@ def test_lease_really_expires_with_time(agents) -> None:
 
 
 def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
-    from orchestrator.core.locks import load_queue
     from orchestrator.core.models import Resource
+    from orchestrator.core.sql import load_queue
 
     a, b, c, d = agents[:4]
     resource_create(name="r")
