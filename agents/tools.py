@@ -10,6 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 _NAME = {"type": "string", "description": "The resource's name."}
+# A value may be any JSON value. Spelled as a list of every JSON type rather than
+# left untyped: servers that constrain the model's output with a grammar built from
+# the schema (llama.cpp) refuse a property without a type ("Unrecognized schema").
+ANY_JSON = ["string", "number", "integer", "boolean", "object", "array", "null"]
 _RESOURCE_ONLY = {
     "type": "object",
     "properties": {"resource": _NAME},
@@ -58,7 +62,7 @@ TOOL_SPECS: list[dict[str, Any]] = [
                 "type": "object",
                 "properties": {
                     "resource": _NAME,
-                    "value": {"description": "The new JSON value."},
+                    "value": {"type": ANY_JSON, "description": "The new JSON value."},
                     "expected_version": {"type": "integer", "minimum": 0},
                 },
                 "required": ["resource", "value"],
@@ -83,7 +87,7 @@ TOOL_SPECS: list[dict[str, Any]] = [
                 "type": "object",
                 "properties": {
                     "resource": _NAME,
-                    "value": {"description": "The proposed JSON value."},
+                    "value": {"type": ANY_JSON, "description": "The proposed JSON value."},
                     "expected_version": {"type": "integer", "minimum": 0},
                     "note": {"type": "string", "description": "Why, for the operator."},
                 },
