@@ -351,7 +351,9 @@ def _decide(step: Step, agent: Agent) -> tuple[dict[str, Any], list[ToolCall]] |
         }
         for call in decision.tool_calls
     ]
-    assistant: dict[str, Any] = {"role": "assistant", "content": decision.message or None}
+    # Content is "" for a turn of tool calls only, never null: OpenAI-compatible
+    # servers that type it as a string (llama.cpp's) refuse a null.
+    assistant: dict[str, Any] = {"role": "assistant", "content": decision.message or ""}
     if calls:
         assistant["tool_calls"] = calls
     saved = [asdict(call) for call in decision.tool_calls]
@@ -456,7 +458,17 @@ def run_tool(
 # --- finishing, failing, resuming -----------------------------------------------------
 
 
+# Recorded after a turn in which the agent called no tool: the operator reading the
+# transcript, and the model on its next step, see plainly that nothing was done.
+NO_TOOL_NOTE = (
+    "You called no tool in that turn, so nothing was done. Act only through the tools, "
+    "and call finish when the goal is done."
+)
+
+
 def _tool_messages(executed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not executed:
+        return [{"role": "user", "content": NO_TOOL_NOTE}]
     return [
         {"role": "tool", "tool_call_id": call["id"], "content": json.dumps(call["result"])}
         for call in executed
