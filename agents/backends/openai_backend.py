@@ -15,9 +15,17 @@ Guarantees:
 - Endpoint trouble raises :class:`BackendError` with a message an operator can
   act on. Timeouts, connection failures, HTTP 429 and 5xx are retried with
   exponential backoff (honouring ``Retry-After``) within a bounded number of
-  attempts and a bounded total time; any other HTTP error (401 bad key, 404
-  unknown model, 400 bad request) fails at once, naming the status and the
-  server's own message.
+  attempts and a bounded total time. A request that cannot succeed fails at
+  once, naming the status and the server's own message (cut to a readable
+  length): any other 4xx (401 bad key, 404 unknown model, 400 bad request),
+  and a 5xx whose body says the request itself is invalid (llama.cpp's server
+  answers 500 to a request its schema refuses).
+- Every message sent has a string ``content``: an assistant turn made only of
+  tool calls is sent with ``""``, never null (llama.cpp's server refuses a
+  null, and its chat template needs the field).
+- At most ``max_tokens`` tokens are generated per call (512 unless
+  configured), so a model that does not stop cannot run until its context
+  is full.
 - The API key is read from the environment variable named by the config's
   ``api_key_env`` (through :func:`orchestrator.api_keys.secret_from_env`) and
   never appears in an error message.
@@ -40,6 +48,11 @@ from agents.tools import TOOL_NAMES
 from orchestrator.api_keys import secret_from_env
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_TOKENS = 512
+DEFAULT_TIMEOUT = 120.0
+DEFAULT_TOTAL_TIMEOUT = 300.0
+# How much of a server's error message a step's error shows.
+DETAIL_LENGTH = 300
 # Sent as the bearer token to a self-hosted endpoint when no key is configured:
 # the client insists on some key, and local servers ignore it.
 NO_KEY = "no-key"
@@ -50,16 +63,19 @@ class OpenAIBackend:
 
     ``config`` is an agent's backend config as cleaned by
     ``orchestrator.core.backends.validate_openai`` (missing optional keys get
-    the same defaults). The keyword arguments set the retry policy:
+    the same defaults: ``max_tokens`` 512, ``tool_choice`` "auto", ``timeout``
+    120 s, ``extra_body`` none). The keyword arguments set the retry policy:
 
     - ``attempts``: requests made at most per decision (first try included);
     - ``base_delay`` / ``max_delay``: backoff before retry *n* is
       ``base_delay * 2**(n-1)`` seconds, capped at ``max_delay``, shortened by
       up to ``jitter`` (a fraction) so that many workers do not retry in step;
       a server's ``Retry-After`` lengthens it (never shortens it);
-    - ``request_timeout``: seconds one request may take;
+    - ``request_timeout``: seconds one request may take (default: the config's
+      ``timeout``);
     - ``total_timeout``: seconds the whole decision may take, retries and
-      waits included; no retry is started that could not finish in time;
+      waits included (default 300, or one request's timeout if longer); no
+      retry is started that could not finish in time;
     - ``sleep`` and ``clock`` are injectable for tests.
     """
 
@@ -71,8 +87,8 @@ class OpenAIBackend:
         base_delay: float = 1.0,
         max_delay: float = 20.0,
         jitter: float = 0.25,
-        request_timeout: float = 120.0,
-        total_timeout: float = 300.0,
+        request_timeout: float | None = None,
+        total_timeout: float | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -83,6 +99,13 @@ class OpenAIBackend:
         self.api_key_env: str = config.get("api_key_env") or "OPENAI_API_KEY"
         self.temperature: float = config.get("temperature", 0.2)
         self.system_prompt: str = config.get("system_prompt") or ""
+        self.max_tokens: int = config.get("max_tokens") or DEFAULT_MAX_TOKENS
+        self.tool_choice: str = config.get("tool_choice") or "auto"
+        self.extra_body: dict[str, Any] = dict(config.get("extra_body") or {})
+        if request_timeout is None:
+            request_timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+        if total_timeout is None:
+            total_timeout = max(DEFAULT_TOTAL_TIMEOUT, request_timeout)
         self.attempts = attempts
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -109,10 +132,13 @@ class OpenAIBackend:
             "model": self.model,
             "messages": build_messages(context, system_prompt=self.system_prompt),
             "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
         }
         if context.tools:  # an empty tools list is rejected by OpenAI
             request["tools"] = context.tools
-            request["tool_choice"] = "auto"
+            request["tool_choice"] = self.tool_choice
+        if self.extra_body:
+            request["extra_body"] = self.extra_body
         response = self._create(client, request)
         return decision_from_response(
             response, endpoint=self.base_url, step_number=context.step_number
@@ -159,7 +185,7 @@ class OpenAIBackend:
             try:
                 return client.chat.completions.create(**request, timeout=timeout)
             except openai.APIStatusError as exc:
-                if not _retryable_status(exc.status_code):
+                if not _retryable(exc):
                     raise BackendError(
                         f"model endpoint {self.base_url} refused the request "
                         f"(model {self.model}): {_describe(exc)}"
@@ -253,7 +279,10 @@ def well_formed_transcript(transcript: list[dict[str, Any]]) -> list[dict[str, A
     message before it, and every tool call to be answered. A transcript window
     can start in the middle of a turn, and a turn can end before all its calls
     ran; so tool messages answering nothing are dropped, and calls without an
-    answer get a tool message saying that no result was recorded. Messages are
+    answer get a tool message saying that no result was recorded. A null or
+    missing ``content`` (transcripts recorded before the runtime wrote ``""``)
+    is sent as ``""``: some servers refuse a null (llama.cpp's: "Input should be
+    a valid string") and some chat templates read the field. Messages are
     copied, never modified in place.
     """
     result: list[dict[str, Any]] = []
@@ -276,14 +305,22 @@ def well_formed_transcript(transcript: list[dict[str, Any]]) -> list[dict[str, A
             call_id = message.get("tool_call_id")
             if call_id in unanswered:
                 unanswered.remove(call_id)
-                result.append(dict(message))
+                result.append(_with_text(message))
             continue
         answer_the_rest()
-        result.append(dict(message))
+        result.append(_with_text(message))
         if role == "assistant":
             unanswered = [call.get("id") for call in message.get("tool_calls") or []]
     answer_the_rest()
     return result
+
+
+def _with_text(message: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``message`` whose ``content`` is a string."""
+    copy = dict(message)
+    if copy.get("content") is None:
+        copy["content"] = ""
+    return copy
 
 
 # --- reading the response ------------------------------------------------------------
@@ -352,8 +389,35 @@ def tool_call_from(call: Any, *, fallback_id: str) -> ToolCall:
 # --- helpers -------------------------------------------------------------------------
 
 
-def _retryable_status(status: int) -> bool:
-    return status == 429 or status >= 500
+def _retryable(error: openai.APIStatusError) -> bool:
+    """429 and 5xx may succeed later; other statuses, and a 5xx that says the request
+    itself is invalid, never will."""
+    if error.status_code == 429:
+        return True
+    return error.status_code >= 500 and not _says_invalid(error)
+
+
+# What servers say when they refuse the request itself with a 5xx: llama.cpp's
+# server answers 500 to a body its schema refuses (pydantic: "1 validation error
+# for ...", "Input should be a valid string") and to a tool schema it cannot
+# build a grammar from ("Unrecognized schema").
+_INVALID_REQUEST = (
+    "invalid_request",
+    "invalid request",
+    "validation error",
+    "input should be",
+    "unrecognized schema",
+    "field required",
+)
+
+
+def _says_invalid(error: openai.APIStatusError) -> bool:
+    # The client hands over the body's "error" object (or the whole body).
+    body = error.body
+    if isinstance(body, dict) and body.get("type") == "invalid_request_error":
+        return True
+    text = _detail(error).lower()
+    return any(phrase in text for phrase in _INVALID_REQUEST)
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -383,17 +447,7 @@ def _retry_after(headers: Any) -> float | None:
 def _describe(error: openai.APIError) -> str:
     """A one-line reason: HTTP status and the server's message, or the network cause."""
     if isinstance(error, openai.APIStatusError):
-        body = error.body
-        detail: Any = None
-        if isinstance(body, dict):
-            detail = body.get("message") or body.get("error") or body.get("detail")
-            if isinstance(detail, dict):
-                detail = detail.get("message")
-        if not detail:
-            try:
-                detail = error.response.text.strip()[:300]
-            except Exception:  # a streamed or unread body
-                detail = ""
+        detail = _readable(_detail(error))
         return f"HTTP {error.status_code}: {detail}" if detail else f"HTTP {error.status_code}"
     if isinstance(error, openai.APITimeoutError):
         return "no answer in time"
@@ -403,6 +457,32 @@ def _describe(error: openai.APIError) -> str:
     text = str(cause) or type(cause).__name__
     if text.startswith("[Errno") and "] " in text:
         text = text.split("] ", 1)[1]
+    return text
+
+
+def _detail(error: openai.APIStatusError) -> str:
+    """The server's own message: the body's error message, or its text."""
+    body = error.body
+    detail: Any = None
+    if isinstance(body, dict):
+        detail = body.get("message") or body.get("error") or body.get("detail")
+        if isinstance(detail, dict):
+            detail = detail.get("message")
+    if detail and not isinstance(detail, str):
+        detail = json.dumps(detail)
+    if not detail:
+        try:
+            detail = error.response.text
+        except Exception:  # a streamed or unread body
+            detail = ""
+    return detail or ""
+
+
+def _readable(text: str) -> str:
+    """One line of at most ``DETAIL_LENGTH`` characters (servers send whole tracebacks)."""
+    text = " ".join(text.split())
+    if len(text) > DETAIL_LENGTH:
+        text = text[: DETAIL_LENGTH - 1].rstrip() + "…"
     return text
 
 

@@ -94,11 +94,45 @@ def validate_scripted(config: dict[str, Any]) -> dict[str, Any]:
     return cleaned
 
 
+TOOL_CHOICES = ("auto", "required", "none")
+# Request fields the backend sets itself, from its own config keys: extra_body may
+# not override them (it would silently win over the validated key).
+_OWN_REQUEST_FIELDS = (
+    "model",
+    "messages",
+    "tools",
+    "tool_choice",
+    "temperature",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+)
+
+
 def validate_openai(config: dict[str, Any]) -> dict[str, Any]:
-    """Any OpenAI-compatible endpoint. The API key comes from a named env variable."""
+    """Any OpenAI-compatible endpoint. The API key comes from a named env variable.
+
+    Optional keys for the request: ``max_tokens`` (default 512, so a model that
+    will not stop cannot fill its context), ``tool_choice`` (``auto``, the
+    default, ``required`` or ``none``; some servers refuse ``required``),
+    ``timeout`` (seconds one request may take, default 120) and ``extra_body``
+    (a JSON object merged into the request body as it is, for a server's own
+    options, such as ``{"top_k": 40}``).
+    """
     _unknown_keys(
         config,
-        {"base_url", "model", "api_key_env", "temperature", "system_prompt", "max_steps"},
+        {
+            "base_url",
+            "model",
+            "api_key_env",
+            "temperature",
+            "system_prompt",
+            "max_steps",
+            "max_tokens",
+            "tool_choice",
+            "timeout",
+            "extra_body",
+        },
     )
     model = _text(config, "model", max_length=200)
     if not model:
@@ -112,12 +146,29 @@ def validate_openai(config: dict[str, Any]) -> dict[str, Any]:
             "'api_key_env' is the NAME of an environment variable (like OPENAI_API_KEY), "
             "never the key itself."
         )
+    tool_choice = config.get("tool_choice", "auto")
+    if tool_choice not in TOOL_CHOICES:
+        raise ValidationError(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)}.")
+    extra_body = config.get("extra_body", {})
+    if not isinstance(extra_body, dict):
+        raise ValidationError("'extra_body' must be a JSON object.")
+    overridden = sorted(set(extra_body) & set(_OWN_REQUEST_FIELDS))
+    if overridden:
+        raise ValidationError(
+            "'extra_body' may not set %(keys)s: the backend sets them (use the config's own "
+            "keys: model, temperature, max_tokens, tool_choice).",
+            params={"keys": ", ".join(overridden)},
+        )
     cleaned = {
         "model": model,
         "base_url": base_url,
         "api_key_env": api_key_env,
         "temperature": _number(config, "temperature", 0.0, 2.0, 0.2),
         "system_prompt": _text(config, "system_prompt"),
+        "max_tokens": _integer(config, "max_tokens", 1, 1_000_000, 512),
+        "tool_choice": tool_choice,
+        "timeout": _number(config, "timeout", 1, 3600, 120),
+        "extra_body": extra_body,
     }
     return _optional_max_steps(config, cleaned)
 

@@ -2,8 +2,11 @@
 
 The server is a small threaded ``http.server`` that answers chat-completions
 requests from a script of replies and records every request it received, so
-the tests assert on what went over the wire. No sleeps: the backend's waits
-between retries go through an injected ``sleep`` that records them.
+the tests assert on what went over the wire. It is as strict as llama.cpp's
+server (llama-cpp-python's): a message whose ``content`` is not a string, or
+a tool parameter without a JSON type, gets the HTTP 500 that server answers,
+whatever reply was scripted. No sleeps: the backend's waits between retries go
+through an injected ``sleep`` that records them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from agents.backends.base import BackendError, Decision, StepContext
 from agents.backends.openai_backend import OpenAIBackend, well_formed_transcript
 from agents.tools import TOOL_NAMES, TOOL_SPECS
 from orchestrator.api_keys import secret_from_env
+from orchestrator.core.backends import validate_openai
 
 KEY_ENV = "ORCH_TEST_MODEL_KEY"
 KEY = "sk-test-0123456789"
@@ -41,12 +45,75 @@ class Reply:
     hang: bool = False  # never answer (until the test ends)
 
 
+# Schema keywords that give a value a shape without "type"; anything else without a
+# type is what llama.cpp's grammar builder cannot turn into a grammar.
+_SHAPED = ("type", "enum", "const", "anyOf", "oneOf", "allOf", "$ref")
+
+
+def untyped_schema(schema: Any) -> Any:
+    """The first (sub)schema of a tool's parameters that has no type, or None."""
+    if not isinstance(schema, dict):
+        return None
+    if not any(key in schema for key in _SHAPED):
+        return schema
+    for sub in (schema.get("properties") or {}).values():
+        found = untyped_schema(sub)
+        if found is not None:
+            return found
+    return untyped_schema(schema["items"]) if isinstance(schema.get("items"), dict) else None
+
+
+def llama_cpp_refusal(body: Any) -> Reply | None:
+    """The HTTP 500 that llama.cpp's server answers to this request body, if any.
+
+    Its request model types every message's ``content`` as a string (a null
+    fails validation; a missing one fails in the chat template), and it builds
+    a grammar from each tool's parameters, which needs a type for every value.
+    """
+    for index, message in enumerate(body.get("messages") or []):
+        if not isinstance(message.get("content"), str):
+            role = message.get("role")
+            return Reply(
+                500,
+                {
+                    "error": {
+                        "message": (
+                            f"1 validation error for ChatCompletionRequest{role.title()}Message\n"
+                            f"messages.{index}.content\n  Input should be a valid string "
+                            f"[type=string_type, input_value={message.get('content')!r}, "
+                            "input_type=NoneType]\n    For further information visit "
+                            "https://errors.pydantic.dev/2.12/v/string_type"
+                        ),
+                        "type": "internal_server_error",
+                    }
+                },
+            )
+    for tool in body.get("tools") or []:
+        untyped = untyped_schema(tool.get("function", {}).get("parameters"))
+        if untyped is not None:
+            return Reply(
+                500,
+                {
+                    "error": {
+                        "message": f"Unrecognized schema: {untyped}",
+                        "type": "internal_server_error",
+                    }
+                },
+            )
+    return None
+
+
 class ModelServer:
-    """Answers POSTs with the scripted replies in order; records each request first."""
+    """Answers POSTs with the scripted replies in order; records each request first.
+
+    A request that llama.cpp's server would refuse is refused the same way (and
+    recorded in ``refused``) without using up a scripted reply.
+    """
 
     def __init__(self) -> None:
         self.replies: deque[Reply] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.refused: list[Reply] = []
         self.lock = threading.Lock()
         self.release = threading.Event()
         self.arrived = threading.Condition(self.lock)  # notified on every recorded request
@@ -60,7 +127,11 @@ class ModelServer:
                     server.requests.append(
                         {"path": self.path, "headers": dict(self.headers), "body": body}
                     )
-                    reply = server.replies.popleft() if server.replies else None
+                    reply = llama_cpp_refusal(body)
+                    if reply is not None:
+                        server.refused.append(reply)
+                    elif server.replies:
+                        reply = server.replies.popleft()
                     server.arrived.notify_all()
                 if reply is None:
                     reply = Reply(418, {"error": {"message": "no reply scripted"}})
@@ -196,7 +267,7 @@ def assistant_message(decision: Decision) -> dict[str, Any]:
     """What the runtime records for a turn (OpenAI chat format)."""
     return {
         "role": "assistant",
-        "content": decision.message or None,
+        "content": decision.message,
         "tool_calls": [
             call(tool_call.id, tool_call.name, tool_call.arguments)
             for tool_call in decision.tool_calls
@@ -544,9 +615,14 @@ def test_a_transcript_cut_mid_turn_is_repaired_before_sending(
     server.reply(completion("ok"))
     backend(server.url).decide(context(transcript))
 
+    assert server.refused == []
     sent = server.bodies()[0]["messages"][2:]
     placeholder = json.dumps({"error": "no result was recorded for this call"})
-    assert sent == [*transcript[1:], {"role": "tool", "tool_call_id": "c", "content": placeholder}]
+    # The null content recorded by older runtimes goes out as "".
+    assert sent == [
+        *[{**m, "content": m["content"] or ""} for m in transcript[1:]],
+        {"role": "tool", "tool_call_id": "c", "content": placeholder},
+    ]
     assert transcript == original  # not modified in place
     assert well_formed_transcript(sent) == sent
 
@@ -558,3 +634,242 @@ def test_a_transcript_that_opens_with_a_user_message_gets_no_second_one(
     backend(server.url).decide(context([{"role": "user", "content": "Operator: hurry."}]))
     roles = [m["role"] for m in server.bodies()[0]["messages"]]
     assert roles == ["system", "user"]
+
+
+# --- what llama.cpp's server refuses ----------------------------------------------------
+
+
+def test_the_test_server_refuses_what_llama_cpps_server_refuses(server: ModelServer) -> None:
+    """The strictness the other tests rely on: a null content and an untyped parameter."""
+    import httpx
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{server.url}/chat/completions", json=body, timeout=5)
+
+    server.reply(completion("ok"), completion("ok"))
+    tool = {"type": "function", "function": {"name": "write", "parameters": {}}}
+    null_content = post({"messages": [{"role": "assistant", "content": None}]})
+    assert null_content.status_code == 500
+    assert "Input should be a valid string" in null_content.text
+    missing_content = post({"messages": [{"role": "assistant", "tool_calls": []}]})
+    assert missing_content.status_code == 500
+    untyped_parameters = {
+        "type": "object",
+        "properties": {"value": {"description": "The new JSON value."}},
+    }
+    untyped = post(
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{**tool, "function": {**tool["function"], "parameters": untyped_parameters}}],
+        }
+    )
+    assert untyped.status_code == 500
+    assert "Unrecognized schema" in untyped.text
+    assert len(server.refused) == 3
+    accepted = post({"messages": [{"role": "assistant", "content": ""}], "tools": TOOL_SPECS})
+    assert accepted.status_code == 200
+
+
+def test_every_tool_parameter_has_a_json_type() -> None:
+    for spec in TOOL_SPECS:
+        assert untyped_schema(spec["function"]["parameters"]) is None, spec["function"]["name"]
+    (write,) = [s["function"] for s in TOOL_SPECS if s["function"]["name"] == "write"]
+    assert set(write["parameters"]["properties"]["value"]["type"]) == {
+        "string",
+        "number",
+        "integer",
+        "boolean",
+        "object",
+        "array",
+        "null",
+    }
+
+
+def test_a_500_that_says_the_request_is_invalid_fails_at_once_with_a_readable_message(
+    server: ModelServer, api_key: str
+) -> None:
+    sleeps = Sleeps()
+    with pytest.raises(BackendError) as failure:
+        # The backend never sends a null content, so the server refuses the tools.
+        untyped = {"type": "object", "properties": {"summary": {"description": "untyped"}}}
+        tools = [{"type": "function", "function": {"name": "finish", "parameters": untyped}}]
+        OpenAIBackend(config(server.url), sleep=sleeps, attempts=4).decide(
+            StepContext(
+                agent="a",
+                role="",
+                goal="g",
+                config={},
+                transcript=[],
+                tools=tools,
+                step_number=1,
+                seed=0,
+            )
+        )
+    assert len(server.requests) == 1  # never retried: it cannot succeed
+    assert sleeps == []
+    message = str(failure.value)
+    assert message.startswith(
+        f"model endpoint {server.url} refused the request (model test-model): "
+        "HTTP 500: Unrecognized schema: {'description': 'untyped'}"
+    )
+
+
+def test_a_pydantic_refusal_is_cut_to_one_readable_line(server: ModelServer, api_key: str) -> None:
+    validation = llama_cpp_refusal({"messages": [{"role": "assistant", "content": None}]})
+    assert validation is not None
+    long = {"error": {"message": validation.body["error"]["message"] + " trace" * 200}}
+    server.reply(Reply(500, long), completion("never"))
+    sleeps = Sleeps()
+    with pytest.raises(BackendError) as failure:
+        backend(server.url, sleeps).decide(context())
+    assert len(server.requests) == 1
+    assert sleeps == []
+    message = str(failure.value)
+    detail = message.split("HTTP 500: ", 1)[1]
+    assert "\n" not in message
+    assert detail.startswith("1 validation error for ChatCompletionRequestAssistantMessage ")
+    assert "Input should be a valid string" in detail
+    assert len(detail) <= 300
+    assert detail.endswith("…")
+
+
+def test_a_long_400_is_not_retried_and_is_cut(server: ModelServer, api_key: str) -> None:
+    server.reply(error(400, "Requested tokens exceed context window of 2048. " + "x" * 5000))
+    with pytest.raises(BackendError) as failure:
+        backend(server.url).decide(context())
+    assert len(server.requests) == 1
+    assert "HTTP 400: Requested tokens exceed context window of 2048. xxx" in str(failure.value)
+    assert len(str(failure.value)) < 450
+
+
+def test_a_500_that_does_not_say_the_request_is_invalid_is_still_retried(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(error(500, "CUDA error: out of memory"), completion("ok"))
+    assert backend(server.url).decide(context()).message == "ok"
+    assert len(server.requests) == 2
+
+
+# --- the optional config keys -----------------------------------------------------------
+
+
+def test_max_tokens_tool_choice_and_the_default_timeout_are_sent(
+    server: ModelServer, api_key: str
+) -> None:
+    server.reply(completion("ok"))
+    OpenAIBackend(validate_openai(config(server.url)), sleep=Sleeps()).decide(context())
+    (request,) = server.requests
+    assert request["body"]["max_tokens"] == 512
+    assert request["body"]["tool_choice"] == "auto"
+    assert float(header(request, "x-stainless-read-timeout")) == 120
+
+
+def test_configured_keys_and_extra_body_are_sent(server: ModelServer, api_key: str) -> None:
+    server.reply(completion("ok"))
+    cleaned = validate_openai(
+        config(
+            server.url,
+            max_tokens=64,
+            tool_choice="required",
+            timeout=7.5,
+            extra_body={"top_k": 40, "cache_prompt": True},
+        )
+    )
+    OpenAIBackend(cleaned, sleep=Sleeps()).decide(context())
+    (request,) = server.requests
+    body = request["body"]
+    assert (body["max_tokens"], body["tool_choice"]) == (64, "required")
+    assert (body["top_k"], body["cache_prompt"]) == (40, True)
+    assert body["model"] == "test-model"
+    assert float(header(request, "x-stainless-read-timeout")) == 7.5
+
+
+def test_validate_openai_fills_defaults_and_refuses_bad_values() -> None:
+    from django.core.exceptions import ValidationError
+
+    cleaned = validate_openai({"model": "m"})
+    assert (cleaned["max_tokens"], cleaned["tool_choice"], cleaned["timeout"]) == (512, "auto", 120)
+    assert cleaned["extra_body"] == {}
+    assert "max_steps" not in cleaned  # optional, no default
+    for bad, key in (
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"tool_choice": "any"}, "tool_choice"),
+        ({"tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": "10"}, "timeout"),
+        ({"extra_body": []}, "extra_body"),
+        ({"extra_body": {"messages": []}}, "messages"),
+        ({"extra_body": {"max_tokens": 9}}, "max_tokens"),
+    ):
+        with pytest.raises(ValidationError) as refused:
+            validate_openai({"model": "m", **bad})
+        assert key in str(refused.value), bad
+
+
+# --- through the runtime -----------------------------------------------------------------
+
+
+def run_openai_agent(server: ModelServer, *replies: Reply) -> Any:
+    """A run of one openai agent against ``server``, drained by an in-process RQ worker."""
+    import django_rq
+    from rq import SimpleWorker
+
+    from agents.runtime import run_start
+    from tests import factories
+
+    server.reply(*replies)
+    team = factories.team()
+    factories.agent(
+        team_=team,
+        name="booker-1",
+        backend="openai",
+        config=validate_openai({"model": "test-model", "base_url": server.url}),
+    )
+    run = run_start(team=team, goal="Book room 101.", max_steps=5)
+    django_rq.get_worker("steps", worker_class=SimpleWorker).work(burst=True)
+    run.refresh_from_db()
+    return run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_of_tool_calls_only_is_sent_back_with_empty_content(
+    server: ModelServer, redis_conn: Any
+) -> None:
+    from orchestrator.core.models import Run, Step
+    from orchestrator.core.resources import resource_create
+
+    resource_create(name="room-101", value={})
+    run = run_openai_agent(
+        server,
+        completion(None, [call("c1", "acquire", {"resource": "room-101"})]),
+        completion(None, [call("c2", "release", {"resource": "room-101"})]),
+        completion(None, [call("c3", "finish", {"summary": "done"})]),
+    )
+    assert server.refused == []
+    assert run.status == Run.Status.FINISHED
+    assert len(server.requests) == 3
+    steps = list(Step.objects.filter(run=run).order_by("number"))
+    assert [step.status for step in steps] == ["done"] * 3
+    assert steps[0].transcript[0]["content"] == ""
+    sent = server.bodies()[2]["messages"]
+    assert [m["content"] for m in sent if m["role"] == "assistant"] == ["", ""]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_turn_without_a_tool_call_is_noted_plainly(server: ModelServer, redis_conn: Any) -> None:
+    from orchestrator.core.models import Run, Step
+
+    run = run_openai_agent(
+        server,
+        completion("I will book room 101 now."),
+        completion(None, [call("c1", "finish", {})]),
+    )
+    assert run.status == Run.Status.FINISHED
+    first = Step.objects.get(run=run, number=1)
+    said, note = first.transcript
+    assert said == {"role": "assistant", "content": "I will book room 101 now."}
+    assert note["role"] == "user"
+    assert note["content"].startswith("You called no tool in that turn, so nothing was done.")
+    # The model sees the note on its next step.
+    assert server.bodies()[1]["messages"][-2:] == [said, note]
