@@ -20,6 +20,12 @@ Anomalies it counts:
   live at the same time (by event order);
 
 and the agents of the run that never finished (no successful ``finish``).
+
+The verdict (``RunReport.ok``) is OK only for a run that finished, with every
+agent finished and no anomaly; anything else fails it, with the reasons in
+``RunReport.failures``: a run that failed, was cancelled or is still going, an
+agent that did not finish, an anomaly. An unguarded run therefore fails it when
+its agents did the damage the protocol prevents, which is what it is for.
 """
 
 from __future__ import annotations
@@ -36,6 +42,11 @@ KINDS = ("double_bookings", "lost_updates", "non_holder_writes", "overlapping_ho
 HEAVY_STEP_FIELDS = ("agent__config", "transcript", "decision")
 BOOKING_MARK = "slot-"
 NEVER = float("inf")
+RUN_NOT_FINISHED = {
+    "running": "the run has not ended",
+    "failed": "the run failed",
+    "cancelled": "the run was cancelled",
+}
 
 
 @dataclass
@@ -67,10 +78,30 @@ class RunReport:
     def total(self) -> int:
         return len(self.anomalies)
 
+    @property
+    def failures(self) -> list[str]:
+        """Why the run is not OK, for people; empty when it is."""
+        reasons = []
+        if self.status != Run.Status.FINISHED:
+            reasons.append(RUN_NOT_FINISHED[self.status])
+        if self.unfinished_agents:
+            count = len(self.unfinished_agents)
+            reasons.append(f"{count} agent{'s' * (count != 1)} did not finish")
+        if self.anomalies:
+            reasons.append(f"{self.total} anomal{'ies' if self.total != 1 else 'y'}")
+        return reasons
+
+    @property
+    def ok(self) -> bool:
+        """The run finished, every agent of it finished, and nothing went wrong."""
+        return not self.failures
+
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form: ``anomalies`` holds the counts, ``details`` the findings."""
+        """The JSON form: ``ok`` is the verdict, ``anomalies`` holds the counts,
+        ``details`` the findings."""
         return {
             "run": self.run,
+            "ok": self.ok,
             "status": self.status,
             "unguarded": self.unguarded,
             "anomalies": self.counts(),

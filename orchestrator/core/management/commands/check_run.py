@@ -14,7 +14,9 @@ from orchestrator.core.models import Run
 class Command(BaseCommand):
     help = (
         "Report a run's double bookings, lost updates, writes by non-holders, "
-        "overlapping exclusive holds and unfinished agents."
+        "overlapping exclusive holds and unfinished agents. The verdict (the last line; "
+        '"ok" in --json) is OK only if the run finished, every agent finished and no '
+        "anomaly was found; otherwise FAILED, with the reasons."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -45,5 +47,5 @@ class Command(BaseCommand):
         self.stdout.write(f"{'unfinished agents':<{width}}  {unfinished}")
         for anomaly in report.anomalies:
             self.stdout.write(f"  {anomaly.kind}: {anomaly.resource}: {anomaly.detail}")
-        verdict = "OK" if not report.anomalies else f"{report.total} anomalies"
-        self.stdout.write(verdict)
+        # The last line is the verdict: OK, or FAILED with the reasons.
+        self.stdout.write("OK" if report.ok else f"FAILED: {'; '.join(report.failures)}")
