@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from tests.databases import database_url
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,7 +25,7 @@ def production_env() -> dict[str, str]:
         "HTTPS": "1",
         "SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": "orchestrator.example.com",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(db),
         "REDIS_URL": settings.REDIS_URL,
     }
 

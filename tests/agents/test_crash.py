@@ -22,6 +22,7 @@ from agents.scenarios import increment_script
 from orchestrator.core.models import Resource, Run, Step
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.databases import database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -38,7 +39,7 @@ def start_worker(worker_class: str) -> subprocess.Popen:
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
-        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "DATABASE_URL": database_url(db),
         "REDIS_URL": settings.REDIS_URL,
     }
     return subprocess.Popen(

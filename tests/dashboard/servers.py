@@ -13,10 +13,11 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
 
 from django.conf import settings
 from django.db import connection
+
+from tests.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 30.0
@@ -30,11 +31,7 @@ def free_port() -> int:
 
 def test_database_url() -> str:
     """The URL of the database pytest-django created for this run."""
-    db = connection.settings_dict
-    auth = quote(db["USER"] or "", safe="")
-    if db.get("PASSWORD"):
-        auth += ":" + quote(db["PASSWORD"], safe="")
-    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+    return database_url(connection.settings_dict)
 
 
 def environment() -> dict[str, str]:

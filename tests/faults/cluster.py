@@ -21,10 +21,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
+
+from tests.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_REDIS_SERVER = Path("/usr/bin/redis-server")
@@ -65,17 +66,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def database_url(settings_db: dict, application_name: str = "") -> str:
-    """A DATABASE_URL for the Django database settings ``settings_db``."""
-    user = urllib.parse.quote(settings_db.get("USER") or "")
-    password = settings_db.get("PASSWORD") or ""
-    auth = f"{user}:{urllib.parse.quote(password)}@" if password else f"{user}@"
-    host = settings_db.get("HOST") or "127.0.0.1"
-    port = settings_db.get("PORT") or 5432
-    query = f"?application_name={application_name}" if application_name else ""
-    return f"postgres://{auth}{host}:{port}/{settings_db['NAME']}{query}"
 
 
 def _kill(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
