@@ -13,12 +13,15 @@ agent books) is drawn here, from the scenario's seed, rather than with
 ``$choice`` (which draws anew at every step).
 
 * ``booking``: N agents each want one room at one hour (resources
-  ``slot-<room>-<hour>``, about two agents per slot). A guarded booking takes
-  the slot's exclusive lock, reads it and writes ``[agent]`` with
-  ``expected_version`` 0: a free slot is at version 0, a booked one is not, so
-  a second booking is refused (version_conflict) and its agent retries until
-  the scripted backend's retry limit makes it give up. Unguarded, everybody
-  reads the free slot and every booking is applied: double bookings.
+  ``slot-<room>-<hour>``, about two agents per slot), and would take one of two
+  other slots instead. A guarded booking takes the slot's exclusive lock, reads
+  it and writes ``[agent]`` with ``expected_version`` 0: a free slot is at
+  version 0, a booked one is not, so a second booking is refused
+  (version_conflict), which is final. Its agent releases the slot and tries its
+  next one, and when none is left it finishes, saying it could not book
+  (``guest_script``): a careful agent, never one that retries what cannot
+  succeed. Unguarded, everybody reads the free slot and every booking is
+  applied: double bookings.
 * ``pipeline``: researchers append to ``notes``, writers revise ``draft`` (under
   a shared lock on ``notes``, which they read), validators stamp the ``draft``
   they reviewed. Unguarded, edits based on the same version overwrite each
@@ -89,15 +92,39 @@ def increment_script(resource: str) -> list[dict[str, Any]]:
     ]
 
 
+def _booking_calls(slot: str, on_refused: int) -> list[dict[str, Any]]:
+    """Take ``slot``'s lock, read it and write ``[agent]`` at version 0 (the free slot).
+    A booked slot is refused (version_conflict), never overwritten; that refusal is
+    final (agents.backends.scripted), so the agent goes ``on_refused`` entries on."""
+    write = _call("write", slot, value=["{agent}"], expected_version=0)
+    return [_call("acquire", slot), _call("read", slot), {**write, "on_refused": on_refused}]
+
+
 def booking_script(slot: str) -> list[dict[str, Any]]:
-    """Book ``slot`` for the agent: version 0 is the free slot, so a booked one is
-    refused (version_conflict), never overwritten."""
-    return [
-        _call("acquire", slot),
-        _call("read", slot),
-        _call("write", slot, value=["{agent}"], expected_version=0),
-        _call("release", slot),
-    ]
+    """Book ``slot`` for the agent, or leave it if somebody booked it first: either
+    way the agent releases it and goes on with the rest of its script (so that
+    scripts booking several slots can be joined end to end)."""
+    return [*_booking_calls(slot, on_refused=1), _call("release", slot)]
+
+
+def guest_script(slots: list[str]) -> list[dict[str, Any]]:
+    """Book the first of ``slots`` that is free, trying them in order, and finish
+    saying which; or, when every one was taken, finish saying it could not book.
+    Each slot taken by somebody else costs 4 steps (acquire, read, write, release)."""
+    script: list[dict[str, Any]] = []
+    for slot in slots:
+        script += [
+            *_booking_calls(slot, on_refused=3),  # refused: on to the second release
+            _call("release", slot),
+            {"tool": "finish", "args": {"summary": f"booked {slot}"}},
+            _call("release", slot),  # the slot was taken: leave it, try the next one
+        ]
+    taken = ", ".join(slots)
+    script.append({"tool": "finish", "args": {"summary": f"could not book: {taken} taken"}})
+    return script
+
+
+BOOKING_ALTERNATIVES = 2  # other slots a guest would take when the one it wants is gone
 
 
 def plan_booking(prefix: str, agents: int, rng: random.Random) -> Plan:
@@ -107,17 +134,25 @@ def plan_booking(prefix: str, agents: int, rng: random.Random) -> Plan:
     slots = [f"{prefix}-slot-room{r + 1}-{9 + h:02d}" for r in range(rooms) for h in range(hours)]
     slots = slots[:slot_count]
     plan = Plan(
-        goal="Book a room at the hour you want; never take a slot somebody already booked.",
+        goal="Book a room at the hour you want, or another free one; never take a slot "
+        "somebody already booked.",
         resources={slot: [] for slot in slots},
-        max_steps=60,  # a refused booking is retried 20 times (re-read, write) before giving up
+        # A guest tries at most 3 slots (13 steps); the rest is room for lost locks
+        # taken again (a write refused for a stale fence is retried, up to 3 times).
+        max_steps=60,
     )
-    for i in range(agents):
-        slot = rng.choice(slots)
+    # The wanted slots first, then the alternatives: a seed wants what it wanted before.
+    wanted = [rng.choice(slots) for _ in range(agents)]
+    for i, slot in enumerate(wanted):
+        others = [other for other in slots if other != slot]
+        alternatives = rng.sample(others, min(BOOKING_ALTERNATIVES, len(others)))
+        short = [name.removeprefix(prefix + "-") for name in (slot, *alternatives)]
+        role = f"You want {short[0]}" + (
+            f"; {' or '.join(short[1:])} would do." if alternatives else "."
+        )
         plan.agents.append(
             AgentPlan(
-                name=f"{prefix}-guest{i + 1}",
-                role=f"You want {slot.removeprefix(prefix + '-')}.",
-                script=booking_script(slot),
+                name=f"{prefix}-guest{i + 1}", role=role, script=guest_script([slot, *alternatives])
             )
         )
     return plan
@@ -204,7 +239,8 @@ def plan_demo(prefix: str, agents: int, rng: random.Random) -> Plan:
         max_steps=1_000_000,
         requires_approval={release},
     )
-    looping = {"think": DEMO_THINK, "loop": True}
+    # Patient agents (20 retries, not 3): the operator takes their time, and the demo goes on.
+    looping = {"think": DEMO_THINK, "loop": True, "retries": 20}
     for i in range(max(1, agents - 3)):
         counter = rng.choice(counters)
         plan.agents.append(
@@ -217,12 +253,14 @@ def plan_demo(prefix: str, agents: int, rng: random.Random) -> Plan:
         )
     for i, (first, second) in enumerate((ledgers, ledgers[::-1])):
         plan.agents.append(_clerk(f"{prefix}-clerk{i + 1}", first, second, looping))
+    acquire, read, write, release_it = increment_script(release)
     plan.agents.append(
         AgentPlan(
             name=f"{prefix}-editor",
             role="You revise the press release; an operator approves each revision.",
-            script=increment_script(release),
-            config={"think": [2.0, 5.0], "loop": True},
+            # A revision the operator rejects is final: release, then start a new one.
+            script=[acquire, read, {**write, "on_refused": 1}, release_it],
+            config={**looping, "think": [2.0, 5.0]},
         )
     )
     return plan

@@ -3,7 +3,8 @@
 Config (validated by orchestrator.core.backends.validate_scripted)::
 
     {"script": [{"tool": "acquire", "args": {"resource": "slot-{agent}"}}, ...],
-     "seed": 7, "think": [0.0, 0.2], "loop": false}
+     "seed": 7, "think": [0.0, 0.2], "loop": false,
+     "retries": 3, "backoff": [0.05, 1.0]}
 
 One script entry is executed per step. Arguments may use placeholders, so
 that a script behaves like a careful model:
@@ -13,14 +14,43 @@ that a script behaves like a careful model:
 * ``"$version"``: the version seen by the agent's latest read of the resource;
 * ``{"$inc": n}``: the value of that latest read plus ``n``.
 
-When a call fails the script does not advance: a refused write (stale
-version, not the holder) is followed by a fresh read and the same write again;
-a write refused for a stale fencing token (the agent's lock ended: lease
-expired, revoked) goes back to the entry that acquired that lock, to take it
-again; a release refused because the lock already ended counts as done; an
-aborted wait (deadlock victim) starts the script over; after 20 failures in a
-row the agent gives up and finishes. Think-times (seconds, from ``think``)
-are drawn from the same seeded RNG, so races happen reproducibly.
+**Refused calls.** A call whose result is not ok (a write refused, a lock wait
+aborted or expired, an approval rejected) is retried, at most ``retries`` times
+(the entry's own ``"retries"``, else the config's, else 3), and before each retry
+the agent backs off: ``base * 2 ** (n - 1)`` seconds for the n-th retry, at most
+``cap``, times a factor in [0.5, 1) drawn from the seeded RNG (``backoff``:
+``[base, cap]``). How it retries:
+
+* a write refused for a stale version or because the agent holds no lock (or
+  approved, but no longer applicable): a fresh read, then the same write;
+* a write refused for a stale fencing token (the agent's lock ended: lease
+  expired, revoked): back to the entry that acquired that lock, to take it again;
+* an aborted wait (deadlock victim): the script starts over;
+* anything else: the same entry again.
+
+Some refusals are final, since asking again cannot change the answer: a write
+naming a fixed ``expected_version`` (a number, not ``"$version"``) refused as
+stale (a booking at version 0 of a slot somebody booked first), and a write an
+operator rejected. A retry that goes back runs entries again that it already
+passed; its count of refusals is kept until the script gets past the refused
+entry, so going back never resets it.
+
+When the retries are used up, or the refusal is final, the entry's
+``"on_refused"`` decides: ``"finish"`` (the default) gives up and finishes, the
+summary naming the refusal; a number ``n`` goes on with the entry ``n`` places
+further (a fallback: another slot to try; a release, then a finish that says
+why). Fallbacks only go forward, so every script ends, whatever the services
+answer, within a bounded number of steps (unless it loops on purpose).
+
+A release refused because the lock already ended counts as done (retrying it
+could never succeed); a call stopped because the run was paused mid-step runs
+again, with no refusal counted. Think-times (seconds, from ``think``) and
+backoffs are drawn from the same seeded RNG, so races happen reproducibly.
+
+The agent's position is carried in the ids of its tool calls (``s<index>``, and
+``s<index>.<refusals>.<refused entry>`` during a retry; ``r...`` for the re-read
+before a retried write), so the count of refusals never depends on how much of
+the transcript the agent is shown.
 """
 
 from __future__ import annotations
@@ -28,11 +58,17 @@ from __future__ import annotations
 import json
 import random
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from agents.backends.base import Decision, StepContext, ToolCall
 
-MAX_RETRIES = 20
+DEFAULT_RETRIES = 3
+DEFAULT_BACKOFF = (0.05, 1.0)  # seconds: the first retry's backoff, and the longest
+# A write refused for these is retried after a fresh read ("failed": an approved write
+# that could not be applied, the version having moved since).
+REREAD_ERRORS = ("version_conflict", "stale_fence", "not_holder", "failed")
+DONE_RELEASE_ERRORS = ("lease_lost", "not_holder")  # the lock ended already
 
 
 def _results(transcript: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -60,11 +96,46 @@ def _calls(transcript: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return calls
 
 
+@dataclass(frozen=True)
+class Position:
+    """Where the agent is in its script: the entry to run, and the refusals it has
+    had since it last got past ``refused_at`` (0: not retrying)."""
+
+    index: int
+    refusals: int = 0
+    refused_at: int = 0
+
+    def tag(self, kind: str = "s") -> str:
+        if not self.refusals:
+            return f"{kind}{self.index}"
+        return f"{kind}{self.index}.{self.refusals}.{self.refused_at}"
+
+    @classmethod
+    def parse(cls, tag: str) -> tuple[str, Position]:
+        """(kind, position) of a call's tag: kind ``s`` (an entry) or ``r`` (a re-read)."""
+        kind, numbers = tag[0], [int(part) for part in tag[1:].split(".")]
+        if len(numbers) == 1:  # not retrying
+            return kind, cls(numbers[0])
+        return kind, cls(*numbers[:3])
+
+
+@dataclass(frozen=True)
+class Move:
+    """What to do next: run ``at`` (after re-reading ``reread``), or finish."""
+
+    at: Position | None  # None: finish with ``summary``
+    reread: str | None = None
+    retry: bool = False  # back off first
+    summary: str = "script done"
+
+
 class ScriptedBackend:
     def __init__(self, config: dict[str, Any]) -> None:
         self.script: list[dict[str, Any]] = config["script"]
         self.think = config.get("think", [0, 0])
         self.loop = bool(config.get("loop", False))
+        self.retries = int(config.get("retries", DEFAULT_RETRIES))
+        self.backoff = tuple(config.get("backoff", DEFAULT_BACKOFF))
 
     def decide(self, context: StepContext) -> Decision:
         rng = random.Random(context.seed)  # noqa: S311 (a simulation, not security)
@@ -73,67 +144,90 @@ class ScriptedBackend:
             time.sleep(rng.uniform(low, high))  # the "model" thinking, seeded
         calls = _calls(context.transcript)
         results = _results(context.transcript)
-        index, retry_read = self._next(calls, results)
-        if index is None:
-            return self._call(context, "finish", {"summary": "script done"}, "end")
-        if retry_read is not None:
-            return self._call(context, "read", {"resource": retry_read}, f"r{index}")
-        entry = self.script[index]
+        move = self._next(calls, results)
+        if move.at is None:
+            return self._call(context, "finish", {"summary": move.summary}, "end")
+        if move.retry:
+            time.sleep(self.backoff_seconds(move.at.refusals, rng))
+        if move.reread is not None:
+            return self._call(context, "read", {"resource": move.reread}, move.at.tag("r"))
+        entry = self.script[move.at.index]
         args = self._fill(entry.get("args", {}), context, rng, calls, results)
-        return self._call(context, entry["tool"], args, f"s{index}")
+        return self._call(context, entry["tool"], args, move.at.tag())
 
-    def _next(
-        self, calls: list[dict[str, Any]], results: dict[str, dict[str, Any]]
-    ) -> tuple[int | None, str | None]:
-        """The script index to run now, and a resource to re-read first (or None)."""
+    def backoff_seconds(self, retry: int, rng: random.Random) -> float:
+        """How long to wait before the ``retry``-th retry (1, 2, ...), seeded."""
+        base, cap = self.backoff
+        return min(cap, base * 2 ** (retry - 1)) * rng.uniform(0.5, 1.0)
+
+    def _next(self, calls: list[dict[str, Any]], results: dict[str, dict[str, Any]]) -> Move:
         if not calls:
-            return 0, None
+            return Move(Position(0))
         last = calls[-1]
         tag = last["id"].split(":")[0]
         if tag == "end":
-            return None, None
-        index = int(tag[1:])
-        if tag.startswith("r"):  # a re-read after a refused write: retry the entry
-            return index, None
+            return Move(None)
+        kind, at = Position.parse(tag)
+        if kind == "r":  # the re-read before a retried write is done: the write again
+            return Move(at)
         result = results.get(last["id"], {})
-        # A release refused because the lock already ended (its lease ran out) has
-        # nothing left to do: retrying it could never succeed.
-        gone = last["name"] == "release" and result.get("error") in ("lease_lost", "not_holder")
+        gone = last["name"] == "release" and result.get("error") in DONE_RELEASE_ERRORS
         if result.get("ok") or gone:
-            index += 1
-            if index >= len(self.script):
-                return (0, None) if self.loop else (None, None)
-            return index, None
-        failures = 0
-        for call in reversed(calls):
-            if call["id"].startswith(f"s{index}:") and not results.get(call["id"], {}).get("ok"):
-                failures += 1
-            elif not call["id"].startswith(f"r{index}:"):
-                break
-        if failures >= MAX_RETRIES:
-            return None, None
-        if result.get("status") == "aborted" or result.get("error") == "aborted":
-            return 0, None  # a deadlock victim: its locks are gone, start over
-        if last["name"] == "write" and result.get("error") == "stale_fence":
+            if at.refusals and at.index < at.refused_at:  # going back over passed entries
+                return self._advance(Position(at.index + 1, at.refusals, at.refused_at))
+            return self._advance(Position(at.index + 1))
+        if result.get("error") == "stopped":  # the run was paused mid-step: not a refusal
+            return Move(at)
+        refused_at = max(at.refused_at, at.index) if at.refusals else at.index
+        again = Position(at.index, at.refusals + 1, refused_at)
+        entry = self.script[at.index]
+        error = result.get("error") or result.get("status") or "refused"
+        if again.refusals > entry.get("retries", self.retries) or self._final(last, entry, error):
+            return self._fallback(again, last, error)
+        if error == "aborted":  # a deadlock victim: its locks are gone, start over
+            return Move(Position(0, again.refusals, again.refused_at), retry=True)
+        if last["name"] == "write" and error == "stale_fence":
             acquired = self._acquired_at(calls, last["args"].get("resource"))
             if acquired is not None:  # the lock is lost: take it again, then go on
-                return acquired, None
-        if last["name"] == "write" and result.get("error") in (
-            "version_conflict",
-            "stale_fence",
-            "not_holder",
-        ):
-            return index, last["args"].get("resource")
-        return index, None
+                return Move(Position(acquired, again.refusals, again.refused_at), retry=True)
+        if last["name"] == "write" and error in REREAD_ERRORS:
+            return Move(again, reread=last["args"].get("resource"), retry=True)
+        return Move(again, retry=True)
+
+    def _advance(self, at: Position) -> Move:
+        if at.index < len(self.script):
+            return Move(at)
+        return Move(Position(0)) if self.loop else Move(None)
+
+    @staticmethod
+    def _final(call: dict[str, Any], entry: dict[str, Any], error: str) -> bool:
+        """A refusal that asking again cannot change: a write at a fixed version refused
+        as stale (re-reading does not change the version it names), or a write an
+        operator rejected (asking again asks the same person the same question)."""
+        if error == "rejected":
+            return True
+        expected = entry.get("args", {}).get("expected_version")
+        fixed = isinstance(expected, int) and not isinstance(expected, bool)
+        return call["name"] == "write" and error == "version_conflict" and fixed
+
+    def _fallback(self, at: Position, call: dict[str, Any], error: str) -> Move:
+        """The entry's ``on_refused``: give up and finish, or go on further ahead."""
+        fallback = self.script[at.index].get("on_refused", "finish")
+        if fallback == "finish":
+            target = call["args"].get("resource")
+            what = f"{call['name']} {target}" if target else call["name"]
+            times = "once" if at.refusals == 1 else f"{at.refusals} times"
+            return Move(None, summary=f"gave up: {what} was refused {times} ({error})")
+        return self._advance(Position(at.index + int(fallback)))
 
     @staticmethod
     def _acquired_at(calls: list[dict[str, Any]], resource: str | None) -> int | None:
         """The script index of the latest ``acquire`` of ``resource``, or None."""
         for call in reversed(calls):
             if call["name"] == "acquire" and call["args"].get("resource") == resource:
-                tag = call["id"].split(":")[0]
-                if tag.startswith("s"):
-                    return int(tag[1:])
+                kind, at = Position.parse(call["id"].split(":")[0])
+                if kind == "s":
+                    return at.index
         return None
 
     def _fill(

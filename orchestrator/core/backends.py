@@ -66,8 +66,10 @@ def _optional_max_steps(config: dict[str, Any], cleaned: dict[str, Any]) -> dict
 
 
 def validate_scripted(config: dict[str, Any]) -> dict[str, Any]:
-    """``{"script": [{"tool": ..., "args": {...}}, ...], "seed"?, "think": [lo, hi]?}``."""
-    _unknown_keys(config, {"script", "seed", "think", "max_steps", "loop"})
+    """``{"script": [{"tool", "args"?, "retries"?, "on_refused"?}, ...], "seed"?,
+    "think": [lo, hi]?, "loop"?, "retries"?, "backoff": [base, cap]?, "max_steps"?}``
+    (agents/backends/scripted.py says what each does)."""
+    _unknown_keys(config, {"script", "seed", "think", "max_steps", "loop", "retries", "backoff"})
     script = config.get("script")
     if not isinstance(script, list) or not script:
         raise ValidationError("'script' must be a non-empty list of tool calls.")
@@ -76,18 +78,40 @@ def validate_scripted(config: dict[str, Any]) -> dict[str, Any]:
             raise ValidationError(
                 f"script[{index}] must be an object whose 'tool' is one of {', '.join(TOOLS)}."
             )
+        unknown = sorted(set(call) - {"tool", "args", "retries", "on_refused"})
+        if unknown:
+            raise ValidationError(
+                f"script[{index}] has unknown key(s) {', '.join(unknown)}; "
+                "allowed: tool, args, retries, on_refused."
+            )
         if not isinstance(call.get("args", {}), dict):
             raise ValidationError(f"script[{index}].args must be an object.")
-    think = config.get("think", [0, 0])
-    if (
-        not isinstance(think, list)
-        or len(think) != 2
-        or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in think)
-        or not 0 <= think[0] <= think[1] <= 60
-    ):
-        raise ValidationError("'think' must be [min, max] seconds with 0 <= min <= max <= 60.")
+        retries = call.get("retries", 0)
+        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
+            raise ValidationError(f"script[{index}].retries must be a whole number from 0 to 20.")
+        fallback = call.get("on_refused", "finish")
+        ahead = len(script) - index  # a fallback goes forward, at most just past the end
+        if fallback != "finish" and (
+            isinstance(fallback, bool)
+            or not isinstance(fallback, int)
+            or not 1 <= fallback <= ahead
+        ):
+            raise ValidationError(
+                f'script[{index}].on_refused must be "finish" or a number of entries to go '
+                f"on by, from 1 to {ahead} (fallbacks only go forward)."
+            )
+    for key, shape in (("think", "[min, max]"), ("backoff", "[base, cap]")):
+        pair = config.get(key, [0, 0])
+        if (
+            not isinstance(pair, list)
+            or len(pair) != 2
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in pair)
+            or not 0 <= pair[0] <= pair[1] <= 60
+        ):
+            raise ValidationError(f"{key!r} must be {shape} seconds, from 0 to 60, in that order.")
     cleaned = dict(config)
     cleaned["seed"] = _integer(config, "seed", 0, 2**63 - 1, 0)
+    _integer(config, "retries", 0, 20, 0)
     _optional_max_steps(config, cleaned)
     if not isinstance(config.get("loop", False), bool):
         raise ValidationError("'loop' must be true or false.")

@@ -10,7 +10,8 @@ of shared slots, and zombie candidates, built from a seed.
 * **booking agents** (team ``main``) each try to book a sequence of slots drawn from
   a shared pool: acquire, read, write ``[agent]`` at version 0 (a free slot), release.
   A slot somebody booked first is refused (version_conflict) and never overwritten;
-  the scripted agent retries, then gives up and finishes.
+  that refusal is final, so the scripted agent releases the slot and goes on with its
+  next booking (agents.scenarios.booking_script).
 
 One step runs one scripted call, so every acquire, read, write and release is a
 step (an RQ job) of its own.

@@ -1,0 +1,279 @@
+"""The scripted backend behaves like a careful agent: a refusal that cannot change is
+not retried, every retry is bounded and backs off (seeded), and a fallback takes the
+agent further on, never back. Driven here without services: each tool call is
+answered by a small function, as the runtime would record it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from django.core.exceptions import ValidationError
+
+from agents.backends import scripted
+from agents.backends.base import StepContext
+from agents.backends.scripted import ScriptedBackend
+from agents.scenarios import booking_script, guest_script, increment_script
+from orchestrator.core.backends import validate_scripted
+
+Answer = Callable[[str, dict[str, Any]], dict[str, Any]]
+OK_READ = {"ok": True, "value": [], "version": 0}
+
+
+@pytest.fixture(autouse=True)
+def no_sleeping(monkeypatch) -> list[float]:
+    """The backoffs the backend asked for, instead of sleeping them."""
+    slept: list[float] = []
+    monkeypatch.setattr(scripted.time, "sleep", slept.append)
+    return slept
+
+
+def answers(**by_tool: Any) -> Answer:
+    """An answer per tool: a result dict, or a function of the call's arguments."""
+
+    def answer(tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        found = by_tool.get(tool, {"ok": True})
+        return found(args) if callable(found) else found
+
+    return answer
+
+
+def drive(config: dict[str, Any], answer: Answer, *, limit: int = 200, window: int = 80):
+    """Run the agent until it finishes (or ``limit`` steps): its calls as
+    (tool, args, result), the last being the finish. The transcript it sees is cut to
+    the newest ``window`` messages, as the runtime's is."""
+    backend = ScriptedBackend(validate_scripted(config))
+    transcript: list[dict[str, Any]] = []
+    made = []
+    for number in range(1, limit + 1):
+        context = StepContext(
+            agent="ann",
+            role="",
+            goal="",
+            config=config,
+            transcript=transcript[-window:],
+            tools=[],
+            step_number=number,
+            seed=number,
+        )
+        (call,) = backend.decide(context).tool_calls
+        result = {"ok": True, "status": "finished"} if call.name == "finish" else None
+        result = result or answer(call.name, call.arguments)
+        made.append((call.name, call.arguments, result))
+        transcript += [
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": json.dumps(call.arguments)},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": call.id, "content": json.dumps(result)},
+        ]
+        if call.name == "finish":
+            return made
+    pytest.fail(f"the agent was still going after {limit} steps: {made[-6:]}")
+
+
+def tools(made) -> list[str]:
+    return [f"{tool} {args.get('resource', '')}".strip() for tool, args, _ in made]
+
+
+TAKEN = {"ok": False, "error": "version_conflict", "detail": "slot was booked"}
+
+
+def test_a_guest_whose_slot_is_taken_books_its_next_choice_without_retrying() -> None:
+    def write(args):
+        return TAKEN if args["resource"] == "a" else {"ok": True, "status": "applied"}
+
+    made = drive({"script": guest_script(["a", "b", "c"])}, answers(read=OK_READ, write=write))
+
+    assert tools(made) == [
+        "acquire a",
+        "read a",
+        "write a",
+        "release a",
+        "acquire b",
+        "read b",
+        "write b",
+        "release b",
+        "finish",
+    ]
+    assert made[-1][1] == {"summary": "booked b"}
+
+
+def test_a_guest_finds_every_slot_taken_and_finishes_saying_so() -> None:
+    made = drive({"script": guest_script(["a", "b"])}, answers(read=OK_READ, write=TAKEN))
+
+    assert len(made) == 9  # 4 steps per slot taken, and the finish
+    assert made[-1][1] == {"summary": "could not book: a, b taken"}
+
+
+def test_joined_booking_scripts_leave_a_taken_slot_and_book_the_next() -> None:
+    """The fault workload's guests: bookings one after another."""
+
+    def write(args):
+        return TAKEN if args["resource"] == "a" else {"ok": True, "status": "applied"}
+
+    script = booking_script("a") + booking_script("b")
+    made = drive({"script": script}, answers(read=OK_READ, write=write))
+
+    assert [r.get("status") for t, _, r in made if t == "write"] == [None, "applied"]
+    assert tools(made)[-2:] == ["release b", "finish"]
+
+
+def test_retries_are_bounded_even_when_every_lock_is_lost() -> None:
+    """Every write finds its lock gone (a lease ran out): the agent takes the lock
+    again and retries, 3 times, then gives up. Going back to the acquire does not reset
+    its count (it used to, and such an agent went on until its step limit)."""
+    stale = {"ok": False, "error": "stale_fence", "detail": "your lock ended"}
+    made = drive(
+        {"script": increment_script("n")},
+        answers(read={"ok": True, "value": 0, "version": 0}, write=stale),
+    )
+
+    assert tools(made) == ["acquire n", "read n", "write n"] * 4 + ["finish"]
+    assert made[-1][1] == {"summary": "gave up: write n was refused 4 times (stale_fence)"}
+
+
+def test_a_stale_version_is_re_read_and_retried_a_bounded_number_of_times() -> None:
+    conflict = {"ok": False, "error": "version_conflict", "detail": "moved"}
+    config = {"script": increment_script("n"), "retries": 2}
+    made = drive(config, answers(read={"ok": True, "value": 0, "version": 0}, write=conflict))
+
+    assert tools(made) == [
+        "acquire n",
+        "read n",
+        "write n",
+        "read n",
+        "write n",
+        "read n",
+        "write n",
+        "finish",
+    ]
+
+
+def test_the_count_of_refusals_starts_again_once_past_the_refused_entry() -> None:
+    """Two rounds, each of whose first write loses its lock: each round gets its own
+    retries (after going back, the count stays until the write is passed)."""
+    writes = iter(["stale", "ok", "stale", "ok"])
+
+    def write(args):
+        if next(writes) == "stale":
+            return {"ok": False, "error": "stale_fence"}
+        return {"ok": True, "status": "applied"}
+
+    made = drive(
+        {"script": increment_script("n") * 2, "retries": 1},
+        answers(read={"ok": True, "value": 0, "version": 0}, write=write),
+    )
+
+    assert tools(made).count("write n") == 4
+    assert made[-1][1] == {"summary": "script done"}
+
+
+def test_a_deadlock_victim_starts_over_a_bounded_number_of_times() -> None:
+    aborted = {"ok": False, "status": "aborted", "error": "aborted", "detail": "victim"}
+
+    def acquire(args):
+        return aborted if args["resource"] == "b" else {"ok": True, "status": "granted"}
+
+    script = [
+        {"tool": "acquire", "args": {"resource": "a"}},
+        {"tool": "acquire", "args": {"resource": "b"}},
+    ]
+    made = drive({"script": script}, answers(acquire=acquire))
+
+    assert tools(made) == ["acquire a", "acquire b"] * 4 + ["finish"]
+
+
+def test_an_operator_rejection_is_final_and_the_fallback_goes_on() -> None:
+    rejected = {"ok": False, "status": "rejected", "detail": "no"}
+    acquire, read, write, release = increment_script("doc")
+    script = [acquire, read, {**write, "on_refused": 1}, release]
+    made = drive(
+        {"script": script}, answers(read={"ok": True, "value": 0, "version": 0}, write=rejected)
+    )
+
+    assert tools(made) == ["acquire doc", "read doc", "write doc", "release doc", "finish"]
+
+
+def test_a_call_stopped_by_a_pause_is_run_again_without_counting() -> None:
+    stops = iter([True, True, True, True, False])
+
+    def read(args):
+        if next(stops):
+            return {"ok": False, "error": "stopped", "detail": "the run was paused"}
+        return {"ok": True, "value": 0, "version": 0}
+
+    made = drive(
+        {"script": [{"tool": "read", "args": {"resource": "n"}}], "retries": 0}, answers(read=read)
+    )
+
+    assert tools(made) == ["read n"] * 5 + ["finish"]
+    assert made[-1][1] == {"summary": "script done"}
+
+
+def test_backoff_doubles_up_to_its_cap_and_is_the_same_for_the_same_seed(no_sleeping) -> None:
+    refused = {"ok": False, "error": "busy"}
+    config = {
+        "script": [{"tool": "acquire", "args": {"resource": "n"}}],
+        "retries": 5,
+        "backoff": [0.1, 0.4],
+    }
+    drive(config, answers(acquire=refused))
+    first = list(no_sleeping)
+    no_sleeping.clear()
+    drive(config, answers(acquire=refused))
+
+    assert first == no_sleeping and len(first) == 5  # one before each retry, seeded
+    for delay, full in zip(first, [0.1, 0.2, 0.4, 0.4, 0.4], strict=True):
+        assert full / 2 <= delay < full
+
+
+def test_the_position_is_kept_in_the_call_ids_not_in_the_transcript_window() -> None:
+    """An agent shown only its last turn still counts its refusals."""
+    stale = {"ok": False, "error": "stale_fence"}
+    made = drive(
+        {"script": increment_script("n")},
+        answers(read={"ok": True, "value": 0, "version": 0}, write=stale),
+        window=2,
+    )
+
+    assert made[-1][0] == "finish" and len(made) <= 20
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"script": [{"tool": "read", "on_refused": 0}]}, "on_refused"),
+        ({"script": [{"tool": "read", "on_refused": 2}]}, "from 1 to 1"),
+        ({"script": [{"tool": "read", "on_refused": True}]}, "on_refused"),
+        ({"script": [{"tool": "read", "on_refused": "retry"}]}, "on_refused"),
+        ({"script": [{"tool": "read", "retries": 21}]}, "script[0].retries"),
+        ({"script": [{"tool": "read", "on_refuse": 1}]}, "unknown key(s) on_refuse"),
+        ({"script": [{"tool": "read"}], "retries": -1}, "'retries'"),
+        ({"script": [{"tool": "read"}], "backoff": [2, 1]}, "'backoff'"),
+        ({"script": [{"tool": "read"}], "backoff": 1}, "'backoff'"),
+    ],
+)
+def test_bad_retry_settings_are_refused(config: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        validate_scripted(config)
+    assert message in " ".join(raised.value.messages)
+
+
+def test_good_retry_settings_pass() -> None:
+    config = {
+        "script": [{"tool": "write", "args": {}, "retries": 0, "on_refused": 2}, {"tool": "read"}],
+        "retries": 5,
+        "backoff": [0, 2.5],
+    }
+    assert validate_scripted(config)["retries"] == 5
+    validate_scripted({"script": guest_script(["a", "b", "c"])})
