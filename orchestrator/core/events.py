@@ -35,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from orchestrator.core import sql
 from orchestrator.core.models import Agent, Event, Team
@@ -132,9 +133,8 @@ def _flush(buffer: list[Event]) -> None:
     if not buffer:
         return
     # A trigger takes the event log's advisory lock (shared) before it draws each
-    # id (migration 0007), so this insert is the only statement. PostgreSQL returns
-    # the ids in the order of the rows, which is the order they were drawn in.
-    Event.objects.bulk_create(buffer)
+    # id (migration 0007), so this insert is the only statement.
+    sql.insert_events(buffer, timezone.now())
     messages = [event_message(event) for event in buffer]
     transaction.on_commit(lambda: publish(messages))
 

@@ -137,12 +137,6 @@ def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datet
         raise resource_not_found(resource) from None
 
 
-def _end_lock(lock: Lock, *, end: str, now: datetime) -> None:
-    """Mark a live lock released, revoked or expired at ``now``."""
-    lock.released_at, lock.end = now, end
-    Lock.objects.filter(pk=lock.pk).update(released_at=now, end=end)
-
-
 class Queue:
     """The live locks and waiting requests of one resource, read once.
 
@@ -157,7 +151,7 @@ class Queue:
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
         for lock in self.expired:
-            _end_lock(lock, end=LockEnd.EXPIRED, now=max(now, lock.acquired_at))
+            sql.end_lock(lock, end=LockEnd.EXPIRED, now=max(now, lock.acquired_at))
             event_emit(
                 "lock.expired",
                 agent=lock.agent,
@@ -215,7 +209,7 @@ class Queue:
 
     def end(self, lock: Lock, end: str, **emit: Any) -> None:
         """End a live lock (released, revoked, force-released)."""
-        _end_lock(lock, end=end, now=self.now)
+        sql.end_lock(lock, end=end, now=self.now)
         self.live = [other for other in self.live if other.pk != lock.pk]
         kind = {
             LockEnd.RELEASED: "lock.released",

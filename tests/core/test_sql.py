@@ -47,6 +47,20 @@ def test_a_write_bumps_the_version_and_keeps_the_history() -> None:
     assert (history.value, history.agent_id, history.fence) == (value, agent.pk, 5)
 
 
+def test_ending_a_lock_stores_its_end_and_release_time() -> None:
+    agent = factories.agent()
+    resource = factories.resource(value=0)
+    now = timezone.now()
+    with transaction.atomic():
+        lock = sql.grant_exclusive(resource, agent_id=agent.pk, ttl=30, now=now)
+        other = sql.grant_exclusive(factories.resource(value=0), agent_id=agent.pk, ttl=30, now=now)
+        sql.end_lock(lock, end="revoked", now=now + timedelta(seconds=2))
+    stored = Lock.objects.get(pk=lock.pk)
+    assert (stored.end, stored.released_at) == ("revoked", now + timedelta(seconds=2))
+    assert (lock.end, lock.released_at) == (stored.end, stored.released_at)
+    assert Lock.objects.get(pk=other.pk).released_at is None  # only the one named
+
+
 @service
 def _emit_three() -> list[Event]:
     return [
