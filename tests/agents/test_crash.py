@@ -19,7 +19,8 @@ from django.db import connection
 from agents.recovery import recover_steps
 from agents.runtime import run_start
 from agents.scenarios import increment_script
-from orchestrator.core.models import Resource, Run, Step
+from orchestrator.core.models import Lock, LockRequest, Resource, Run, Step
+from orchestrator.core.monitor import monitor_sweep
 from orchestrator.core.resources import resource_create
 from tests import factories
 from tests.databases import database_url
@@ -34,7 +35,7 @@ AGENTS, ROUNDS = 4, 4
 WORKER_CLASSES = ["agents.worker.StepWorker", "agents.worker.SimpleStepWorker"]
 
 
-def start_worker(worker_class: str) -> subprocess.Popen:
+def start_worker(worker_class: str, log: Path | None = None) -> subprocess.Popen:
     db = settings.DATABASES["default"]
     env = {
         **os.environ,
@@ -42,14 +43,39 @@ def start_worker(worker_class: str) -> subprocess.Popen:
         "DATABASE_URL": database_url(db),
         "REDIS_URL": settings.REDIS_URL,
     }
-    return subprocess.Popen(
-        [sys.executable, "manage.py", "rqworker", "steps", "--worker-class", worker_class],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    out = log.open("ab") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            [sys.executable, "manage.py", "rqworker", "steps", "--worker-class", worker_class],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if log else subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        if log:
+            out.close()
+
+
+def run_state(run: Run) -> str:
+    """The run's steps, locks and waiting requests, for a failure message."""
+    steps = Step.objects.filter(run=run).order_by("agent_id", "number")
+    lines = [f"run {run.pk}: {Run.objects.get(pk=run.pk).status}"]
+    lines += [
+        f"  step {s.pk} agent {s.agent_id} #{s.number} {s.status} attempts={s.attempts} "
+        f"error={s.error[:120]!r}"
+        for s in steps
+    ]
+    lines += [
+        f"  lock {lock.pk} agent {lock.agent_id} expires {lock.expires_at:%H:%M:%S.%f}"
+        for lock in Lock.objects.filter(released_at__isnull=True)
+    ]
+    lines += [
+        f"  request {r.pk} agent {r.agent_id} {r.status} since {r.requested_at:%H:%M:%S.%f}"
+        for r in LockRequest.objects.filter(status="waiting")
+    ]
+    return "\n".join(lines)
 
 
 def descendants(pid: int) -> list[int]:
@@ -79,15 +105,17 @@ def kill_hard(worker: subprocess.Popen) -> None:
     worker.wait(10)
 
 
-def wait_until(condition, what: str, timeout: float = 90) -> None:
+def wait_until(condition, what: str, timeout: float = 90, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+        time.sleep(interval)
 
 
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
-def test_sigkill_mid_step_then_the_run_completes_exactly(redis_conn, worker_class: str) -> None:
+def test_sigkill_mid_step_then_the_run_completes_exactly(
+    redis_conn, worker_class: str, tmp_path: Path
+) -> None:
     team = factories.team(default_lease_ttl=30)
     resource_create(name="counter", value=0)
     for i in range(AGENTS):
@@ -117,17 +145,25 @@ def test_sigkill_mid_step_then_the_run_completes_exactly(redis_conn, worker_clas
     assert Resource.objects.get(name="counter").version < AGENTS * ROUNDS
     connection.close()
 
-    survivor = start_worker(worker_class)
+    log = tmp_path / "survivor.log"
+    survivor = start_worker(worker_class, log)
     try:
 
         def recovered_and_done() -> bool:
-            recover_steps(stale_after=1)  # what the monitor does every few seconds
+            monitor_sweep()  # what the monitor does: leases, waiters, deadlocks,
+            recover_steps(stale_after=1)  # and every few seconds the lost steps
             run.refresh_from_db()
             return run.status != Run.Status.RUNNING
 
         # A liveness bound, not a timing: a forked horse per step is slow on a loaded
         # 2-core machine (one CI run took more than 120 s here with a fault test beside it).
-        wait_until(recovered_and_done, "the run to end after recovery", timeout=300)
+        try:
+            wait_until(
+                recovered_and_done, "the run to end after recovery", timeout=300, interval=0.2
+            )
+        except AssertionError as timed_out:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"{timed_out}\n{run_state(run)}\nworker log:\n{tail}") from None
     finally:
         os.killpg(survivor.pid, signal.SIGTERM)
         survivor.wait(10)
