@@ -29,10 +29,9 @@ import random
 import threading
 import uuid
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import django_rq
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
@@ -63,7 +62,8 @@ from orchestrator.core.rowlocks import (
     lock_steps,
 )
 from orchestrator.core.selectors import lock_request_with_lock
-from orchestrator.core.sql import StopState, journal_step, transcript_turns
+from orchestrator.core.sql import journal_step, transcript_turns
+from orchestrator.core.types import User
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ TRANSCRIPT_WINDOW = 80
 HEARTBEAT_SECONDS = 5.0
 # A step in one of these is not over: its agent is still at work in that run.
 OPEN_STEP_STATUSES = (Step.Status.QUEUED, Step.Status.RUNNING, Step.Status.WAITING)
-User = AbstractBaseUser | AnonymousUser | None
 
 
 _queue: tuple[int, Any] = (0, None)
@@ -185,6 +184,23 @@ def run_start(
 
 
 # --- pause checks ---------------------------------------------------------------------
+
+
+class StopState(NamedTuple):
+    """What decides whether a step may go on: see agents.runtime.stop_reason."""
+
+    run_status: str
+    run_paused: bool
+    agent_paused: bool
+    team_paused: bool
+    system_paused: bool
+
+    def reason(self) -> str:
+        """'' (go on), 'paused' or 'cancelled'."""
+        if self.run_status == "cancelled":
+            return "cancelled"
+        paused = self.run_paused or self.agent_paused or self.team_paused or self.system_paused
+        return "paused" if paused else ""
 
 
 def stop_reason(step: Step) -> str:
@@ -384,7 +400,7 @@ def _run_calls(step: Step, agent: Agent, calls: list[ToolCall]) -> list[dict[str
             result = run_tool(agent, step, call.name, call.arguments, key=f"{step.pk}:{call.id}")
         executed.append(_record(call.id, call.name, call.arguments, result))
         waiting = waiting or result.get("status") == "waiting"
-        stop = journal_step(step.pk, executed, timezone.now()).reason()
+        stop = StopState(*journal_step(step.pk, executed, timezone.now())).reason()
     return executed
 
 

@@ -42,11 +42,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
 
+from agents.config import validate_scripted
 from agents.runtime import run_start
-from orchestrator.core.backends import validate_scripted
 from orchestrator.core.models import (
     Agent,
     Backend,
@@ -57,8 +56,7 @@ from orchestrator.core.models import (
     Team,
 )
 from orchestrator.core.resources import resource_create
-
-User = AbstractBaseUser | AnonymousUser | None
+from orchestrator.core.types import User
 
 
 @dataclass

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.approvals import approval_request
 from orchestrator.core.errors import Invalid
-from orchestrator.core.locks import holder_dict, lock_acquire, lock_release
+from orchestrator.core.locks import lock_acquire, lock_release
 from orchestrator.core.models import Agent, Lock, LockEnd, LockMode, Run, Step
+from orchestrator.core.queue import holder_dict
 from orchestrator.core.resources import (
     WriteResult,
+    approval_request,
     resource_read,
     resource_write,
     resource_write_unguarded,

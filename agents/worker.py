@@ -33,6 +33,7 @@ PRELOAD = (
     "orchestrator.core.approvals",
     "orchestrator.core.resources",
     "orchestrator.core.locks",
+    "orchestrator.core.queue",
     "channels_redis.core",
 )
 

@@ -1,7 +1,7 @@
 """API keys for model endpoints: the one documented exception to "only settings read os.environ".
 
 An agent's backend config names the environment variable that holds its API
-key (``api_key_env``, checked by ``orchestrator.core.backends.validate_openai``)
+key (``api_key_env``, checked by ``agents.config.validate_openai``)
 so that keys never sit in the database or the admin. The key must be read when
 the step runs, in the worker, so it cannot go through ``orchestrator.config``
 at start-up: :func:`secret_from_env` is the single place that does this, and
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import re
 
-# Same pattern as orchestrator.core.backends._ENV_NAME (a test keeps them equal).
+# Same pattern as agents.config._ENV_NAME (a test keeps them equal).
 ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 
 # Variables the project itself reads (orchestrator/config.py, settings, the run

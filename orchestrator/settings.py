@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "ninja",
     "axes",
     "orchestrator.core",
+    "agents",
     "orchestrator.dashboard",
 ]
 

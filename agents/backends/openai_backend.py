@@ -62,7 +62,7 @@ class OpenAIBackend:
     """Decide an agent's step with a chat-completions call.
 
     ``config`` is an agent's backend config as cleaned by
-    ``orchestrator.core.backends.validate_openai`` (missing optional keys get
+    ``agents.config.validate_openai`` (missing optional keys get
     the same defaults: ``max_tokens`` 512, ``tool_choice`` "auto", ``timeout``
     120 s, ``extra_body`` none). The keyword arguments set the retry policy:
 

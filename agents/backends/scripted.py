@@ -1,6 +1,6 @@
 """The scripted backend: deterministic agents for demos, tests and benchmarks.
 
-Config (validated by orchestrator.core.backends.validate_scripted)::
+Config (validated by agents.config.validate_scripted)::
 
     {"script": [{"tool": "acquire", "args": {"resource": "slot-{agent}"}}, ...],
      "seed": 7, "think": [0.0, 0.2], "loop": false,

@@ -18,23 +18,20 @@ from typing import Any
 from orchestrator.core import wakeups
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import Queue, User
 from orchestrator.core.models import (
     Agent,
     Approval,
     ApprovalStatus,
+    Conflict,
     ConflictStatus,
     Resource,
+    ResourceVersion,
     Step,
 )
-from orchestrator.core.resources import (
-    WriteResult,
-    apply_write,
-    check_fence,
-    clean_value,
-    resource_write,
-)
+from orchestrator.core.queue import Queue
 from orchestrator.core.rowlocks import lock_approval, lock_conflicts, lock_resource_with_clock
+from orchestrator.core.types import User
+from orchestrator.core.writes import apply_write, check_fence, clean_value
 
 
 class Decision:
@@ -53,32 +50,55 @@ class DecisionResult:
 _UNSET = object()
 
 
-def approval_request(
+def approval_open(
     *,
+    res: Resource,
     agent: Agent,
-    resource: Resource | str | int,
+    reason: str,
     value: Any,
-    expected_version: Any = None,
-    fence: Any = None,
-    step: Step | None = None,
-    note: str = "",
-) -> WriteResult:
-    """An agent asks an operator to approve a write, whatever the resource's settings.
-
-    The same checks as any write run first (fence, version); if they pass,
-    the write waits as a pending Approval (status ``approval_pending``).
-    ``resource_write`` owns the transaction.
-    """
-    return resource_write(
+    base_version: int | None,
+    fence: int | None,
+    note: str,
+    step: Step | None,
+    conflict: Conflict | None = None,
+) -> Approval:
+    """Record a write that waits for an operator (the base, current and proposed values
+    side by side) and emit ``approval.requested``. Caller holds the Resource row lock."""
+    base_value = None
+    if base_version is not None:
+        base_value = (
+            ResourceVersion.objects.filter(resource=res, version=base_version)
+            .values_list("value", flat=True)
+            .first()
+        )
+    approval = Approval.objects.create(
+        resource=res,
         agent=agent,
-        resource=resource,
-        value=value,
-        expected_version=expected_version,
-        fence=fence,
+        team_id=agent.team_id,
         step=step,
-        note=note,
-        force_approval=True,
+        conflict=conflict,
+        reason=reason,
+        base_version=base_version,
+        base_value=base_value,
+        current_version=res.version,
+        current_value=res.value,
+        proposed_value=value,
+        fence=fence,
+        note=note[:5000],
     )
+    event_emit(
+        "approval.requested",
+        agent=agent,
+        subject=approval,
+        payload={
+            "approval": approval.pk,
+            "resource": res.name,
+            "reason": reason,
+            "base_version": base_version,
+            "current_version": res.version,
+        },
+    )
+    return approval
 
 
 @service

@@ -10,10 +10,6 @@ class CoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # The runtime registers its wake-up handler (continuations after a lock grant,
-        # an approval or a resume) in every process that can cause a wake-up.
-        import agents.runtime  # noqa: F401
-
         # The wait-for graph's module imports networkx, about 0.3 s of CPU: paid at
         # start, not by the first request that queues in each process (measured in
         # bench/locks.py, where it was a tenth of a 3-second measurement).

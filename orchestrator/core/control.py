@@ -8,14 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-
 from orchestrator.core import wakeups
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import Agent, Run, Team
 from orchestrator.core.rowlocks import lock_agents, lock_runs, lock_switchboard, lock_teams
-
-User = AbstractBaseUser | AnonymousUser | None
+from orchestrator.core.types import User
 
 
 @service

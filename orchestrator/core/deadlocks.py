@@ -23,13 +23,13 @@ from datetime import datetime
 from typing import Any
 
 import networkx as nx
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Count, Q
 
 from orchestrator.core import wakeups
+from orchestrator.core.conflicts import deadlock_open
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import Queue, User, db_now, revoke
 from orchestrator.core.models import (
     Agent,
     Conflict,
@@ -43,7 +43,9 @@ from orchestrator.core.models import (
     Resource,
     Step,
 )
+from orchestrator.core.queue import Queue, db_now, revoke
 from orchestrator.core.rowlocks import lock_conflicts, lock_resources
+from orchestrator.core.types import User
 
 logger = logging.getLogger(__name__)
 
@@ -147,40 +149,27 @@ def _report(graph: nx.DiGraph, component: frozenset[int]) -> CycleReport:
     # The team whose policy applies: that of the agent that waited last.
     youngest = _youngest(component)
     team_id = agents[youngest].team_id
-    try:
-        with transaction.atomic():  # a concurrent detector may have reported it first
-            conflict = Conflict.objects.create(
-                kind=ConflictKind.DEADLOCK,
-                key=key,
-                team_id=team_id,
-                detail=detail,
-                data={
-                    "edges": edges,
-                    "cycle": [agents[pk].name for pk in cycle],
-                    "agent_ids": sorted(component),
-                    "resource_ids": resource_ids,
-                },
-            )
-    except IntegrityError:
-        return CycleReport(
-            Conflict.objects.get(kind=ConflictKind.DEADLOCK, status=ConflictStatus.OPEN, key=key),
-            False,
-        )
-    conflict.agents.set(component)
-    conflict.resources.set(resource_ids)
-    event_emit(
-        "deadlock.detected",
-        team=team_id,
-        actor="system",
-        subject=conflict,
+    conflict, created = deadlock_open(
+        key=key,
+        team_id=team_id,
+        agent_ids=component,
+        resource_ids=resource_ids,
+        detail=detail,
+        data={
+            "edges": edges,
+            "cycle": [agents[pk].name for pk in cycle],
+            "agent_ids": sorted(component),
+            "resource_ids": resource_ids,
+        },
         payload={
-            "conflict": conflict.pk,
             "agents": sorted(a.name for a in agents.values()),
             "resources": [names[r] for r in resource_ids],
             "detail": detail,
             "policy": agents[youngest].team.deadlock_policy,
         },
     )
+    if not created:
+        return CycleReport(conflict, False)
     if agents[youngest].team.deadlock_policy != DeadlockPolicy.ASK_OPERATOR:
         conflict_id = conflict.pk
         transaction.on_commit(lambda: _auto_break(conflict_id))

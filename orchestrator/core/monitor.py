@@ -17,8 +17,9 @@ from django.db.models import Q
 from orchestrator.core.deadlocks import auto_break_pending, deadlock_sweep
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.events import service
-from orchestrator.core.locks import db_now, lock_queue, lock_renew
+from orchestrator.core.locks import lock_renew
 from orchestrator.core.models import Lock, LockRequest, RequestStatus, Switchboard
+from orchestrator.core.queue import db_now, lock_queue
 
 logger = logging.getLogger(__name__)
 

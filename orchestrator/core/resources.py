@@ -16,28 +16,19 @@ An applied write bumps the version and appends a ResourceVersion row.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import DateTimeField as DTField
 from django.db.models import Func
 from django.utils import timezone
 
 from orchestrator.core import sql
+from orchestrator.core.approvals import approval_open
+from orchestrator.core.conflicts import conflict_open
 from orchestrator.core.errors import Conflicting, Invalid
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.locks import (
-    Queue,
-    User,
-    db_now,
-    open_queue,
-    resource_for_update,
-    resource_lookup,
-    resource_not_found,
-)
 from orchestrator.core.models import (
     NAME_MAX_LENGTH,
     Agent,
@@ -46,19 +37,26 @@ from orchestrator.core.models import (
     Conflict,
     ConflictKind,
     ConflictPolicy,
-    ConflictStatus,
     Lock,
-    LockMode,
     LockRequest,
     Resource,
     ResourceVersion,
     Step,
     Team,
 )
-
-
-def max_value_bytes() -> int:
-    return getattr(settings, "ORCHESTRATOR_MAX_VALUE_BYTES", 256 * 1024)
+from orchestrator.core.queue import (
+    open_queue,
+    resource_for_update,
+    resource_lookup,
+    resource_not_found,
+)
+from orchestrator.core.types import User
+from orchestrator.core.writes import (
+    apply_write,
+    check_fence,
+    clean_value,
+    clean_version,
+)
 
 
 def clean_name(name: Any) -> str:
@@ -68,60 +66,6 @@ def clean_name(name: Any) -> str:
     if name != name.strip() or not name.isprintable():
         raise Invalid("invalid_name", "name must not have surrounding spaces or control characters")
     return name
-
-
-def clean_value(value: Any) -> Any:
-    """A JSON value within the size and nesting limits that PostgreSQL's jsonb can store."""
-    try:
-        encoded = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise Invalid("invalid_value", f"value must be JSON: {exc}") from None
-    limit = max_value_bytes()
-    if len(encoded) > limit:
-        raise Invalid(
-            "value_too_large",
-            f"value is {len(encoded)} bytes of JSON; the limit is {limit}",
-            status=413,
-        )
-    _check_nesting_and_nul(value)
-    return value
-
-
-MAX_VALUE_DEPTH = 100
-
-
-def _check_nesting_and_nul(value: Any) -> None:
-    """Refuse what jsonb cannot store and what a later encoder cannot write.
-
-    json.dumps writes NUL as \\u0000, which jsonb rejects; nesting deeper than
-    MAX_VALUE_DEPTH could exhaust the stack of psycopg's encoder or a renderer.
-    """
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                raise Invalid("invalid_value", "value must not contain NUL characters")
-            continue
-        if isinstance(item, dict):
-            children = [*item.keys(), *item.values()]
-        elif isinstance(item, list | tuple):
-            children = list(item)
-        else:
-            continue
-        if depth > MAX_VALUE_DEPTH:
-            raise Invalid(
-                "invalid_value", f"value must not be nested deeper than {MAX_VALUE_DEPTH} levels"
-            )
-        stack.extend((child, depth + 1) for child in children)
-
-
-def clean_version(version: Any, field: str = "expected_version") -> int | None:
-    if version is None:
-        return None
-    if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**62:
-        raise Invalid(f"invalid_{field}", f"{field} must be a non-negative integer")
-    return version
 
 
 @service
@@ -198,145 +142,6 @@ class WriteResult:
     detail: str = ""
 
 
-def _conflict(
-    *,
-    kind: str,
-    res: Resource,
-    agent: Agent | None,
-    team_id: int | None,
-    detail: str,
-    data: dict[str, Any],
-    resolution: str = "",
-) -> Conflict:
-    resolved = bool(resolution)
-    conflict = Conflict.objects.create(
-        kind=kind,
-        team_id=team_id,
-        detail=detail,
-        data=data,
-        status=ConflictStatus.RESOLVED if resolved else ConflictStatus.OPEN,
-        resolution=resolution,
-        resolved_at=db_now() if resolved else None,
-    )
-    if agent is not None:
-        conflict.agents.add(agent)
-    conflict.resources.add(res)
-    event_emit(
-        "conflict.opened",
-        team=team_id,
-        agent=agent,
-        subject=conflict,
-        payload={
-            "kind": kind,
-            "resource": res.name,
-            "detail": detail,
-            "status": conflict.status,
-        },
-    )
-    return conflict
-
-
-def check_fence(queue: Queue, agent: Agent | None, fence: int) -> Lock | None:
-    """The live exclusive lock of ``agent`` whose token is ``fence``, if it is current."""
-    if agent is None or fence != queue.resource.fence:
-        return None
-    return next(
-        (
-            lock
-            for lock in queue.live
-            if lock.agent_id == agent.pk and lock.mode == LockMode.EXCLUSIVE and lock.token == fence
-        ),
-        None,
-    )
-
-
-def apply_write(
-    res: Resource,
-    value: Any,
-    *,
-    agent: Agent | None,
-    user: User = None,
-    fence: int | None,
-    team_id: int | None,
-    approval: Approval | None = None,
-    idempotency_key: str = "",
-) -> int:
-    """Store ``value`` as the next version. Caller holds the Resource row lock and checked."""
-    sql.write_value(
-        res,
-        value,
-        agent_id=agent.pk if agent else None,
-        user_id=user.pk if user is not None and user.is_authenticated else None,
-        fence=fence,
-        now=timezone.now(),
-        idempotency_key=idempotency_key[:100],
-    )
-    event_emit(
-        "resource.written",
-        team=team_id,
-        agent=agent,
-        user=user,
-        subject=res,
-        payload={
-            "resource": res.name,
-            "version": res.version,
-            "fence": fence,
-            "approval": approval.pk if approval else None,
-            "by": agent.name if agent else None,
-        },
-    )
-    return res.version
-
-
-def _approval(
-    *,
-    res: Resource,
-    agent: Agent,
-    reason: str,
-    value: Any,
-    base_version: int | None,
-    fence: int | None,
-    note: str,
-    step: Step | None,
-    conflict: Conflict | None = None,
-) -> Approval:
-    base_value = None
-    if base_version is not None:
-        base_value = (
-            ResourceVersion.objects.filter(resource=res, version=base_version)
-            .values_list("value", flat=True)
-            .first()
-        )
-    approval = Approval.objects.create(
-        resource=res,
-        agent=agent,
-        team_id=agent.team_id,
-        step=step,
-        conflict=conflict,
-        reason=reason,
-        base_version=base_version,
-        base_value=base_value,
-        current_version=res.version,
-        current_value=res.value,
-        proposed_value=value,
-        fence=fence,
-        note=note[:5000],
-    )
-    event_emit(
-        "approval.requested",
-        agent=agent,
-        subject=approval,
-        payload={
-            "approval": approval.pk,
-            "resource": res.name,
-            "reason": reason,
-            "base_version": base_version,
-            "current_version": res.version,
-        },
-    )
-    return approval
-
-
 @service
 def resource_write(
     *,
@@ -388,7 +193,7 @@ def resource_write(
                 subject=res,
                 payload={"resource": res.name, "error": "stale_fence", "fence": fence},
             )
-            conflict = _conflict(
+            conflict = conflict_open(
                 kind=ConflictKind.STALE_FENCE,
                 res=res,
                 agent=agent,
@@ -420,7 +225,7 @@ def resource_write(
         )
         data = {"expected_version": expected_version, "current_version": res.version}
         if team.conflict_policy == ConflictPolicy.ASK_OPERATOR:
-            conflict = _conflict(
+            conflict = conflict_open(
                 kind=ConflictKind.WRITE_CONFLICT,
                 res=res,
                 agent=agent,
@@ -428,7 +233,7 @@ def resource_write(
                 detail=detail,
                 data=data,
             )
-            approval = _approval(
+            approval = approval_open(
                 res=res,
                 agent=agent,
                 reason=ApprovalReason.VERSION_CONFLICT,
@@ -448,7 +253,7 @@ def resource_write(
             subject=res,
             payload={"resource": res.name, "error": "version_conflict", **data},
         )
-        conflict = _conflict(
+        conflict = conflict_open(
             kind=ConflictKind.WRITE_CONFLICT,
             res=res,
             agent=agent,
@@ -460,7 +265,7 @@ def resource_write(
         return WriteResult("version_conflict", res, conflict=conflict, detail=detail)
 
     if res.requires_approval or force_approval:
-        approval = _approval(
+        approval = approval_open(
             res=res,
             agent=agent,
             reason=ApprovalReason.REQUIRES_APPROVAL
@@ -478,6 +283,35 @@ def resource_write(
         res, value, agent=agent, fence=fence, team_id=team_id, idempotency_key=idempotency_key
     )
     return WriteResult("applied", res, version=version)
+
+
+def approval_request(
+    *,
+    agent: Agent,
+    resource: Resource | str | int,
+    value: Any,
+    expected_version: Any = None,
+    fence: Any = None,
+    step: Step | None = None,
+    note: str = "",
+) -> WriteResult:
+    """An agent asks an operator to approve a write, whatever the resource's settings
+    (the agents' ``request_approval``): :func:`resource_write` with ``force_approval``.
+
+        The same checks as any write run first (fence, version); if they pass,
+        the write waits as a pending Approval (status ``approval_pending``).
+        ``resource_write`` owns the transaction.
+    """
+    return resource_write(
+        agent=agent,
+        resource=resource,
+        value=value,
+        expected_version=expected_version,
+        fence=fence,
+        step=step,
+        note=note,
+        force_approval=True,
+    )
 
 
 @service

@@ -342,23 +342,6 @@ def insert_events(events: list[Any], now: datetime) -> None:
         event._state.adding = False
 
 
-class StopState(NamedTuple):
-    """What decides whether a step may go on: see agents.runtime.stop_reason."""
-
-    run_status: str
-    run_paused: bool
-    agent_paused: bool
-    team_paused: bool
-    system_paused: bool
-
-    def reason(self) -> str:
-        """'' (go on), 'paused' or 'cancelled'."""
-        if self.run_status == "cancelled":
-            return "cancelled"
-        paused = self.run_paused or self.agent_paused or self.team_paused or self.system_paused
-        return "paused" if paused else ""
-
-
 _JOURNAL = """
 UPDATE core_step AS s SET tool_calls = %s, heartbeat_at = %s
   FROM core_run AS r, core_agent AS a, core_team AS t
@@ -368,12 +351,15 @@ RETURNING r.status, r.paused, a.paused, t.paused,
 """
 
 
-def journal_step(step_id: int, tool_calls: list[dict[str, Any]], now: datetime) -> StopState:
+def journal_step(
+    step_id: int, tool_calls: list[dict[str, Any]], now: datetime
+) -> tuple[str, bool, bool, bool, bool]:
     """Save a step's tool-call journal (and heartbeat) and read, in the same
-    statement, whether its run, agent, team or the system is paused or cancelled."""
+    statement, what decides whether it may go on: its run's status and whether its
+    run, agent, team or the system is paused (agents.runtime.StopState)."""
     with connection.cursor() as cursor:
         cursor.execute(_JOURNAL, [Jsonb(tool_calls), now, step_id])
-        return StopState(*cursor.fetchone())
+        return cursor.fetchone()
 
 
 # --- reads measured faster than the ORM's ------------------------------------------------

@@ -26,9 +26,9 @@ import pytest
 from agents.backends import get_backend
 from agents.backends.base import BackendError, Decision, StepContext
 from agents.backends.openai_backend import OpenAIBackend, well_formed_transcript
+from agents.config import validate_openai
 from agents.tools import TOOL_NAMES, TOOL_SPECS
 from orchestrator.api_keys import secret_from_env
-from orchestrator.core.backends import validate_openai
 
 KEY_ENV = "ORCH_TEST_MODEL_KEY"
 KEY = "sk-test-0123456789"
@@ -575,8 +575,8 @@ def test_the_projects_own_settings_are_never_sent_as_keys(server: ModelServer) -
 
 
 def test_secret_from_env_accepts_only_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agents.config import _ENV_NAME
     from orchestrator.api_keys import ENV_NAME
-    from orchestrator.core.backends import _ENV_NAME
 
     assert ENV_NAME.pattern == _ENV_NAME.pattern
     monkeypatch.setenv(KEY_ENV, "  sk-padded \n")

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from orchestrator.core.backends import validate_openai
+from agents.config import validate_openai
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_TOKENS = 96

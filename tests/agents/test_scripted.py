@@ -15,8 +15,8 @@ from django.core.exceptions import ValidationError
 from agents.backends import scripted
 from agents.backends.base import StepContext
 from agents.backends.scripted import ScriptedBackend
+from agents.config import validate_scripted
 from agents.scenarios import booking_script, guest_script, increment_script
-from orchestrator.core.backends import validate_scripted
 
 Answer = Callable[[str, dict[str, Any]], dict[str, Any]]
 OK_READ = {"ok": True, "value": [], "version": 0}

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.core.approvals import approval_decide, approval_request
+from orchestrator.core.approvals import approval_decide
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.locks import lock_acquire, lock_force_release
 from orchestrator.core.models import Approval, Conflict, Event, ResourceVersion
-from orchestrator.core.resources import resource_create, resource_read, resource_write
+from orchestrator.core.resources import (
+    approval_request,
+    resource_create,
+    resource_read,
+    resource_write,
+)
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -300,7 +300,7 @@ def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
     row = page.locator("#resources-table tbody tr").filter(has_text="doc <img")
     expect(row.locator("td.value")).to_contain_text("new <img src=x onerror=")
     assert page.evaluate("window.__pwned") is None
-    from orchestrator.core.approvals import approval_request
+    from orchestrator.core.resources import approval_request
 
     asked = approval_request(
         agent=agent, resource=f"doc {XSS}", value={"html": XSS}, fence=held.token, note=XSS

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.core.events import event_message, events_after, last_event_id
-from orchestrator.core.locks import db_now
+from orchestrator.core.queue import db_now
 from orchestrator.dashboard.selectors.board import board_patch, board_snapshot
 
 # A browser further behind than this gets a fresh snapshot instead of a replay.

@@ -16,8 +16,8 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from orchestrator.core.errors import NotFound
-from orchestrator.core.locks import db_now
 from orchestrator.core.models import ConflictKind
+from orchestrator.core.queue import db_now
 from orchestrator.dashboard.forms import (
     WINDOWS,
     BreakDeadlockForm,

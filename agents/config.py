@@ -1,4 +1,5 @@
-"""Validation of an agent's backend configuration (the JSON edited in the admin).
+"""Validation of an agent's backend configuration (the JSON edited in the admin,
+agents/admin.py).
 
 Each backend has a small, explicit schema. Validation returns the config
 with defaults filled in, or raises ``ValidationError`` naming the field, so
@@ -12,9 +13,9 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
+from agents.tools import TOOL_NAMES as TOOLS
 from orchestrator.core.models import Backend
 
-TOOLS = ("acquire", "read", "write", "release", "request_approval", "finish")
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 _DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 

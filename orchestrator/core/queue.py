@@ -1,0 +1,244 @@
+"""A resource's lock queue, read under its row lock: the live locks and waiting
+requests that every lock decision looks at, and the moves on them (grant, end,
+withdraw, settle). The lock manager (locks.py), the write path (resources.py),
+approvals and the deadlock detector all act through it.
+
+Each operation locks the Resource row first (``rowlocks``), reads the queue once
+and decides in memory (:class:`Queue`); the clock is the database's, read right
+after the row lock is granted (``rowlocks.lock_resource_with_clock``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from orchestrator.core import sql, wakeups
+from orchestrator.core.errors import NotFound
+from orchestrator.core.events import event_emit
+from orchestrator.core.models import (
+    NAME_MAX_LENGTH,
+    Agent,
+    Lock,
+    LockEnd,
+    LockMode,
+    LockRequest,
+    RequestStatus,
+    Resource,
+)
+from orchestrator.core.rowlocks import lock_resource_then, lock_resource_with_clock
+from orchestrator.core.types import User
+
+
+def db_now() -> datetime:
+    """The database clock, so that leases mean the same on every host."""
+    return sql.clock()
+
+
+def holder_dict(lock: Lock) -> dict[str, Any]:
+    return {
+        "lock_id": lock.pk,
+        "agent": lock.agent.name,
+        "mode": lock.mode,
+        "fence": lock.token,
+        "expires_at": lock.expires_at.isoformat(),
+    }
+
+
+def storable_text(text: str) -> bool:
+    """Whether PostgreSQL can store (and so compare) ``text``: no NUL, no lone surrogate."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+def resource_not_found(resource: Resource | str | int) -> NotFound:
+    """The error for a resource that no row matches."""
+    return NotFound("resource_not_found", f"no resource named {resource!s:.200}")
+
+
+def resource_lookup(resource: Resource | str | int) -> dict[str, Any]:
+    """The lookup for a resource given as a row, an id or a name; NotFound if none can match."""
+    if isinstance(resource, Resource):
+        return {"pk": resource.pk}
+    if isinstance(resource, int) and not isinstance(resource, bool):
+        return {"pk": resource}
+    # Names PostgreSQL cannot store would make it raise rather than find nothing.
+    if isinstance(resource, str) and len(resource) <= NAME_MAX_LENGTH and storable_text(resource):
+        return {"name": resource}
+    raise resource_not_found(resource)
+
+
+def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datetime]:
+    """Lock a resource given as a row, an id or a name; return it with the clock."""
+    try:
+        return lock_resource_with_clock(**resource_lookup(resource))
+    except Resource.DoesNotExist:
+        raise resource_not_found(resource) from None
+
+
+class Queue:
+    """The live locks and waiting requests of one resource, read once.
+
+    Caller holds the Resource row lock for as long as it uses this object.
+    Creating it marks leases that ran out as expired (with their Events).
+    """
+
+    def __init__(self, resource: Resource, now: datetime, rows: list[tuple] | None = None) -> None:
+        self.resource = resource
+        self.now = now
+        rows, self._waiting, self.waiting_elsewhere = sql.load_queue(resource, rows)
+        self.expired = [lock for lock in rows if lock.expires_at <= now]
+        self.live = [lock for lock in rows if lock.expires_at > now]
+        for lock in self.expired:
+            sql.end_lock(lock, end=LockEnd.EXPIRED, now=max(now, lock.acquired_at))
+            event_emit(
+                "lock.expired",
+                agent=lock.agent,
+                actor="system",
+                subject=lock,
+                payload=self._payload(lock),
+            )
+
+    def _payload(self, lock: Lock) -> dict[str, Any]:
+        return {
+            "resource": self.resource.name,
+            "resource_id": self.resource.pk,
+            "mode": lock.mode,
+            "fence": lock.token,
+            "holder": lock.agent.name,
+        }
+
+    @property
+    def waiting(self) -> list[LockRequest]:
+        """The FIFO queue of waiting requests."""
+        return self._waiting
+
+    def holding(self, agent_id: int) -> Lock | None:
+        return next((lock for lock in self.live if lock.agent_id == agent_id), None)
+
+    def compatible(self, mode: str) -> bool:
+        if mode == LockMode.EXCLUSIVE:
+            return not self.live
+        return all(lock.mode == LockMode.SHARED for lock in self.live)
+
+    def grant(self, agent: Agent, mode: str, ttl: int, *, actor: str | None = None) -> Lock:
+        """Create a live lock. Caller checked compatibility."""
+        res = self.resource
+        if mode == LockMode.EXCLUSIVE:  # the fence bumped in the same statement
+            lock = sql.grant_exclusive(res, agent_id=agent.pk, ttl=ttl, now=self.now)
+        else:
+            lock = Lock.objects.create(
+                resource=res,
+                agent=agent,
+                mode=mode,
+                token=res.fence,
+                acquired_at=self.now,
+                expires_at=self.now + timedelta(seconds=ttl),
+            )
+        lock.agent, lock.resource = agent, res
+        self.live.append(lock)
+        event_emit(
+            "lock.granted",
+            agent=agent,
+            actor=actor,
+            subject=lock,
+            payload={**self._payload(lock), "expires_at": lock.expires_at.isoformat()},
+        )
+        return lock
+
+    def end(self, lock: Lock, end: str, **emit: Any) -> None:
+        """End a live lock (released, revoked, force-released)."""
+        sql.end_lock(lock, end=end, now=self.now)
+        self.live = [other for other in self.live if other.pk != lock.pk]
+        kind = {
+            LockEnd.RELEASED: "lock.released",
+            LockEnd.REVOKED: "lock.revoked",
+            LockEnd.FORCE_RELEASED: "lock.force_released",
+        }[end]
+        event_emit(kind, subject=lock, payload=self._payload(lock), **emit)
+
+    def withdraw(self, request: LockRequest, status: str, reason: str, **emit: Any) -> LockRequest:
+        """End a waiting request (cancelled, or aborted as a deadlock victim).
+
+        The caller grants the waiters that can go afterwards (``grant_waiters``):
+        a withdrawn head may have been blocking them.
+        """
+        request.status, request.resolved_at, request.reason = status, self.now, reason[:500]
+        LockRequest.objects.filter(pk=request.pk).update(
+            status=status, resolved_at=self.now, reason=request.reason
+        )
+        self._waiting = [other for other in self._waiting if other.pk != request.pk]
+        event_emit(
+            "request.aborted" if status == RequestStatus.ABORTED else "request.cancelled",
+            subject=request,
+            payload={
+                "resource": self.resource.name,
+                "agent": request.agent.name,
+                "reason": request.reason,
+            },
+            **emit,
+        )
+        return request
+
+    def bump_fence(self) -> None:
+        """Invalidate every token issued so far (the former holder's writes fail)."""
+        self.resource.fence += 1
+        Resource.objects.filter(pk=self.resource.pk).update(fence=self.resource.fence)
+
+    def grant_waiters(self) -> list[LockRequest]:
+        """Grant the queue's head requests that are now compatible, FIFO.
+
+        The agents of granted requests are woken after commit.
+        """
+        granted: list[LockRequest] = []
+        for request in list(self.waiting):
+            if not self.compatible(request.mode):
+                break
+            lock = self.grant(request.agent, request.mode, request.ttl, actor="system")
+            request.status = RequestStatus.GRANTED
+            request.lock = lock
+            request.resolved_at = self.now
+            LockRequest.objects.filter(pk=request.pk).update(
+                status=request.status, lock=lock, resolved_at=self.now
+            )
+            self.waiting.remove(request)
+            granted.append(request)
+            wakeups.schedule(agent_id=request.agent_id, step_id=request.step_id, reason="lock")
+        return granted
+
+    def settle(self) -> list[LockRequest]:
+        """After expiries, grant whoever can go now. Returns the granted requests."""
+        if self.expired or not self.live:
+            return self.grant_waiters()
+        return []
+
+
+def lock_queue(**lookup: Any) -> Queue:
+    """Lock a resource row (``lookup`` as for ``lock_resource_with_clock``) and read
+    its queue, in one round trip. Raises Resource.DoesNotExist."""
+    return Queue(*lock_resource_then(sql.QUEUE, **lookup))
+
+
+def open_queue(resource: Resource | str | int) -> Queue:
+    """Lock the resource row, expire its leases and grant freed waiters."""
+    try:
+        queue = lock_queue(**resource_lookup(resource))
+    except Resource.DoesNotExist:
+        raise resource_not_found(resource) from None
+    queue.settle()
+    return queue
+
+
+def revoke(queue: Queue, lock: Lock, *, user: User = None) -> None:
+    """End a live lock to break a deadlock, bumping the fence. Caller holds the row lock."""
+    queue.end(
+        lock,
+        LockEnd.REVOKED,
+        user=user,
+        team=lock.agent.team_id,
+        agent=lock.agent if user is None else None,
+    )
+    queue.bump_fence()
