@@ -38,6 +38,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from orchestrator.core import sql
+from orchestrator.core.kinds import event_kind
 from orchestrator.core.models import Agent, Event, Team
 
 logger = logging.getLogger(__name__)
@@ -106,11 +107,14 @@ def event_emit(
     """Queue an event for the current service transaction.
 
     The row is inserted when the service finishes (see module docstring), so
-    the returned Event has no id yet. Raises RuntimeError outside a service.
+    the returned Event has no id yet. Raises RuntimeError outside a service, and
+    EventPayloadError for a kind not declared in ``core/kinds.py`` or a payload
+    that does not match its declaration.
     """
     buffer = getattr(_state, "buffer", None)
     if buffer is None:
         raise RuntimeError("event_emit() must be called inside an @service function")
+    event_kind(kind).check(payload or {})
     team_id = team.pk if isinstance(team, Team) else team
     if team_id is None and agent is not None:
         team_id = agent.team_id

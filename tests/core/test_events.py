@@ -59,11 +59,11 @@ def test_several_events_of_one_service_get_increasing_ids() -> None:
     @service
     def three():
         for i in range(3):
-            event_emit("test.event", payload={"i": i})
+            event_emit("step.failed", payload={"error": f"error {i}"})
 
     three()
-    rows = list(Event.objects.filter(kind="test.event").order_by("id"))
-    assert [r.payload["i"] for r in rows] == [0, 1, 2]
+    rows = list(Event.objects.filter(kind="step.failed").order_by("id"))
+    assert [r.payload["error"] for r in rows] == ["error 0", "error 1", "error 2"]
     assert [e.pk for e in events_after(rows[0].pk)] == [rows[1].pk, rows[2].pk]
 
 

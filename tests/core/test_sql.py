@@ -64,7 +64,7 @@ def test_ending_a_lock_stores_its_end_and_release_time() -> None:
 @service
 def _emit_three() -> list[Event]:
     return [
-        event_emit("test.event", actor="system", payload={"i": i, "text": "é"}) for i in range(3)
+        event_emit("step.failed", actor="system", payload={"error": f"{i} é"}) for i in range(3)
     ]
 
 
@@ -74,6 +74,6 @@ def test_a_services_events_get_increasing_ids_in_the_order_emitted() -> None:
     assert ids == sorted(ids) and len(set(ids)) == 3
     stored = list(Event.objects.filter(pk__in=ids).order_by("pk"))
     assert [(e.kind, e.payload) for e in stored] == [
-        ("test.event", {"i": i, "text": "é"}) for i in range(3)
+        ("step.failed", {"error": f"{i} é"}) for i in range(3)
     ]
     assert all(event.created_at is not None for event in events)

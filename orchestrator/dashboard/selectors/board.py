@@ -33,6 +33,7 @@ from typing import Any
 from django.db.models import Count, Q
 
 from orchestrator.core.events import last_event_id
+from orchestrator.core.kinds import GRAPH, KINDS, RESOURCES, RUNS
 from orchestrator.core.models import (
     Agent,
     AgentStatus,
@@ -365,10 +366,12 @@ class Touched:
         for event in events:
             if event.get("agent"):
                 touched.agents.add(event["agent"])
-            payload = event.get("payload") or {}
-            for key, target in (("resource_id", touched.resources), ("run", touched.runs)):
-                if isinstance(payload.get(key), int):
-                    target.add(payload[key])
+            kind = KINDS.get(event.get("kind", ""))
+            if kind is not None:  # what the kind declares (core/kinds.py)
+                ids = kind.entity_ids(event.get("payload") or {})
+                touched.resources |= ids.get(RESOURCES, set())
+                touched.runs |= ids.get(RUNS, set())
+                touched.deadlocks = touched.deadlocks or GRAPH in kind.touches
             if event.get("subject_type") and isinstance(event.get("subject_id"), int):
                 subjects[event["subject_type"]].add(event["subject_id"])
         touched._resolve(subjects)
@@ -402,7 +405,6 @@ class Touched:
                 self.agents.add(agent_id)
                 self.runs.add(run_id)
         if subjects.get("conflict"):
-            self.deadlocks = True
             ids = subjects["conflict"]
             self.agents |= set(
                 Conflict.agents.through.objects.filter(conflict_id__in=ids).values_list(

@@ -16,6 +16,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from orchestrator.core.errors import NotFound
+from orchestrator.core.kinds import FILTERS
 from orchestrator.core.models import ConflictKind
 from orchestrator.core.queue import db_now
 from orchestrator.dashboard.forms import (
@@ -33,11 +34,6 @@ from orchestrator.dashboard.views.access import watcher_required
 from orchestrator.dashboard.views.errors import refuse
 
 CONFLICTS_PER_PAGE = 50
-EVENT_KINDS = [
-    "lock.", "lock.granted", "lock.waiting", "lock.released", "lock.expired", "lock.revoked",
-    "lock.force_released", "request.", "resource.written", "write.rejected", "approval.",
-    "conflict.", "deadlock.", "run.", "step.", "agent.", "team.", "system.",
-]  # fmt: skip
 
 
 @require_GET
@@ -156,7 +152,7 @@ def timeline_view(request: HttpRequest) -> HttpResponse:
             if gantt_form.is_bound and gantt_form.is_valid()
             else "",
             "resource_names": timeline.resource_names(),
-            "event_kinds": EVENT_KINDS,
+            "event_kinds": FILTERS,
             "live_filter": live_filter,
         },
         status=status,
