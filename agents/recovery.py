@@ -27,14 +27,8 @@ from django.utils import timezone
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from agents.runtime import (
-    enqueue,
-    enqueue_step,
-    resume_step,
-    step_fail,
-    steps_queue,
-    wait_result,
-)
+from agents.jobs import RESUME, enqueue, enqueue_step, steps_queue
+from agents.steps import step_fail, wait_result
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import Step
 from orchestrator.core.rowlocks import lock_steps
@@ -135,7 +129,7 @@ def recover_steps(*, stale_after: float = STALE_AFTER) -> Recovery:
     for step in waiting.only("pk", "tool_calls"):
         pending = [c for c in step.tool_calls if c["result"].get("status") == "waiting"]
         if pending and all(wait_result(call) is not None for call in pending):
-            enqueue(resume_step, step.pk)
+            enqueue(RESUME, step.pk)
             report.resumed.append(step.pk)
     return report
 

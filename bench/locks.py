@@ -203,7 +203,7 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
                 request = lock_request_with_lock(result.request.pk)
                 lock = request.lock
             # The resource as it is now that we hold it, read with the request, as the
-            # runtime reads a granted request (agents.runtime.wait_result).
+            # runtime reads a granted request (agents.steps.wait_result).
             state = request.resource
         written = resource_write(
             agent=agent,

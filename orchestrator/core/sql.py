@@ -356,7 +356,7 @@ def journal_step(
 ) -> tuple[str, bool, bool, bool, bool]:
     """Save a step's tool-call journal (and heartbeat) and read, in the same
     statement, what decides whether it may go on: its run's status and whether its
-    run, agent, team or the system is paused (agents.runtime.StopState)."""
+    run, agent, team or the system is paused (agents.stops.StopState)."""
     with connection.cursor() as cursor:
         cursor.execute(_JOURNAL, [Jsonb(tool_calls), now, step_id])
         return cursor.fetchone()

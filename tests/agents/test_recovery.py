@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 from rq import SimpleWorker
 
-from agents import runtime
+from agents import steps
 from agents.backends import Decision, StepContext, ToolCall
 from agents.recovery import recover_steps
 from agents.runtime import run_start
@@ -48,20 +48,20 @@ def agent(redis_conn):
 def test_a_step_whose_worker_died_after_a_write_is_retried_without_writing_twice(
     agent, monkeypatch
 ) -> None:
-    real_run_tool = runtime.run_tool
+    real_run_tool = steps.run_tool
 
     def dies_after_the_call(*args, **kwargs):
         real_run_tool(*args, **kwargs)  # the write commits...
         raise RuntimeError("worker killed")  # ...and the process dies before journaling it
 
-    monkeypatch.setattr(runtime, "run_tool", dies_after_the_call)
+    monkeypatch.setattr(steps, "run_tool", dies_after_the_call)
     run = run_start(team=agent.team, goal="survive", agents=[agent])
     drain()
     step = Step.objects.get(run=run, number=1)
     assert step.status == "running"  # its job failed mid-step
     assert Resource.objects.get(name="doc").version == 1
 
-    monkeypatch.setattr(runtime, "run_tool", real_run_tool)
+    monkeypatch.setattr(steps, "run_tool", real_run_tool)
     report = recover_steps()  # the job failed: no need to wait for the heartbeat
     assert report.retried == [step.pk]
     drain()

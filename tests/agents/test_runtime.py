@@ -179,7 +179,7 @@ def test_a_failing_backend_fails_the_step_with_its_error(queue) -> None:
 
 
 def test_the_transcript_window_keeps_whole_turns(monkeypatch) -> None:
-    from agents import runtime
+    from agents import steps
 
     team = factories.team()
     agent = factories.agent(team_=team)
@@ -190,14 +190,14 @@ def test_the_transcript_window_keeps_whole_turns(monkeypatch) -> None:
         ]
         turn += [{"role": "tool", "tool_call_id": f"{number}-{i}"} for i in range(calls)]
         Step.objects.create(run=run, agent=agent, number=number, status="done", transcript=turn)
-    monkeypatch.setattr(runtime, "TRANSCRIPT_WINDOW", 6)
-    messages = runtime.transcript_of(run.pk, agent.pk, before=4)
+    monkeypatch.setattr(steps, "TRANSCRIPT_WINDOW", 6)
+    messages = steps.transcript_of(run.pk, agent.pk, before=4)
     # Turns of 4, 2 and 3 messages: the last two fit in 6, the first is dropped whole.
     assert [m["role"] for m in messages] == ["assistant", "tool", "assistant", "tool", "tool"]
     assert messages[0]["tool_calls"][0]["id"] == "2-0"
     # The newest turn is kept whole even when it alone is larger than the window.
-    monkeypatch.setattr(runtime, "TRANSCRIPT_WINDOW", 1)
-    messages = runtime.transcript_of(run.pk, agent.pk, before=4)
+    monkeypatch.setattr(steps, "TRANSCRIPT_WINDOW", 1)
+    messages = steps.transcript_of(run.pk, agent.pk, before=4)
     assert [m.get("tool_call_id") for m in messages] == [None, "3-0", "3-1"]
 
 
@@ -207,14 +207,14 @@ def test_a_grant_that_lands_before_the_step_records_its_wait_is_not_lost(
     """The lock is granted between the acquire answering "waiting" and the step being
     marked waiting: the continuation finds a running step and leaves; the step must
     notice the grant itself instead of waiting forever."""
-    from agents import runtime
+    from agents import runtime, steps
 
     team = factories.team()
     resource_create(name="counter", value=0)
     holder = factories.agent(team_=team, name="holder")
     held = lock_acquire(agent=holder, resource="counter")
     agent = scripted(team, "racer", COUNTER_SCRIPT)
-    real_run_calls = runtime._run_calls
+    real_run_calls = steps._run_calls
 
     def release_in_between(step, agent_, calls):
         executed = real_run_calls(step, agent_, calls)  # acquire answered "waiting"
@@ -222,10 +222,10 @@ def test_a_grant_that_lands_before_the_step_records_its_wait_is_not_lost(
         assert runtime.resume_step(step.pk) == "not waiting"  # ...its wake-up finds it running
         return executed
 
-    monkeypatch.setattr(runtime, "_run_calls", release_in_between)
+    monkeypatch.setattr(steps, "_run_calls", release_in_between)
     run = run_start(team=team, goal="race", agents=[agent])
     django_rq.get_worker("steps", worker_class=SimpleWorker).work(burst=True, max_jobs=1)
-    monkeypatch.setattr(runtime, "_run_calls", real_run_calls)
+    monkeypatch.setattr(steps, "_run_calls", real_run_calls)
     first = Step.objects.get(run=run, number=1)
     assert first.status == "done"
     assert first.tool_calls[0]["result"]["status"] == "granted"
@@ -243,21 +243,21 @@ def test_the_last_two_agents_finishing_at_once_end_the_run(queue, monkeypatch) -
 
     from django.db import connection
 
-    from agents import runtime
+    from agents import runs, runtime
 
     team = factories.team()
     finish = [{"tool": "finish", "args": {"summary": "done"}}]
     agents = [scripted(team, f"last-{i}", finish) for i in range(2)]  # one step each
     run = run_start(team=team, goal="finish together", agents=agents)
-    steps = list(Step.objects.filter(run=run).values_list("pk", flat=True))
+    step_ids = list(Step.objects.filter(run=run).values_list("pk", flat=True))
     both_closed = threading.Barrier(2, timeout=30)
-    real_lock = runtime.lock_run_ending
+    real_lock = runs.lock_run_ending
 
     def when_both_steps_are_closed(run_id: int) -> None:
         both_closed.wait()  # both transactions closed their step and did not commit
         real_lock(run_id)
 
-    monkeypatch.setattr(runtime, "lock_run_ending", when_both_steps_are_closed)
+    monkeypatch.setattr(runs, "lock_run_ending", when_both_steps_are_closed)
     results: list[str] = []
 
     def worker(step_id: int) -> None:
@@ -266,7 +266,7 @@ def test_the_last_two_agents_finishing_at_once_end_the_run(queue, monkeypatch) -
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=worker, args=(step_id,)) for step_id in steps]
+    threads = [threading.Thread(target=worker, args=(step_id,)) for step_id in step_ids]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -91,17 +91,17 @@ def queues_on(redis_url: str) -> Iterator[None]:
     """Enqueue from this process to ``redis_url`` (the private Redis) while inside."""
     from django.test import override_settings
 
-    from agents import runtime
+    from agents import jobs
 
     config = {"URL": redis_url, "DEFAULT_TIMEOUT": 600}
-    # The runtime keeps one queue per process (agents.runtime.steps_queue): forget it
+    # The runtime keeps one queue per process (agents.jobs.steps_queue): forget it
     # on the way in and out, so that it is built for the Redis in force.
-    runtime._queue = (0, None)
+    jobs._queue = (0, None)
     try:
         with override_settings(RQ_QUEUES={"steps": config, "default": config}):
             yield
     finally:
-        runtime._queue = (0, None)
+        jobs._queue = (0, None)
 
 
 def _progress(built: Built) -> tuple[int, bool]:
