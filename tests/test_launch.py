@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,18 +27,13 @@ import psycopg
 import pytest
 
 from orchestrator import embedded
+from orchestrator.processes import free_port
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 CREDENTIALS = re.compile(r"username (\S+)\s+password (\S+)")
 CLIENTS, INCREMENTS = 4, 10
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fresh_copy(target: Path) -> None:

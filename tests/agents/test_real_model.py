@@ -19,12 +19,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.client import HTTPConnection
@@ -36,6 +32,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from agents.config import validate_openai
+from orchestrator.processes import Helper, free_port, http_ok
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_TOKENS = 96
@@ -65,47 +62,23 @@ if _model_path() is None:
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v1/models", timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server on a free port of 127.0.0.1; its URL."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
+    url = f"http://127.0.0.1:{port}"
     command = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(_model_path()),
         "--chat_format", "chatml-function-calling", "--host", "127.0.0.1",
         "--port", str(port), "--n_ctx", "4096", "--n_threads", str(os.cpu_count() or 2),
     ]  # fmt: skip
-    with log.open("wb") as out:
-        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START
-        while not _answers(url):
-            assert server.poll() is None, f"the server exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"the server did not answer: {log}"
-            time.sleep(0.2)  # polling a condition with a deadline
+    server = Helper(
+        command, name="llama.cpp's server", ready=http_ok(f"{url}/v1/models"), log=log,
+        start_timeout=SERVER_START, stop_timeout=30,
+    )  # fmt: skip
+    with server:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
 
 
 @dataclass

