@@ -546,17 +546,16 @@ def commit_producer(index: int, layer: str, rate: float, seconds: float, start, 
     pushed: dict[int, float] = {}
     handover, push = events.publish, events._Publisher._send
 
-    def publish(messages: list[dict[str, Any]]) -> None:  # on commit: the commit time
-        now = time.monotonic()
-        for message in messages:
-            committed[message["id"]] = now
-        handover(messages)
+    def publish(last_id: int) -> None:  # on commit: the commit time (one event per commit)
+        committed[last_id] = time.monotonic()
+        handover(last_id)
 
-    async def send(publisher: Any, layer: Any, batch: list[dict[str, Any]]) -> None:
-        now = time.monotonic()  # the publisher thread starts its group_send calls
-        for message in batch:
-            pushed[message["id"]] = now
-        await push(publisher, layer, batch)
+    async def send(publisher: Any, layer: Any, last_id: int) -> None:
+        now = time.monotonic()  # the publisher thread starts its group_send call
+        for event_id in list(committed):  # the wake-up covers every commit up to last_id
+            if event_id <= last_id and event_id not in pushed:
+                pushed[event_id] = now
+        await push(publisher, layer, last_id)
 
     events.publish = publish
     events._Publisher._send = send  # only to tell the publisher's share of the latency

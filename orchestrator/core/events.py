@@ -15,9 +15,10 @@ writers take the lock after every row lock their transaction needs, it cannot
 take part in a deadlock, and it is held only for the insert and the commit
 itself.
 
-After commit each event is pushed to the channel layer, to the group of its
-team and to the ``events`` group. The layer may drop messages; readers catch
-up from the table by id (:func:`events_after`).
+After commit a wake-up carrying the largest committed id goes to the channel
+layer's ``events`` group (at most one per ``PUBLISH_WINDOW`` and process); the
+dashboard's feeds then read the log after the last id they sent. The layer may
+drop messages; readers catch up from the table by id (:func:`events_after`).
 """
 
 from __future__ import annotations
@@ -54,11 +55,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _state = threading.local()
-
-
-def team_group(team_id: int) -> str:
-    """Channel layer group that receives the events of one team."""
-    return f"team.{team_id}"
 
 
 def actor_name(
@@ -139,8 +135,8 @@ def _flush(buffer: list[Event]) -> None:
     # A trigger takes the event log's advisory lock (shared) before it draws each
     # id (migration 0007), so this insert is the only statement.
     sql.insert_events(buffer, timezone.now())
-    messages = [event_message(event) for event in buffer]
-    transaction.on_commit(lambda: publish(messages))
+    last_id = max(event.pk for event in buffer)
+    transaction.on_commit(lambda: publish(last_id))
 
 
 def event_message(event: Event) -> dict[str, Any]:
@@ -159,32 +155,35 @@ def event_message(event: Event) -> dict[str, Any]:
 
 
 class _Publisher:
-    """A daemon thread with its own event loop that pushes events to the layer.
+    """A daemon thread with its own event loop that wakes the dashboard's feeds.
 
-    Services hand it committed messages and return at once; calling
-    ``async_to_sync(group_send)`` per event instead costs a fresh event loop
-    and Redis connection each time (measured: ~17 ms per lock cycle). The
-    queue is bounded: if the layer is down or slow, the oldest pushes are
-    dropped, which is safe because browsers replay from the table.
+    What it sends is a wake-up, the largest event id committed (``{"type":
+    "events.logged", "last_id": N}``), to the ``events`` group: each feed then reads
+    the log after the last id it sent (dashboard/consumers.py), so nothing else
+    would be used. Services hand it the id and return at once; calling
+    ``async_to_sync(group_send)`` per commit instead costs a fresh event loop and
+    Redis connection each time (measured: ~17 ms per lock cycle). The queue is
+    bounded: if the layer is down or slow, wake-ups are dropped, which is safe
+    because the feeds also look at the log after ``IDLE_CHECK`` seconds.
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[list[dict[str, Any]]] = queue.Queue(maxsize=10000)
+        self._queue: queue.Queue[int | threading.Event] = queue.Queue(maxsize=10000)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._pid = 0
 
-    def submit(self, messages: list[dict[str, Any]]) -> None:
+    def submit(self, item: int | threading.Event) -> None:
         self._ensure_started()
         try:
-            self._queue.put_nowait(messages)
+            self._queue.put_nowait(item)
         except queue.Full:
-            logger.warning("event push queue full; dropping %d event(s)", len(messages))
+            logger.warning("event push queue full; dropping a wake-up")
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until everything submitted so far was pushed (for tests and shutdown)."""
         done = threading.Event()
-        self.submit([{"_flush": done}])
+        self.submit(done)
         return done.wait(timeout)
 
     def _ensure_started(self) -> None:
@@ -209,52 +208,48 @@ class _Publisher:
         loop = asyncio.new_event_loop()
         pushed_at = -PUBLISH_WINDOW
         while True:
-            batch = list(self._queue.get())
-            # Coalesce, leading edge: the first events after a quiet spell go at once;
-            # those committed within PUBLISH_WINDOW of the last push wait for the window's
-            # end and go together, so a burst costs one message per group per window, and
-            # a lone event is not held back. A flush request (someone waiting, e.g. a job
-            # about to exit) ends the window.
+            batch = [self._queue.get()]
+            # Coalesce, leading edge: the first commit after a quiet spell goes at once;
+            # those within PUBLISH_WINDOW of the last push wait for the window's end and
+            # go as one wake-up (the largest id), so a burst costs one message per
+            # window, and a lone commit is not held back. A flush request (someone
+            # waiting, e.g. a job about to exit) ends the window.
             deadline = pushed_at + PUBLISH_WINDOW
-            while len(batch) < 1000 and not any("_flush" in m for m in batch):
+            while not any(isinstance(item, threading.Event) for item in batch):
                 try:
                     left = deadline - time.monotonic()
-                    batch.extend(
+                    batch.append(
                         self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
                     )
                 except queue.Empty:
                     break
-            markers = [m["_flush"] for m in batch if "_flush" in m]
-            events = [m for m in batch if "_flush" not in m]
-            if events:
+            markers = [item for item in batch if isinstance(item, threading.Event)]
+            ids = [item for item in batch if not isinstance(item, threading.Event)]
+            if ids:
                 layer = get_channel_layer()
                 if layer is not None:
                     pushed_at = time.monotonic()
-                    loop.run_until_complete(self._send(layer, events))
+                    loop.run_until_complete(self._send(layer, max(ids)))
             for marker in markers:
                 marker.set()
 
-    async def _send(self, layer: Any, events: list[dict[str, Any]]) -> None:
-        groups: dict[str, list[dict[str, Any]]] = {ALL_EVENTS_GROUP: events}
-        for event in events:
-            if event["team"] is not None:
-                groups.setdefault(team_group(event["team"]), []).append(event)
+    async def _send(self, layer: Any, last_id: int) -> None:
         try:
-            for group, batch in groups.items():
-                await layer.group_send(group, {"type": "events.logged", "events": batch})
+            await layer.group_send(ALL_EVENTS_GROUP, {"type": "events.logged", "last_id": last_id})
         except Exception:  # the layer is best effort by design
-            logger.warning("could not push events to the channel layer", exc_info=True)
+            logger.warning("could not push a wake-up to the channel layer", exc_info=True)
 
 
 _publisher = _Publisher()
 
 
-def publish(messages: list[dict[str, Any]]) -> None:
-    """Hand committed events to the background publisher; never blocks, never raises.
+def publish(last_id: int) -> None:
+    """Hand the largest id a transaction committed to the background publisher, which
+    wakes the dashboard's feeds; never blocks, never raises.
 
     Correctness never depends on this push: browsers replay from the table.
     """
-    _publisher.submit(messages)
+    _publisher.submit(last_id)
 
 
 def publish_flush(timeout: float = 5.0) -> bool:

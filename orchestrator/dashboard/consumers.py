@@ -153,10 +153,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     # --- from the channel layer ---------------------------------------------------------
 
     async def events_logged(self, message: dict[str, Any]) -> None:
-        events = message.get("events") or []
-        if self.last_id is None or any(
-            isinstance(e.get("id"), int) and e["id"] > self.last_id for e in events
-        ):
+        """A wake-up: events up to ``last_id`` were committed (core.events.publish)."""
+        last = message.get("last_id")
+        if self.last_id is None or not isinstance(last, int) or last > self.last_id:
             self._woken_at = asyncio.get_running_loop().time()
             self._wake.set()
 

@@ -37,22 +37,25 @@ def test_a_refused_service_leaves_neither_rows_nor_events_nor_pushes() -> None:
     publish.assert_not_called()
 
 
-def test_events_are_pushed_after_commit_with_their_ids() -> None:
+def test_a_commit_is_pushed_after_commit_as_a_wake_up_with_its_largest_id() -> None:
     team = factories.team()
-    seen: list[list[dict]] = []
+    seen: list[int] = []
 
-    def capture(messages):
+    def capture(last_id):
         # By the time the push happens, the rows are committed and visible.
-        assert Event.objects.filter(id=messages[0]["id"]).exists()
-        seen.append(list(messages))
+        assert Event.objects.filter(id=last_id).exists()
+        seen.append(last_id)
 
     with mock.patch.object(events, "publish", side_effect=capture):
         resource_create(name="doc", team=team)
-    (batch,) = seen
-    (message,) = batch
-    assert message["kind"] == "resource.created"
-    assert message["team"] == team.pk
-    assert message["payload"]["resource"] == "doc"
+    (last_id,) = seen
+    event = Event.objects.get(pk=last_id)
+    assert (event.kind, event.team_id, event.payload["resource"]) == (
+        "resource.created",
+        team.pk,
+        "doc",
+    )
+    assert last_id == Event.objects.latest("pk").pk
 
 
 def test_several_events_of_one_service_get_increasing_ids() -> None:

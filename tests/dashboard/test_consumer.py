@@ -24,7 +24,7 @@ from django.db import connections
 from orchestrator.asgi import application
 from orchestrator.core import events as event_log
 from orchestrator.core.control import agents_set_paused, system_set_paused
-from orchestrator.core.events import ALL_EVENTS_GROUP, event_message
+from orchestrator.core.events import ALL_EVENTS_GROUP
 from orchestrator.core.locks import lock_acquire
 from orchestrator.core.models import Event
 from orchestrator.core.resources import resource_create
@@ -167,7 +167,7 @@ async def test_a_push_lost_by_the_layer_is_replayed_from_the_database(
     client = Client(communicator)
     await client.receive()
     with monkeypatch.context() as patched:
-        patched.setattr(event_log, "publish", lambda messages: None)  # the layer drops it
+        patched.setattr(event_log, "publish", lambda last_id: None)  # the layer drops it
         await sync_to_async(agents_set_paused)(agents=[agent], paused=True)
     lost = await sync_to_async(last_id)()
     await sync_to_async(system_set_paused)(paused=True)  # this one is pushed
@@ -243,20 +243,20 @@ async def test_a_burst_of_pushes_is_coalesced_to_at_most_20_frames_a_second(
     communicator = await connect()
     client = Client(communicator)
     await client.receive()
-    monkeypatch.setattr(event_log, "publish", lambda messages: None)
+    monkeypatch.setattr(event_log, "publish", lambda last_id: None)
     layer = get_channel_layer()
     loop = asyncio.get_running_loop()
     started = loop.time()
 
-    def commit_one(paused: bool) -> dict[str, Any]:
+    def commit_one(paused: bool) -> int:
         agents_set_paused(agents=[agent], paused=paused)
-        return event_message(Event.objects.order_by("-id").first())
+        return Event.objects.order_by("-id").first().pk
 
     async def produce() -> int:
         for i in range(burst):
-            message = await sync_to_async(commit_one)(i % 2 == 0)
-            await layer.group_send(ALL_EVENTS_GROUP, {"type": "events.logged", "events": [message]})
-        return message["id"]
+            last_id = await sync_to_async(commit_one)(i % 2 == 0)
+            await layer.group_send(ALL_EVENTS_GROUP, {"type": "events.logged", "last_id": last_id})
+        return last_id
 
     final = await produce()
     await client.until(final)
