@@ -7,7 +7,9 @@ mapping lets the tests check it without touching the process environment.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,6 +42,7 @@ class Config:
     redis_is_default: bool = False  # REDIS_URL unset: the embedded Redis in data_dir
     https: bool = False  # served over HTTPS (behind a TLS-terminating proxy)
     hsts_seconds: int = 0
+    channel_prefix: str = "orchestrator"  # the channel layer's names on Redis
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
@@ -117,6 +120,28 @@ def parse_database(
     return database, is_embedded
 
 
+_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,80}$")
+
+
+def parse_channel_prefix(raw: str | None, database: Mapping[str, Any]) -> str:
+    """The prefix of the channel layer's keys and pub/sub channels on Redis.
+
+    Redis pub/sub ignores the database number of REDIS_URL, so two deployments on
+    one Redis server would hear each other's pushes if they shared a prefix. Given
+    (ORCHESTRATOR_CHANNEL_PREFIX) it is used as it is; otherwise it is derived from
+    the database the deployment uses (host, port, name): the processes of one
+    deployment share it, two deployments on two databases do not."""
+    value = (raw or "").strip()
+    if value:
+        if not _PREFIX.match(value):
+            raise ConfigError(
+                "ORCHESTRATOR_CHANNEL_PREFIX must be 1 to 80 letters, digits, '.', '_' or '-'"
+            )
+        return value
+    where = f"{database.get('HOST') or ''}:{database.get('PORT') or ''}/{database.get('NAME')}"
+    return "orchestrator." + hashlib.sha256(where.encode()).hexdigest()[:12]
+
+
 def parse_redis_url(raw: str | None, *, data_dir: Path) -> str:
     """REDIS_URL, or without it the embedded Redis's socket in ``data_dir``."""
     value = (raw or "").strip() or f"unix://{embedded.redis_socket(data_dir)}"
@@ -175,4 +200,5 @@ def load(environ: Mapping[str, str]) -> Config:
         redis_is_default=not (environ.get("REDIS_URL") or "").strip(),
         https=https,
         hsts_seconds=parse_int("HSTS_SECONDS", environ.get("HSTS_SECONDS"), 3600) if https else 0,
+        channel_prefix=parse_channel_prefix(environ.get("ORCHESTRATOR_CHANNEL_PREFIX"), database),
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,12 @@ _lines: list[str] = []
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     if early_config.known_args_namespace.help or early_config.known_args_namespace.version:
         return
+    # One channel prefix for this run's processes (pytest-django renames the database,
+    # so the processes the tests start would derive another), and none shared with
+    # another run on the same Redis.
+    os.environ.setdefault(
+        "ORCHESTRATOR_CHANNEL_PREFIX", f"orchestrator.test.{uuid.uuid4().hex[:12]}"
+    )
     cfg = config.load(os.environ)
     if cfg.database_is_embedded or cfg.redis_is_default:
         directory = Path(tempfile.mkdtemp(prefix="orchestrator-test-"))

@@ -153,7 +153,9 @@ STORAGES = {
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "orchestrator"},
+        # Derived from the database unless set: deployments sharing a Redis server
+        # (on other database numbers) must not hear each other's pushes (config.py).
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": CONFIG.channel_prefix},
     },
 }
 

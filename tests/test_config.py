@@ -124,3 +124,17 @@ def test_secret_key_from_env_or_generated_once_per_machine(tmp_path: Path) -> No
     assert len(first) >= 50
     assert config.local_secret_key(tmp_path) == first
     assert (tmp_path / "secret_key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_channel_prefix_is_derived_from_the_database_unless_given(tmp_path: Path) -> None:
+    def prefix(**environ: str) -> str:
+        return config.load({"ORCHESTRATOR_DATA_DIR": str(tmp_path), **environ}).channel_prefix
+
+    one = prefix(DATABASE_URL="postgres://u@db.example:5432/one")
+    assert one == prefix(DATABASE_URL="postgres://other-user:pw@db.example:5432/one")
+    assert one != prefix(DATABASE_URL="postgres://u@db.example:5432/two")
+    assert one != prefix(DATABASE_URL="postgres://u@db2.example:5432/one")
+    assert one.startswith("orchestrator.")
+    assert prefix(ORCHESTRATOR_CHANNEL_PREFIX="staging") == "staging"
+    with pytest.raises(config.ConfigError, match="ORCHESTRATOR_CHANNEL_PREFIX"):
+        prefix(ORCHESTRATOR_CHANNEL_PREFIX="has space")
