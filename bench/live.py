@@ -1,7 +1,7 @@
 """The live dashboard: time to show the Overview, and push latency from commit to a browser.
 
 Run:  .venv/bin/python bench/live.py [--seconds 10] [--layer both|core|pubsub] [--rates 50,500]
-                                    [--reps 7] [--json FILE] [--plot PNG]
+                                    [--reps 7] [--viewers 20] [--json FILE] [--plot PNG]
 
 On a realistic board (200 agents in 10 teams, 2,000 resources: 286 held, 76
 lock requests waiting (30 queues two deep), 3 open deadlocks, 20 contested
@@ -34,6 +34,19 @@ agent), it measures:
   forwards each message to its WebSocket client as it comes: no database, no
   coalescing. Its messages are numbered, so drops are counted exactly.
 
+* Viewers against agents (``--viewers 20``; 0 skips it): 4 processes cycle
+  locks as fast as they can (acquire without queueing, release: two commits and
+  two events per cycle) on 10 hot resources, for ``--seconds``, with no
+  dashboard feed open and with 20, in turns (3 rounds each, on the project's
+  pub/sub layer). It reports the lock cycles per second of each round and the
+  ratio with viewers / without (target: 0.9 or more); for each round with
+  viewers, the frames per second each viewer received, the snapshots it was
+  sent after its first (a reset: it fell too far behind for a replay), and the
+  most events any viewer had not been sent yet (sampled every 0.1 s, with
+  whether an advisory lock was waited for in pg_locks: a writer behind a
+  reader's event-log barrier); and daphne's CPU (cores used, from /proc).
+  Target: every viewer keeps up, no resets.
+
 Both channels_redis layers are measured (``--layer both``, the default), one daphne
 process each, taking turns rate by rate so that they share the load of the moment:
 RedisChannelLayer (``core``) and RedisPubSubChannelLayer (``pubsub``, the project's
@@ -57,6 +70,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -94,6 +108,11 @@ READY = "ready"
 N_TEAMS, N_AGENTS, N_RESOURCES = 10, 200, 2000
 PRODUCER_AGENTS = range(196, 200)
 PRODUCER_RESOURCES = 1500  # producer p cycles through res-(1500 + 100 p) .. +99, all free
+# The viewers measurement: the producer agents cycle locks on 10 hot free resources.
+HOT_RESOURCES = [f"res-{1950 + k:04d}" for k in range(10)]
+VIEWERS = 20
+VIEWER_ROUNDS = 3
+TARGET_VIEWERS_RATIO = 0.9
 
 
 # --- processes: environment and the channel layer ------------------------------------
@@ -586,6 +605,32 @@ def commit_producer(index: int, layer: str, rate: float, seconds: float, start, 
     out.put((committed, pushed, elapsed, drops.dropped))
 
 
+def lock_cycler(index: int, layer: str, seconds: float, start, out) -> None:
+    """As fast as it can: acquire one of the hot resources (without queueing), release
+    it. Two commits and two events per cycle; a busy resource is tried again."""
+    setup(layer)
+    from orchestrator.core import events
+    from orchestrator.core.locks import lock_acquire, lock_release
+    from orchestrator.core.models import Agent
+
+    agent = Agent.objects.select_related("team").get(name=f"agent-{PRODUCER_AGENTS[index]:03d}")
+    rng = random.Random(index)
+    held = lock_acquire(agent=agent, resource=HOT_RESOURCES[index], ttl=60, wait=False).lock
+    lock_release(lock_id=held.pk, agent=agent)  # warm up
+    events.publish_flush()
+    out.put(READY)
+    start.wait()
+    cycles, began = 0, time.monotonic()
+    while time.monotonic() - began < seconds:
+        result = lock_acquire(agent=agent, resource=rng.choice(HOT_RESOURCES), ttl=60, wait=False)
+        if result.status == "granted":
+            lock_release(lock_id=result.lock.pk, agent=agent)
+            cycles += 1
+    elapsed = time.monotonic() - began
+    events.publish_flush()
+    out.put((cycles, elapsed))
+
+
 def floor_producer(layer: str, rate: float, seconds: float, start, out) -> None:
     """Bare group_send, one message per event, from one event loop (as the publisher)."""
     setup(layer)
@@ -769,9 +814,139 @@ async def measure_floor(server: Daphne, layer: str, rate: int, seconds: float) -
     )
 
 
+@dataclass
+class ViewersRound:
+    viewers: int
+    cycles_per_s: float
+    frames_per_s: list[float] = field(default_factory=list)  # per viewer
+    snapshots_per_s: float = 0.0  # all viewers together, after their first
+    max_lag: int = 0  # events committed that a viewer had not been sent, at worst
+    advisory_waits: float = 0.0  # share of pg_locks samples with a waiting advisory lock
+    daphne_cores: float = 0.0
+
+
+def process_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def viewers_round(
+    server: Daphne, cookie: str, layer: str, viewers: int, seconds: float
+) -> ViewersRound:
+    """4 lock cyclers for ``seconds`` while ``viewers`` dashboard feeds are open."""
+    import psycopg
+
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    cyclers = [
+        ctx.Process(target=lock_cycler, args=(i, layer, seconds, start, out))
+        for i in range(len(PRODUCER_AGENTS))
+    ]
+    for process in cyclers:
+        process.start()
+    clients: list[FeedClient] = []
+    readers: list[asyncio.Task] = []
+    samples: list[tuple[int, bool]] = []
+    try:
+        for _ in cyclers:
+            assert await from_queue(out, 120) == READY
+        for _ in range(viewers):
+            ws = await ws_connect(f"{server.ws}/ws/events/", cookie, server.base)
+            clients.append(FeedClient(ws, (await first_snapshot(ws))["last_id"]))
+            readers.append(asyncio.create_task(clients[-1].read()))
+        with psycopg.connect(bench_database_url(BENCH_DB), autocommit=True) as db:
+
+            def sample() -> tuple[int, bool]:
+                lags = [client.last_id for client in clients] or [2**62]
+                lag, waits = db.execute(
+                    "SELECT (SELECT count(*) FROM core_event WHERE id > %s), EXISTS (SELECT 1 "
+                    "FROM pg_locks WHERE locktype = 'advisory' AND NOT granted)",
+                    [min(lags)],
+                ).fetchone()
+                return lag, waits
+
+            cpu = process_cpu_seconds(server.process.pid)
+            began = time.monotonic()
+            start.set()
+
+            async def collect() -> list[tuple[int, float]]:
+                return [await from_queue(out, seconds + 120) for _ in cyclers]
+
+            done = asyncio.create_task(collect())
+            while not done.done():
+                samples.append(await asyncio.to_thread(sample))
+                await asyncio.sleep(0.1)  # the sampling period of a measurement
+            results = done.result()
+            took = time.monotonic() - began
+            cpu = process_cpu_seconds(server.process.pid) - cpu
+    finally:
+        for task in readers:
+            task.cancel()
+        for task in readers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.ws.close()
+        for process in cyclers:
+            process.join(30)
+    elapsed = max(took for _, took in results)
+    return ViewersRound(
+        viewers=viewers,
+        cycles_per_s=sum(cycles for cycles, _ in results) / elapsed,
+        frames_per_s=[client.frames / took for client in clients],
+        snapshots_per_s=sum(client.snapshots for client in clients) / took,
+        max_lag=max((lag for lag, _ in samples), default=0) if clients else 0,
+        advisory_waits=sum(waits for _, waits in samples) / max(1, len(samples)),
+        daphne_cores=cpu / took,
+    )
+
+
+async def measure_viewers(
+    server: Daphne, cookie: str, layer: str, viewers: int, seconds: float, rounds: int
+) -> list[ViewersRound]:
+    """Rounds without viewers and with ``viewers``, in turns."""
+    measured = []
+    for _ in range(rounds):
+        for count in (0, viewers):
+            measured.append(await viewers_round(server, cookie, layer, count, seconds))
+            print(viewers_line(measured[-1]), flush=True)
+    return measured
+
+
+def viewers_line(r: ViewersRound) -> str:
+    frames = (
+        f"frames/s per viewer {statistics.mean(r.frames_per_s):.1f} "
+        f"(min {min(r.frames_per_s):.1f})  resets/s {r.snapshots_per_s:.2f}  "
+        f"max lag {r.max_lag} events"
+        if r.frames_per_s
+        else ""
+    )
+    return (
+        f"{r.viewers:>3} viewers  lock cycles/s {r.cycles_per_s:7.1f}  daphne "
+        f"{r.daphne_cores:.2f} cores  advisory waits {100 * r.advisory_waits:4.1f}%  {frames}"
+    )
+
+
+def viewers_summary(rounds: list[ViewersRound]) -> str:
+    alone = [r.cycles_per_s for r in rounds if r.viewers == 0]
+    watched = [r for r in rounds if r.viewers]
+    if not alone or not watched:
+        return ""
+    ratios = [w.cycles_per_s / a for w, a in zip(watched, alone, strict=False)]
+    median = statistics.median(ratios)
+    keeps_up = all(r.snapshots_per_s == 0 for r in watched)
+    verdict = "OK" if median >= TARGET_VIEWERS_RATIO and keeps_up else "MISSED"
+    return (
+        f"with {watched[0].viewers} viewers / without, in turns: median {median:.2f} "
+        f"[{min(ratios):.2f}-{max(ratios):.2f}]  target >= {TARGET_VIEWERS_RATIO} and no "
+        f"snapshot resets: {verdict}"
+    )
+
+
 async def measure_all(
-    layers: list[str], cookie: str, rates: list[int], seconds: float, reps: int
-) -> tuple[list[Timing], list[Latency]]:
+    layers: list[str], cookie: str, rates: list[int], seconds: float, reps: int, viewers: int
+) -> tuple[list[Timing], list[Latency], list[ViewersRound]]:
     """One daphne per layer, all started first; then, rate by rate, the floor and the
     dashboard on each layer in turn, so that the layers share whatever load the machine
     has at that moment."""
@@ -789,7 +964,15 @@ async def measure_all(
                 print(latency_line(results[-1]), flush=True)
                 results.append(await measure_dashboard(server, cookie, layer, rate, seconds))
                 print(latency_line(results[-1]), flush=True)
-        return timings, results
+        watched: list[ViewersRound] = []
+        if viewers:
+            layer = "pubsub" if "pubsub" in servers else layers[0]  # the project's layer
+            print(f"Lock cycles with and without {viewers} viewers ({layer} layer)", flush=True)
+            watched = await measure_viewers(
+                servers[layer], cookie, layer, viewers, seconds, VIEWER_ROUNDS
+            )
+            print(viewers_summary(watched), flush=True)
+        return timings, results, watched
     finally:
         for server in servers.values():
             server.stop()
@@ -846,9 +1029,15 @@ def main() -> None:
     parser.add_argument("--layer", choices=["both", *LAYERS], default="both")
     parser.add_argument(
         "--rates",
-        type=lambda text: [int(rate) for rate in text.split(",")],
+        type=lambda text: [int(rate) for rate in text.split(",") if rate.strip()],
         default=list(RATES),
-        help="events per second, comma-separated (default 50,500)",
+        help="events per second, comma-separated (default 50,500; empty: no latency runs)",
+    )
+    parser.add_argument(
+        "--viewers",
+        type=int,
+        default=VIEWERS,
+        help=f"dashboard feeds open while 4 processes cycle locks (default {VIEWERS}; 0: skip)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--plot", type=Path, help="draw the figures into this PNG")
@@ -872,10 +1061,17 @@ def main() -> None:
 
     connections.close_all()
     print(LATENCY_HEADER, flush=True)
-    more, results = asyncio.run(measure_all(layers, cookie, args.rates, args.seconds, args.reps))
+    more, results, watched = asyncio.run(
+        measure_all(layers, cookie, args.rates, args.seconds, args.reps, args.viewers)
+    )
     timings += more
     load = load_average()
     report(board, timings, snapshot_bytes, results, args.reps, load, time.monotonic() - began)
+    if watched:
+        print(f"\nLock cycles with and without {args.viewers} dashboard viewers, in turns")
+        for round_ in watched:
+            print(viewers_line(round_))
+        print(viewers_summary(watched))
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -888,6 +1084,7 @@ def main() -> None:
                         for t in timings
                     },
                     "latency": [r.figures() for r in results],
+                    "viewers": [asdict(r) for r in watched],
                 },
                 indent=2,
             )
