@@ -17,7 +17,11 @@ N, or a snapshot if that is too far back), ``{"type": "snapshot"}``,
 and gets a replay instead of a snapshot.
 
 Pushes from the channel layer only wake the feed: what it sends is always
-read from the event log after the last id it sent. Event ids have gaps (see
+read from the event log after the last id it sent. One reader per process
+(:class:`FeedTail`, the only member of the channel layer's group here) reads
+the log once per frame for every feed, and each feed is sent the frames it has
+not had, merged, and serialized once for all feeds at the same point; a feed
+further behind than the tail remembers reads for itself. Event ids have gaps (see
 core migration 0002), so a pushed batch cannot prove that none was lost,
 while the log can; a push the layer dropped is caught up by the next push or
 by the idle check. One task sends every state frame, at most one per
@@ -28,18 +32,22 @@ coalesced into one delta.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
 from typing import Any
 from urllib.parse import parse_qs
 
+from autobahn.exception import Disconnected
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
 
-from orchestrator.core.events import ALL_EVENTS_GROUP
+from orchestrator.core.events import ALL_EVENTS_GROUP, last_event_id
 from orchestrator.dashboard.frames import SharedBuilds
 from orchestrator.dashboard.permissions import can_watch
+from orchestrator.dashboard.selectors.board import patch_merge
 from orchestrator.dashboard.selectors.feed import feed_delta, feed_snapshot
 
 logger = logging.getLogger(__name__)
@@ -48,7 +56,13 @@ FRAME_INTERVAL = 0.05  # seconds between two state frames: at most 20 a second
 IDLE_CHECK = 2.0  # seconds without a push after which the log is looked at anyway
 MAX_MESSAGE_CHARS = 2000
 MAX_EVENT_ID = 2**63 - 1
-# Browsers at the same event id share one build of their next frame.
+# The frames the tail keeps (about 10 s at 20 a second), and the most events it reads
+# at once before it starts again from the end of the log.
+TAIL_FRAMES = 200
+TAIL_LIMIT = 5000
+
+# Browsers at the same event id share one build of their next frame (a feed that reads
+# for itself: a snapshot, or a replay from further back than the tail kept).
 shared_frames = SharedBuilds()
 
 
@@ -94,6 +108,169 @@ def _query_last_id(scope: dict[str, Any]) -> int | None:
     return value if is_event_id(value) else None
 
 
+def frame_text(frame: dict[str, Any]) -> str:
+    return json.dumps(frame, ensure_ascii=False, default=str)
+
+
+class FeedTail:
+    """The one reader of the event log in this process, for every feed.
+
+    Woken by the pushes, it reads the events after the last one it read and their
+    board patch (``feed_delta``) at most once per ``FRAME_INTERVAL``, and keeps the
+    last ``TAIL_FRAMES`` of these frames. A feed at any event id they cover is
+    served from them (:meth:`after` merges the frames it has not been sent), so the
+    database work of the live view does not grow with the number of viewers, and
+    viewers never drift apart. A feed further behind (a resume, a slow viewer)
+    reads for itself, as before. The tail runs while a feed is connected.
+    """
+
+    def __init__(self) -> None:
+        self.frames: collections.deque[dict[str, Any]] = collections.deque(maxlen=TAIL_FRAMES)
+        self.last_id: int | None = None
+        self._feeds: set[asyncio.Event] = set()
+        # The frames sent since the last read, as text: feeds at the same point (nearly
+        # all of them) share one serialization.
+        self._texts: dict[int, tuple[int, str]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._channel = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting = asyncio.Lock()
+
+    async def join(self, woken: asyncio.Event) -> None:
+        """A feed follows the tail; ``woken`` is set after each new frame. The first
+        feed starts the tail, which joins the channel layer's group: one subscriber
+        per process, whatever the number of feeds."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests): what the old one held is unusable
+            self.__init__()
+            self._loop = loop
+            self._starting = asyncio.Lock()
+        self._feeds.add(woken)
+        async with self._starting:
+            if self._task is None or self._task.done():
+                layer = get_channel_layer()
+                self._channel = await layer.new_channel()
+                await layer.group_add(ALL_EVENTS_GROUP, self._channel)
+                self._task = loop.create_task(self._run())
+                self._listener = loop.create_task(self._listen(layer, self._channel))
+                logger.info("live feed: the tail started")
+
+    async def leave(self, woken: asyncio.Event) -> None:
+        self._feeds.discard(woken)
+        if self._feeds or self._task is None:
+            return
+        tasks, self._task = [self._task, self._listener], None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await get_channel_layer().group_discard(ALL_EVENTS_GROUP, self._channel)
+        self.frames.clear()
+        self._texts.clear()
+        self.last_id = None
+        logger.info("live feed: the tail stopped (no feed left)")
+
+    async def _listen(self, layer: Any, channel: str) -> None:
+        """Wake-ups from the layer (core.events.publish): read when one is past our end."""
+        while True:
+            try:
+                message = await layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the layer is best effort: the idle check still reads
+                logger.warning("live feed: the channel layer failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            last = message.get("last_id")
+            if self.last_id is None or not isinstance(last, int) or last > self.last_id:
+                self._wake.set()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def text_after(self, since: int) -> tuple[int, str] | bool | None:
+        """:meth:`after` as (its last id, its JSON text), serialized once per point."""
+        cached = self._texts.get(since)
+        if cached is not None:
+            return cached
+        frame = self.after(since)
+        if not isinstance(frame, dict):
+            return frame
+        self._texts[since] = (frame["last_id"], frame_text(frame))
+        return self._texts[since]
+
+    def after(self, since: int) -> dict[str, Any] | bool | None:
+        """The delta from ``since`` to the tail's last frame, merged from its frames;
+        None when the tail has nothing after ``since`` yet; False when it cannot tell
+        (``since`` is older than what it kept, or it has not read the log yet)."""
+        if self.last_id is None:
+            return False
+        if since >= self.last_id:
+            return None
+        frames = [frame for frame in self.frames if frame["last_id"] > since]
+        if not frames or frames[0]["since"] > since:
+            return False
+        events = [event for frame in frames for event in frame["events"] if event["id"] > since]
+        state: dict[str, Any] = {}
+        for frame in frames:
+            state = patch_merge(state, frame["state"])
+        return {
+            "type": "delta",
+            "since": since,
+            "last_id": frames[-1]["last_id"],
+            "server_time": frames[-1]["server_time"],
+            "events": events,
+            "state": state,
+        }
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("live feed: the tail could not read the log; retrying")
+                await asyncio.sleep(1.0)
+                continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set (the tail sets it every frame), and the
+            # feed's disconnect then waited for ever.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_CHECK):
+                    await self._wake.wait()
+            delay = started + FRAME_INTERVAL - loop.time()
+            if delay > 0:  # what arrives meanwhile goes into the next read
+                await asyncio.sleep(delay)
+            self._wake.clear()
+
+    async def _read(self) -> None:
+        if self.last_id is None:
+            self.last_id = await database_sync_to_async(last_event_id)()
+            return
+        frame = await database_sync_to_async(feed_delta)(since=self.last_id, limit=TAIL_LIMIT)
+        if frame is None:  # more than TAIL_LIMIT events at once: start again from the end
+            self.frames.clear()
+            self.last_id = await database_sync_to_async(last_event_id)()
+        elif frame["events"]:
+            self.frames.append(frame)
+            self.last_id = frame["last_id"]
+        else:
+            return
+        self._texts.clear()
+        for woken in self._feeds:
+            woken.set()
+
+
+tail = FeedTail()
+
+
 class DashboardConsumer(AsyncWebsocketConsumer):
     """Snapshot, then coalesced deltas, with replay from the event log.
 
@@ -114,7 +291,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self._request: dict[str, Any] | None = None
         self._next_frame_at = 0.0
         self._woken_at = 0.0
-        await self.channel_layer.group_add(ALL_EVENTS_GROUP, self.channel_name)
+        await tail.join(self._wake)
         # Frames built before we joined the group may lack events we will not be pushed.
         self._woken_at = asyncio.get_running_loop().time()
         await self.accept()
@@ -131,8 +308,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        with contextlib.suppress(Exception):
-            await self.channel_layer.group_discard(ALL_EVENTS_GROUP, self.channel_name)
+        if hasattr(self, "_wake"):
+            await tail.leave(self._wake)
 
     # --- from the browser ---------------------------------------------------------------
 
@@ -150,15 +327,6 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self._request = message
         self._wake.set()
 
-    # --- from the channel layer ---------------------------------------------------------
-
-    async def events_logged(self, message: dict[str, Any]) -> None:
-        """A wake-up: events up to ``last_id`` were committed (core.events.publish)."""
-        last = message.get("last_id")
-        if self.last_id is None or not isinstance(last, int) or last > self.last_id:
-            self._woken_at = asyncio.get_running_loop().time()
-            self._wake.set()
-
     # --- the pump: the only sender of state frames --------------------------------------
 
     async def _pump(self) -> None:
@@ -172,6 +340,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                 await self._catch_up()
             except asyncio.CancelledError:
                 raise
+            except Disconnected:
+                return  # the browser is gone; disconnect() follows, nothing more to send
             except Exception:
                 logger.exception("live feed: could not catch up; retrying")
                 await self._send_json(
@@ -181,8 +351,12 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                 await asyncio.sleep(1.0)
                 continue
             self._next_frame_at = started + FRAME_INTERVAL
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event is set (the tail sets it every frame), and the
+            # feed's disconnect then waited for ever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=IDLE_CHECK)
+                async with asyncio.timeout(IDLE_CHECK):
+                    await self._wake.wait()
             # Whatever arrives until the next frame is due goes into that frame.
             delay = self._next_frame_at - loop.time()
             if delay > 0:
@@ -198,6 +372,13 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         since = request["last_id"] if asked else self.last_id
         if since is None:
             await self._send_snapshot()
+            return
+        served = tail.text_after(since)
+        if served is None and not asked:
+            return  # nothing new
+        if isinstance(served, tuple):
+            self.last_id, text = served
+            await self.send(text_data=text)
             return
         frame = await shared_frames.get(
             ("delta", since),
@@ -220,4 +401,4 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self._send_json(frame)
 
     async def _send_json(self, frame: dict[str, Any]) -> None:
-        await self.send(text_data=json.dumps(frame, ensure_ascii=False, default=str))
+        await self.send(text_data=frame_text(frame))

@@ -1,4 +1,5 @@
-"""Frames shared by the live feeds of one process.
+"""Frames shared by the live feeds of one process, when a feed reads for itself
+(its snapshot, or a replay from before what the tail kept: consumers.FeedTail).
 
 Every browser following the feed at the same event id needs the same delta;
 building it costs a handful of queries. A build is shared by every feed of

@@ -304,6 +304,80 @@ async def test_a_slow_frame_build_does_not_add_the_frame_interval_on_top(
     await communicator.disconnect()
 
 
+# --- one reader per process ------------------------------------------------------------
+
+
+async def test_many_viewers_cost_the_log_one_read_per_frame_and_stay_together(
+    redis_conn, monkeypatch
+) -> None:
+    """The tail reads the log for every feed of the process: ten viewers of a stream
+    of events cause about as many reads of the log as one would, and each ends equal
+    to the database, having been sent every event once, in order."""
+    reads: list[int] = []
+    real_delta = consumers.feed_delta
+
+    def counted(**kwargs: Any) -> dict[str, Any] | None:
+        reads.append(kwargs["since"])
+        time.sleep(0.05)  # a build that takes a while, as under load: events keep coming
+        return real_delta(**kwargs)
+
+    monkeypatch.setattr(consumers, "feed_delta", counted)
+    agent = await sync_to_async(factories.agent)()
+
+    async def watch(viewers: int) -> int:
+        clients = [Client(await connect()) for _ in range(viewers)]
+        for client in clients:
+            await client.receive()
+        reads.clear()
+        for i in range(20):
+            await sync_to_async(agents_set_paused)(agents=[agent], paused=i % 2 == 0)
+            await asyncio.sleep(0.03)
+        final = await sync_to_async(last_id)()
+        for client in clients:
+            await client.until(final)
+            ids = [event["id"] for event in client.events]
+            assert ids == sorted(set(ids)) and len(ids) == 20
+            assert client.state == await sync_to_async(database_state)()
+        count = len(reads)
+        for client in clients:
+            await client.communicator.disconnect()
+        assert consumers.tail._task is None and not consumers.tail._feeds  # the tail stopped
+        return count
+
+    one, ten = await watch(1), await watch(10)
+    print(f"log reads for 20 events: 1 viewer {one}, 10 viewers {ten}")
+    assert 0 < one <= 20 and ten <= one + 5, (one, ten)
+
+
+async def test_patches_merge_as_applying_one_then_the_other() -> None:
+    from orchestrator.dashboard.selectors.board import patch_merge
+
+    older = {
+        "system": {"paused": False},
+        "counts": {"agents": 2},
+        "agents": {"1": {"status": "idle"}, "2": {"status": "idle"}},
+        "removed": {"resources": ["9"]},
+    }
+    newer = {
+        "system": {"paused": True},
+        "counts": {"agents": 1},
+        "agents": {"1": {"status": "running"}},
+        "resources": {"9": {"name": "back"}},
+        "removed": {"agents": ["2"]},
+    }
+    merged = patch_merge(older, newer)
+    assert merged == {
+        "system": {"paused": True},
+        "counts": {"agents": 1},
+        "agents": {"1": {"status": "running"}},
+        "resources": {"9": {"name": "back"}},
+        "removed": {"agents": ["2"]},
+    }
+    board = {"agents": {"2": {"status": "idle"}}, "resources": {}}
+    stepwise = board_apply(board_apply({**board, "agents": {**board["agents"]}}, older), newer)
+    assert board_apply(board, merged) == stepwise
+
+
 # --- bad input ------------------------------------------------------------------------
 
 

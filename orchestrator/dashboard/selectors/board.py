@@ -449,6 +449,32 @@ def board_patch(events: list[dict[str, Any]]) -> dict[str, Any]:
     return patch
 
 
+def patch_merge(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """One patch that does what ``older`` then ``newer`` do (rows are whole, so the
+    newer row of an entity replaces the older; a removal then a re-read is a row)."""
+    merged: dict[str, Any] = {
+        key: newer.get(key, older.get(key))
+        for key in ("system", "counts", "deadlocks")
+        if key in older or key in newer
+    }
+    removed: dict[str, list[str]] = {}
+    for name in COLLECTIONS:
+        rows = {**older.get(name, {})}
+        gone = set(older.get("removed", {}).get(name, []))
+        for pk in newer.get("removed", {}).get(name, []):
+            rows.pop(pk, None)
+            gone.add(pk)
+        rows.update(newer.get(name, {}))
+        gone -= set(newer.get(name, {}))
+        if rows:
+            merged[name] = rows
+        if gone:
+            removed[name] = sorted(gone)
+    if removed:
+        merged["removed"] = removed
+    return merged
+
+
 def board_apply(state: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     """Apply a patch to a board, as the browser does (live.js): used by tests and tools."""
     for key in ("system", "counts", "deadlocks"):
