@@ -48,9 +48,13 @@ logger = logging.getLogger(__name__)
 # trigger of migration 0002, which spells the same number).
 EVENT_LOG_LOCK_KEY = 0x4F524348  # "ORCH"
 ALL_EVENTS_GROUP = "events"
-# A process pushes to a group at most once per window: the first events after a quiet
-# spell at once, those committed during the window after a push together at its end.
-PUBLISH_WINDOW = 0.05
+# The live path's one coalescing window (seconds). A process pushes a wake-up at most
+# once per window (the first commit after a quiet spell at once, those during the
+# window after a push together at its end); the dashboard's tail reads the log at most
+# once per window, and a feed is sent at most one frame per window
+# (dashboard/consumers.py FRAME_INTERVAL, dashboard/frames.py FRESH).
+LIVE_WINDOW = 0.05
+PUBLISH_WINDOW = LIVE_WINDOW
 P = ParamSpec("P")
 R = TypeVar("R")
 

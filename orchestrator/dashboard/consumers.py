@@ -44,7 +44,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 
-from orchestrator.core.events import ALL_EVENTS_GROUP, last_event_id
+from orchestrator.core.events import ALL_EVENTS_GROUP, LIVE_WINDOW, last_event_id
 from orchestrator.dashboard.frames import SharedBuilds
 from orchestrator.dashboard.permissions import can_watch
 from orchestrator.dashboard.selectors.board import patch_merge
@@ -52,7 +52,7 @@ from orchestrator.dashboard.selectors.feed import feed_delta, feed_snapshot
 
 logger = logging.getLogger(__name__)
 
-FRAME_INTERVAL = 0.05  # seconds between two state frames: at most 20 a second
+FRAME_INTERVAL = LIVE_WINDOW  # seconds between two state frames: at most 20 a second
 IDLE_CHECK = 2.0  # seconds without a push after which the log is looked at anyway
 MAX_MESSAGE_CHARS = 2000
 MAX_EVENT_ID = 2**63 - 1

@@ -14,7 +14,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
-FRESH = 0.25  # seconds a built frame may serve other feeds
+from orchestrator.core.events import LIVE_WINDOW
+
+FRESH = LIVE_WINDOW  # seconds a built frame may serve other feeds: the live path's window
 
 
 class SharedBuilds:
