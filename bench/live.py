@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import http.client
 import json
@@ -563,17 +564,18 @@ def commit_producer(index: int, layer: str, rate: float, seconds: float, start, 
 
     committed: dict[int, float] = {}
     pushed: dict[int, float] = {}
+    unpushed: collections.deque[int] = collections.deque()  # ids rise: one process commits
     handover, push = events.publish, events._Publisher._send
 
     def publish(last_id: int) -> None:  # on commit: the commit time (one event per commit)
         committed[last_id] = time.monotonic()
+        unpushed.append(last_id)
         handover(last_id)
 
     async def send(publisher: Any, layer: Any, last_id: int) -> None:
         now = time.monotonic()  # the publisher thread starts its group_send call
-        for event_id in list(committed):  # the wake-up covers every commit up to last_id
-            if event_id <= last_id and event_id not in pushed:
-                pushed[event_id] = now
+        while unpushed and unpushed[0] <= last_id:  # the wake-up covers them all
+            pushed[unpushed.popleft()] = now
         await push(publisher, layer, last_id)
 
     events.publish = publish
@@ -588,6 +590,7 @@ def commit_producer(index: int, layer: str, rate: float, seconds: float, start, 
     start.wait()
     committed.clear()
     pushed.clear()
+    unpushed.clear()
     drops.dropped = 0
     began = time.monotonic()
     held, turn = None, 0

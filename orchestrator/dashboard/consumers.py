@@ -146,7 +146,6 @@ class FeedTail:
         if loop is not self._loop:  # a new loop (tests): what the old one held is unusable
             self.__init__()
             self._loop = loop
-            self._starting = asyncio.Lock()
         self._feeds.add(woken)
         async with self._starting:
             if self._task is None or self._task.done():
@@ -188,9 +187,6 @@ class FeedTail:
             last = message.get("last_id")
             if self.last_id is None or not isinstance(last, int) or last > self.last_id:
                 self._wake.set()
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def text_after(self, since: int) -> tuple[int, str] | bool | None:
         """:meth:`after` as (its last id, its JSON text), serialized once per point."""
@@ -290,9 +286,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self._wake = asyncio.Event()
         self._request: dict[str, Any] | None = None
         self._next_frame_at = 0.0
-        self._woken_at = 0.0
         await tail.join(self._wake)
-        # Frames built before we joined the group may lack events we will not be pushed.
+        # A shared build started before the tail followed the log for us may lack events
+        # the tail will not wake us for: our own first read starts after this.
         self._woken_at = asyncio.get_running_loop().time()
         await self.accept()
         since = _query_last_id(self.scope)

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from orchestrator.core.models import Lock, LockRequest, Resource, Run, Step
 from orchestrator.core.monitor import monitor_sweep
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.concurrency.processes import wait_until
 from tests.databases import database_url
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -105,13 +105,6 @@ def kill_hard(worker: subprocess.Popen) -> None:
     worker.wait(10)
 
 
-def wait_until(condition, what: str, timeout: float = 90, interval: float = 0.02) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(interval)
-
-
 @pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_sigkill_mid_step_then_the_run_completes_exactly(
     redis_conn, worker_class: str, tmp_path: Path
@@ -131,7 +124,10 @@ def test_sigkill_mid_step_then_the_run_completes_exactly(
         worker = start_worker(worker_class)
         try:
             wait_until(
-                lambda: Step.objects.filter(run=run, status="running").exists(), "a running step"
+                lambda: Step.objects.filter(run=run, status="running").exists(),
+                what="a running step",
+                timeout=90,
+                interval=0.02,
             )
             kill_hard(worker)
         finally:
@@ -159,9 +155,9 @@ def test_sigkill_mid_step_then_the_run_completes_exactly(
         # 2-core machine (one CI run took more than 120 s here with a fault test beside it).
         try:
             wait_until(
-                recovered_and_done, "the run to end after recovery", timeout=300, interval=0.2
+                recovered_and_done, what="the run to end after recovery", timeout=300, interval=0.2
             )
-        except AssertionError as timed_out:
+        except TimeoutError as timed_out:
             tail = log.read_text(errors="replace")[-3000:]
             raise AssertionError(f"{timed_out}\n{run_state(run)}\nworker log:\n{tail}") from None
     finally:

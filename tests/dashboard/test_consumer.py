@@ -307,12 +307,14 @@ async def test_a_slow_frame_build_does_not_add_the_frame_interval_on_top(
 # --- one reader per process ------------------------------------------------------------
 
 
-async def test_many_viewers_cost_the_log_one_read_per_frame_and_stay_together(
+async def test_ten_viewers_each_get_every_event_once_and_the_tail_stops_with_the_last(
     redis_conn, monkeypatch
 ) -> None:
-    """The tail reads the log for every feed of the process: ten viewers of a stream
-    of events cause about as many reads of the log as one would, and each ends equal
-    to the database, having been sent every event once, in order."""
+    """Ten viewers of a stream of slow-to-build frames each end equal to the database,
+    having been sent every event once, in order, with about as many reads of the log
+    as one viewer causes; when they leave, the process's tail stops. (In one process
+    the feeds stay in step, so per-feed reads with shared builds read about as
+    little: bench/live.py --viewers shows the difference under load.)"""
     reads: list[int] = []
     real_delta = consumers.feed_delta
 
@@ -347,6 +349,32 @@ async def test_many_viewers_cost_the_log_one_read_per_frame_and_stay_together(
     one, ten = await watch(1), await watch(10)
     print(f"log reads for 20 events: 1 viewer {one}, 10 viewers {ten}")
     assert 0 < one <= 20 and ten <= one + 5, (one, ten)
+
+
+async def test_the_tail_serves_a_feed_from_the_frames_it_kept_or_says_it_cannot() -> None:
+    def frame(since: int, last: int, agent: str, status: str) -> dict[str, Any]:
+        events = [{"id": i, "kind": "agent.paused"} for i in range(since + 1, last + 1)]
+        state = {"counts": {"last": last}, "agents": {agent: {"status": status}}}
+        return {"type": "delta", "since": since, "last_id": last, "server_time": str(last),
+                "events": events, "state": state}  # fmt: skip
+
+    tail = consumers.FeedTail()
+    assert tail.after(5) is False  # it has not read the log yet
+    tail.last_id = 10
+    tail.frames.extend([frame(10, 12, "1", "idle"), frame(12, 15, "2", "running")])
+    tail.last_id = 15
+    assert tail.after(9) is False  # older than the first kept frame: read for yourself
+    assert tail.after(15) is None and tail.after(20) is None  # nothing new
+    merged = tail.after(11)  # in the middle of the first frame
+    assert (merged["since"], merged["last_id"], merged["server_time"]) == (11, 15, "15")
+    assert [e["id"] for e in merged["events"]] == [12, 13, 14, 15]
+    assert merged["state"] == {
+        "counts": {"last": 15},
+        "agents": {"1": {"status": "idle"}, "2": {"status": "running"}},
+    }
+    last, text = tail.text_after(11)
+    assert last == 15 and json.loads(text) == merged
+    assert tail.text_after(11)[1] is text  # serialized once for every feed at 11
 
 
 async def test_patches_merge_as_applying_one_then_the_other() -> None:
