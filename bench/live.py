@@ -826,6 +826,7 @@ class ViewersRound:
     max_lag: int = 0  # events committed that a viewer had not been sent, at worst
     advisory_waits: float = 0.0  # share of pg_locks samples with a waiting advisory lock
     daphne_cores: float = 0.0
+    viewer_cores: float = 0.0  # this process: the viewers' clients and the sampler
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -869,6 +870,7 @@ async def viewers_round(
                 return lag, waits
 
             cpu = process_cpu_seconds(server.process.pid)
+            own = process_cpu_seconds(os.getpid())
             began = time.monotonic()
             start.set()
 
@@ -882,6 +884,7 @@ async def viewers_round(
             results = done.result()
             took = time.monotonic() - began
             cpu = process_cpu_seconds(server.process.pid) - cpu
+            own = process_cpu_seconds(os.getpid()) - own
     finally:
         for task in readers:
             task.cancel()
@@ -902,6 +905,7 @@ async def viewers_round(
         max_lag=max((lag for lag, _ in samples), default=0) if clients else 0,
         advisory_waits=sum(waits for _, waits in samples) / max(1, len(samples)),
         daphne_cores=cpu / took,
+        viewer_cores=own / took,
     )
 
 
@@ -927,7 +931,8 @@ def viewers_line(r: ViewersRound) -> str:
     )
     return (
         f"{r.viewers:>3} viewers  lock cycles/s {r.cycles_per_s:7.1f}  daphne "
-        f"{r.daphne_cores:.2f} cores  advisory waits {100 * r.advisory_waits:4.1f}%  {frames}"
+        f"{r.daphne_cores:.2f} cores  viewers {r.viewer_cores:.2f} cores  "
+        f"advisory waits {100 * r.advisory_waits:4.1f}%  {frames}"
     )
 
 

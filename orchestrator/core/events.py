@@ -35,7 +35,6 @@ from typing import Any, ParamSpec, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
 from orchestrator.core import sql
@@ -277,14 +276,14 @@ def event_log_barrier() -> Iterator[None]:
 
 
 def last_event_id() -> int:
-    """The largest event id, read behind the :func:`event_log_barrier`.
+    """The largest event id, read behind the event log's lock taken exclusively, as
+    :func:`event_log_barrier` takes it, in one statement (``sql.settled_event_id``).
 
     Every event up to it has committed (or never will), and every event
     committed later has a larger id: the events up to it are a settled prefix
     of the log, which can be read afterwards without holding anything.
     """
-    with event_log_barrier():
-        return Event.objects.aggregate(last=Max("id"))["last"] or 0
+    return sql.settled_event_id(EVENT_LOG_LOCK_KEY)
 
 
 def events_after(

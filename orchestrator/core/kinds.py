@@ -23,9 +23,11 @@ NoneType = type(None)
 
 # The dashboard entities an event can touch. Its agent and its subject always count
 # (a lock's or a step's subject names its agent and resource or run; a team's, its
-# agents); payload fields declared with an entity name more; GRAPH in ``touches``
-# marks the kinds that change the deadlocks the Graph page shows.
-RUNS, RESOURCES, GRAPH = "runs", "resources", "graph"
+# agents); payload fields declared with an entity name more. In ``touches``: GRAPH
+# marks the kinds that change the deadlocks the Graph page shows, COUNTS those that
+# change how many approvals or conflicts are open (the navigation bar's numbers),
+# SYSTEM those that pause or resume everything.
+RUNS, RESOURCES, GRAPH, COUNTS, SYSTEM = "runs", "resources", "graph", "counts", "system"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class EventKind:
     name: str
     subject: str  # the model of the event's subject ("" for none)
     fields: Mapping[str, Field] = field(default_factory=dict)
-    touches: frozenset[str] = frozenset()  # GRAPH, or nothing
+    touches: frozenset[str] = frozenset()  # of GRAPH, COUNTS, SYSTEM
 
     def check(self, payload: Mapping[str, Any]) -> None:
         """Raise EventPayloadError unless ``payload`` has exactly this kind's fields."""
@@ -123,15 +125,19 @@ KINDS: dict[str, EventKind] = _kinds(
     EventKind("agent.token_reset", "agent"),
     EventKind("agent.finished", "agent", {"run": RUN_ID, "why": TEXT}),
     EventKind("agent.failed", "agent", {"run": RUN_ID, "why": TEXT}),
-    EventKind("system.paused", "switchboard"),
-    EventKind("system.resumed", "switchboard"),
+    EventKind("system.paused", "switchboard", touches=frozenset({SYSTEM})),
+    EventKind("system.resumed", "switchboard", touches=frozenset({SYSTEM})),
     # Locks and lock requests (core/queue.py, core/locks.py).
     EventKind("lock.granted", "lock", {**_LOCK, "expires_at": TEXT}),
     EventKind("lock.released", "lock", _LOCK),
     EventKind("lock.expired", "lock", _LOCK),
     EventKind("lock.revoked", "lock", _LOCK),
     EventKind("lock.force_released", "lock", _LOCK),
-    EventKind("lock.renewed", "lock", {"resource": TEXT, "expires_at": TEXT}),
+    EventKind(
+        "lock.renewed",
+        "lock",
+        {"resource": TEXT, "resource_id": RESOURCE_ID, "expires_at": TEXT},
+    ),
     EventKind(
         "lock.waiting",
         "lockrequest",
@@ -177,10 +183,10 @@ KINDS: dict[str, EventKind] = _kinds(
         "conflict.opened",
         "conflict",
         {"kind": TEXT, "resource": TEXT, "detail": TEXT, "status": TEXT},
-        frozenset({GRAPH}),
+        frozenset({GRAPH, COUNTS}),
     ),
     EventKind(
-        "conflict.resolved", "conflict", {"kind": TEXT, "resolution": TEXT}, frozenset({GRAPH})
+        "conflict.resolved", "conflict", {"kind": TEXT, "resolution": TEXT}, frozenset({GRAPH, COUNTS})
     ),
     EventKind(
         "deadlock.detected",
@@ -192,13 +198,13 @@ KINDS: dict[str, EventKind] = _kinds(
             "detail": TEXT,
             "policy": TEXT,
         },
-        frozenset({GRAPH}),
+        frozenset({GRAPH, COUNTS}),
     ),
     EventKind(
         "deadlock.broken",
         "conflict",
         {"conflict": NUMBER, "victim": TEXT, "action": TEXT, "resolution": TEXT},
-        frozenset({GRAPH}),
+        frozenset({GRAPH, COUNTS}),
     ),
     # Approvals (core/approvals.py).
     EventKind(
@@ -211,10 +217,11 @@ KINDS: dict[str, EventKind] = _kinds(
             "base_version": MAYBE_NUMBER,
             "current_version": NUMBER,
         },
+        frozenset({COUNTS}),
     ),
-    EventKind("approval.approved", "approval", _DECIDED),
-    EventKind("approval.rejected", "approval", _DECIDED),
-    EventKind("approval.failed", "approval", _DECIDED),
+    EventKind("approval.approved", "approval", _DECIDED, frozenset({COUNTS})),
+    EventKind("approval.rejected", "approval", _DECIDED, frozenset({COUNTS})),
+    EventKind("approval.failed", "approval", _DECIDED, frozenset({COUNTS})),
     # Runs and steps (agents/runtime.py, agents/recovery.py).
     EventKind("run.started", "run", {"run": RUN_ID, "goal": TEXT, "agents": NAMES}),
     EventKind("run.paused", "run"),

@@ -206,7 +206,11 @@ def lock_renew(*, lock_id: int, agent: Agent, ttl: Any = None) -> LockOutcome:
         "lock.renewed",
         agent=agent,
         subject=lock,
-        payload={"resource": queue.resource.name, "expires_at": lock.expires_at.isoformat()},
+        payload={
+            "resource": queue.resource.name,
+            "resource_id": queue.resource.pk,
+            "expires_at": lock.expires_at.isoformat(),
+        },
     )
     return LockOutcome("renewed", lock)
 

@@ -21,7 +21,7 @@ from django.db import connection
 from django.db.models import Model
 from psycopg.types.json import Jsonb
 
-from orchestrator.core.models import Agent, Lock, LockRequest, Resource, Run, Step, Team
+from orchestrator.core.models import Agent, Event, Lock, LockRequest, Resource, Run, Step, Team
 
 
 def columns(model: type[Model], alias: str) -> str:
@@ -75,6 +75,27 @@ def advisory_xact_lock(*key: int) -> None:
     placeholders = ", ".join(["%s"] * len(key))
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT pg_advisory_xact_lock({placeholders})", list(key))
+
+
+def settled_event_id(lock_key: int) -> int:
+    """The largest event id, with the event log's advisory lock ``lock_key`` taken
+    exclusively in the same statement (``events.last_event_id`` says why that makes
+    every id up to it settled).
+
+    One statement, so the lock (released at the statement's commit, outside a
+    transaction) is held for this one read and not for the four round trips of
+    BEGIN, lock, read and COMMIT: writers queue behind it while it is held. The
+    statement's snapshot may be older than the lock's grant, so it may miss ids
+    committed while it waited; those are larger than every id drawn before it
+    (they are read next time), and every id up to the one it returns had been
+    drawn before the grant, by writers the grant waited for.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT pg_advisory_xact_lock(%s), (SELECT max(id) FROM {Event._meta.db_table})",  # noqa: S608
+            [lock_key],
+        )
+        return cursor.fetchone()[1] or 0
 
 
 def read_only_snapshot() -> None:

@@ -26,7 +26,9 @@ core migration 0002), so a pushed batch cannot prove that none was lost,
 while the log can; a push the layer dropped is caught up by the next push or
 by the idle check. One task sends every state frame, at most one per
 ``FRAME_INTERVAL`` (20 a second), whatever the rate of events: bursts are
-coalesced into one delta.
+coalesced into one delta. The tail reads at most once per ``FRAME_INTERVAL``
+too, and less often while reads are slow (``TAIL_BUDGET``): a database kept busy
+by agents gets fewer reads from the live view, each bringing more events.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ MAX_EVENT_ID = 2**63 - 1
 # at once before it starts again from the end of the log.
 TAIL_FRAMES = 200
 TAIL_LIMIT = 5000
+# The tail spends at most this share of the time reading: after a read that took t
+# seconds (smoothed), the next one starts FRAME_INTERVAL or t / TAIL_BUDGET later,
+# whichever is longer, and at most MAX_TAIL_INTERVAL later. Idle, a read takes a few
+# milliseconds and the window rules; when agents keep the database busy, reads take
+# longer and come less often, so the live view takes less from the agents' writes.
+TAIL_BUDGET = 0.2
+MAX_TAIL_INTERVAL = 1.0
 
 # Browsers at the same event id share one build of their next frame (a feed that reads
 # for itself: a snapshot, or a replay from further back than the tail kept).
@@ -116,7 +125,7 @@ class FeedTail:
     """The one reader of the event log in this process, for every feed.
 
     Woken by the pushes, it reads the events after the last one it read and their
-    board patch (``feed_delta``) at most once per ``FRAME_INTERVAL``, and keeps the
+    board patch (``feed_delta``) at most once per :meth:`interval`, and keeps the
     last ``TAIL_FRAMES`` of these frames. A feed at any event id they cover is
     served from them (:meth:`after` merges the frames it has not been sent), so the
     database work of the live view does not grow with the number of viewers, and
@@ -137,6 +146,7 @@ class FeedTail:
         self._channel = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting = asyncio.Lock()
+        self.read_seconds = 0.0  # a read's duration, smoothed (the budget's measure)
 
     async def join(self, woken: asyncio.Event) -> None:
         """A feed follows the tail; ``woken`` is set after each new frame. The first
@@ -223,6 +233,10 @@ class FeedTail:
             "state": state,
         }
 
+    def interval(self) -> float:
+        """Seconds from the start of one read to the start of the next (TAIL_BUDGET)."""
+        return min(MAX_TAIL_INTERVAL, max(FRAME_INTERVAL, self.read_seconds / TAIL_BUDGET))
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -235,13 +249,17 @@ class FeedTail:
                 logger.exception("live feed: the tail could not read the log; retrying")
                 await asyncio.sleep(1.0)
                 continue
+            took = loop.time() - started
+            self.read_seconds = (
+                took if not self.read_seconds else 0.7 * self.read_seconds + 0.3 * took
+            )
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that arrives as the event is set (the tail sets it every frame), and the
             # feed's disconnect then waited for ever.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(IDLE_CHECK):
                     await self._wake.wait()
-            delay = started + FRAME_INTERVAL - loop.time()
+            delay = started + self.interval() - loop.time()
             if delay > 0:  # what arrives meanwhile goes into the next read
                 await asyncio.sleep(delay)
             self._wake.clear()

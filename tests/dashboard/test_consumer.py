@@ -23,7 +23,9 @@ from django.db import connections
 
 from orchestrator.asgi import application
 from orchestrator.core import events as event_log
+from orchestrator.core.approvals import approval_decide
 from orchestrator.core.control import agents_set_paused, system_set_paused
+from orchestrator.core.deadlocks import deadlock_break
 from orchestrator.core.events import ALL_EVENTS_GROUP
 from orchestrator.core.locks import lock_acquire
 from orchestrator.core.models import Event
@@ -32,7 +34,7 @@ from orchestrator.dashboard import consumers
 from orchestrator.dashboard.selectors import feed
 from orchestrator.dashboard.selectors.board import board_apply
 from tests import factories
-from tests.dashboard import builders
+from tests.dashboard import builders, scenes
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -159,6 +161,49 @@ async def test_snapshot_then_deltas_keep_the_client_equal_to_the_database(redis_
     await communicator.disconnect()
 
 
+async def test_counts_and_the_switchboard_follow_the_kinds_that_change_them(redis_conn) -> None:
+    """A patch carries the open counts and the system flag only for the kinds that
+    declare them (core/kinds.py COUNTS, SYSTEM): after each change that moves them, a
+    client that applied the patches holds what a fresh snapshot holds."""
+    communicator = await connect()
+    client = Client(communicator)
+    await client.receive()
+
+    async def converged() -> None:
+        # Teams made by the factories (no team.created event) are no patch's business.
+        await client.until(await sync_to_async(last_id)())
+        expected = await sync_to_async(database_state)()
+        assert {**client.state, "teams": {}} == {**expected, "teams": {}}
+
+    operator = await sync_to_async(builders.operator)()
+    await sync_to_async(system_set_paused)(paused=True, user=operator)
+    await converged()
+    assert client.state["system"] == {"paused": True}
+    await sync_to_async(system_set_paused)(paused=False, user=operator)
+    await converged()
+
+    contested = await sync_to_async(scenes.contested_write)()  # an approval and a conflict
+    await converged()
+    assert client.state["counts"] == {"approvals": 1, "conflicts": 1}
+    await sync_to_async(approval_decide)(
+        approval_id=contested.approval.pk, decision="reject", user=operator
+    )
+    await converged()
+    assert client.state["counts"] == {"approvals": 0, "conflicts": 0}
+
+    stuck = await sync_to_async(scenes.deadlock)()
+    await converged()
+    assert client.state["counts"]["conflicts"] == 1
+    await sync_to_async(deadlock_break)(
+        conflict_id=stuck.conflict.pk, victim_id=stuck.agents[1].pk, user=operator
+    )
+    await converged()
+    assert client.state["counts"]["conflicts"] == 0
+    kinds = {event["kind"] for event in client.events}
+    assert {"approval.rejected", "deadlock.detected", "deadlock.broken"} <= kinds
+    await communicator.disconnect()
+
+
 async def test_a_push_lost_by_the_layer_is_replayed_from_the_database(
     redis_conn, monkeypatch
 ) -> None:
@@ -277,6 +322,7 @@ async def test_a_slow_frame_build_does_not_add_the_frame_interval_on_top(
     events keep coming, a build as long as the interval is followed by the next at once."""
     interval = 0.3
     monkeypatch.setattr(consumers, "FRAME_INTERVAL", interval)
+    monkeypatch.setattr(consumers, "TAIL_BUDGET", 1.0)  # reads may fill the interval
     quick = consumers.feed_delta
 
     def slow_delta(**kwargs: Any) -> dict[str, Any] | None:
@@ -301,6 +347,53 @@ async def test_a_slow_frame_build_does_not_add_the_frame_interval_on_top(
     gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(built))
     # Spaced from the end of each build, frames would be built every 2 * interval.
     assert gaps[len(gaps) // 2] < 1.5 * interval, gaps
+    await communicator.disconnect()
+
+
+async def test_the_tail_reads_less_often_when_reads_take_longer() -> None:
+    """The read budget: the window while reads are quick, then as many times the read's
+    duration as the budget says, never more than MAX_TAIL_INTERVAL."""
+    tail = consumers.FeedTail()
+    for took, expected in (
+        (0.0, consumers.FRAME_INTERVAL),
+        (0.002, consumers.FRAME_INTERVAL),
+        (0.05, 0.05 / consumers.TAIL_BUDGET),
+        (10.0, consumers.MAX_TAIL_INTERVAL),
+    ):
+        tail.read_seconds = took
+        assert tail.interval() == pytest.approx(expected)
+
+
+async def test_slow_reads_of_the_log_come_less_often_and_the_viewer_keeps_up(
+    redis_conn, monkeypatch
+) -> None:
+    """When a read of the log takes 0.1 s, the tail (budget 0.2) reads about every 0.5 s
+    rather than every 0.05 s, and each read still brings everything since the last."""
+    quick = consumers.feed_delta
+
+    def slow_delta(**kwargs: Any) -> dict[str, Any] | None:
+        time.sleep(0.1)
+        return quick(**kwargs)
+
+    monkeypatch.setattr(consumers, "feed_delta", slow_delta)
+    agent = await sync_to_async(factories.agent)()
+    communicator = await connect()
+    client = Client(communicator)
+    await client.receive()
+    for i in range(40):  # about 2 s of events, 20 a second
+        await sync_to_async(agents_set_paused)(agents=[agent], paused=i % 2 == 0)
+        await asyncio.sleep(0.05)
+    final = await sync_to_async(last_id)()
+    await client.until(final)
+    assert client.last_id == final and len(client.events) == 40
+    built = [
+        datetime.fromisoformat(frame["server_time"])
+        for frame in client.frames
+        if frame["type"] == "delta"
+    ]
+    gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(built))
+    assert gaps and gaps[len(gaps) // 2] >= 0.4, gaps  # not the 0.15 s of read + window
+    assert client.state == await sync_to_async(database_state)()
     await communicator.disconnect()
 
 

@@ -25,6 +25,7 @@ values, details) is data for ``textContent``, never markup.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -33,7 +34,7 @@ from typing import Any
 from django.db.models import Count, Q
 
 from orchestrator.core.events import last_event_id
-from orchestrator.core.kinds import GRAPH, KINDS, RESOURCES, RUNS
+from orchestrator.core.kinds import COUNTS, GRAPH, KINDS, RESOURCES, RUNS, SYSTEM
 from orchestrator.core.models import (
     Agent,
     AgentStatus,
@@ -54,6 +55,7 @@ from orchestrator.core.models import (
 )
 
 COLLECTIONS = ("teams", "runs", "agents", "resources")
+Ids = Iterable[int] | None
 VALUE_PREVIEW_CHARS = 160
 RECENT_RUNS = 20
 ACTIVE_RUN_STATUSES = (Run.Status.PENDING, Run.Status.RUNNING, Run.Status.PAUSED)
@@ -122,15 +124,16 @@ def _runs(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
     return result
 
 
-def _live_locks(
-    *, agent_ids: list[int] | None = None, resource_ids: list[int] | None = None
-) -> list[dict[str, Any]]:
+def _of_either(queryset: Any, agent_ids: Ids, resource_ids: Ids) -> Any:
+    """The rows of these agents or of these resources; every row when both are None."""
+    if agent_ids is None and resource_ids is None:
+        return queryset
+    return queryset.filter(Q(agent_id__in=agent_ids or []) | Q(resource_id__in=resource_ids or []))
+
+
+def _live_locks(*, agent_ids: Ids = None, resource_ids: Ids = None) -> list[dict[str, Any]]:
     """Unreleased locks (a lease that ran out shows until the protocol marks it expired)."""
-    queryset = Lock.objects.filter(released_at__isnull=True)
-    if agent_ids is not None:
-        queryset = queryset.filter(agent_id__in=agent_ids)
-    if resource_ids is not None:
-        queryset = queryset.filter(resource_id__in=resource_ids)
+    queryset = _of_either(Lock.objects.filter(released_at__isnull=True), agent_ids, resource_ids)
     return [
         {
             "lock_id": row["id"],
@@ -157,15 +160,11 @@ def _live_locks(
     ]
 
 
-def _waits(
-    *, agent_ids: list[int] | None = None, resource_ids: list[int] | None = None
-) -> list[dict[str, Any]]:
+def _waits(*, agent_ids: Ids = None, resource_ids: Ids = None) -> list[dict[str, Any]]:
     """Waiting lock requests, in queue (FIFO) order."""
-    queryset = LockRequest.objects.filter(status=RequestStatus.WAITING)
-    if agent_ids is not None:
-        queryset = queryset.filter(agent_id__in=agent_ids)
-    if resource_ids is not None:
-        queryset = queryset.filter(resource_id__in=resource_ids)
+    queryset = _of_either(
+        LockRequest.objects.filter(status=RequestStatus.WAITING), agent_ids, resource_ids
+    )
     return [
         {
             "request_id": row["id"],
@@ -180,6 +179,28 @@ def _waits(
             "id", "agent_id", "agent__name", "resource_id", "resource__name", "mode", "requested_at"
         )
     ]
+
+
+class LiveRows:
+    """The live locks and the waiting requests of some agents and resources (all of
+    them: None), read once for the agents' rows and the resources' rows of a patch or
+    a snapshot: two queries instead of four."""
+
+    def __init__(self, *, agent_ids: Ids = None, resource_ids: Ids = None) -> None:
+        self.locks = _live_locks(agent_ids=agent_ids, resource_ids=resource_ids)
+        self.waits = _waits(agent_ids=agent_ids, resource_ids=resource_ids)
+
+    def by(self, key: str, ids: Ids) -> tuple[dict[int, list], dict[int, list]]:
+        """The locks and the waits of each of ``ids`` (all: None), by ``key``
+        (agent or resource), in id and queue order."""
+        wanted = None if ids is None else set(ids)
+        locks: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        waits: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for rows, into in ((self.locks, locks), (self.waits, waits)):
+            for row in rows:
+                if wanted is None or row[key] in wanted:
+                    into[row[key]].append(row)
+        return locks, waits
 
 
 def _humans_awaited(agent_ids: list[int] | None) -> set[int]:
@@ -212,17 +233,17 @@ def derive_status(*, status: str, paused: bool, waits_for_human: bool, waits_for
     return status
 
 
-def _agents(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+def _agents(
+    ids: Iterable[int] | None = None, live: LiveRows | None = None
+) -> dict[int, dict[str, Any]]:
+    """The agents ``ids`` (all: None); ``live`` holds at least their locks and waits."""
     id_list = None if ids is None else list(ids)
     queryset = Agent.objects.all() if id_list is None else Agent.objects.filter(pk__in=id_list)
     rows = list(queryset.values("id", "name", "team_id", "status", "paused", "team__paused"))
     id_list_for_rest = None if id_list is None else [row["id"] for row in rows]
-    holds: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for lock in _live_locks(agent_ids=id_list_for_rest):
-        holds[lock["agent"]].append(lock)
-    waits: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for wait in _waits(agent_ids=id_list_for_rest):
-        waits[wait["agent"]].append(wait)
+    if live is None:
+        live = LiveRows(agent_ids=id_list_for_rest)
+    holds, waits = live.by("agent", id_list_for_rest)
     humans = _humans_awaited(id_list_for_rest)
     result = {}
     for row in rows:
@@ -253,7 +274,10 @@ def _agents(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
     return result
 
 
-def _resources(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+def _resources(
+    ids: Iterable[int] | None = None, live: LiveRows | None = None
+) -> dict[int, dict[str, Any]]:
+    """The resources ``ids`` (all: None); ``live`` holds at least their locks and waits."""
     id_list = None if ids is None else list(ids)
     queryset = (
         Resource.objects.all() if id_list is None else Resource.objects.filter(pk__in=id_list)
@@ -262,17 +286,24 @@ def _resources(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
         queryset.values("id", "name", "team_id", "value", "version", "fence", "requires_approval")
     )
     scope = None if id_list is None else [row["id"] for row in rows]
-    holders: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for lock in _live_locks(resource_ids=scope):
-        holders[lock["resource"]].append(
+    if live is None:
+        live = LiveRows(resource_ids=scope)
+    locks, waits = live.by("resource", scope)
+    holders = {
+        pk: [
             {k: lock[k] for k in ("lock_id", "agent", "agent_name", "mode", "fence")}
             | {"acquired_at": lock["acquired_at"], "expires_at": lock["expires_at"]}
-        )
-    waiters: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for wait in _waits(resource_ids=scope):
-        waiters[wait["resource"]].append(
+            for lock in rows_
+        ]
+        for pk, rows_ in locks.items()
+    }
+    waiters = {
+        pk: [
             {k: wait[k] for k in ("request_id", "agent", "agent_name", "mode", "requested_at")}
-        )
+            for wait in rows_
+        ]
+        for pk, rows_ in waits.items()
+    }
     return {
         row["id"]: {
             "id": row["id"],
@@ -282,8 +313,8 @@ def _resources(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
             "version": row["version"],
             "fence": row["fence"],
             "requires_approval": row["requires_approval"],
-            "holders": holders[row["id"]],
-            "waiters": waiters[row["id"]],
+            "holders": holders.get(row["id"], []),
+            "waiters": waiters.get(row["id"], []),
         }
         for row in rows
     }
@@ -337,16 +368,21 @@ def board_snapshot() -> dict[str, Any]:
     events after it are sent as patches, which re-read what they touch.
     """
     last_id = last_event_id()
+    live = LiveRows()
     state = {
         "system": system_state(),
         "counts": board_counts(),
         "teams": _keyed(_teams()),
         "runs": _keyed(_runs()),
-        "agents": _keyed(_agents()),
-        "resources": _keyed(_resources()),
+        "agents": _keyed(_agents(live=live)),
+        "resources": _keyed(_resources(live=live)),
         "deadlocks": _keyed(_deadlocks()),
     }
     return {"last_id": last_id, "state": state}
+
+
+# Subjects whose rows name just an agent and a resource (Touched.by).
+SELF_NAMED = frozenset({"lock", "lockrequest"})
 
 
 class Touched:
@@ -358,6 +394,8 @@ class Touched:
         self.agents: set[int] = set()
         self.resources: set[int] = set()
         self.deadlocks = False
+        self.counts = False
+        self.system = False
 
     @classmethod
     def by(cls, events: Iterable[dict[str, Any]]) -> Touched:
@@ -367,13 +405,23 @@ class Touched:
             if event.get("agent"):
                 touched.agents.add(event["agent"])
             kind = KINDS.get(event.get("kind", ""))
+            ids: dict[str, set[int]] = {}
             if kind is not None:  # what the kind declares (core/kinds.py)
                 ids = kind.entity_ids(event.get("payload") or {})
                 touched.resources |= ids.get(RESOURCES, set())
                 touched.runs |= ids.get(RUNS, set())
                 touched.deadlocks = touched.deadlocks or GRAPH in kind.touches
-            if event.get("subject_type") and isinstance(event.get("subject_id"), int):
-                subjects[event["subject_type"]].add(event["subject_id"])
+                touched.counts = touched.counts or COUNTS in kind.touches
+                touched.system = touched.system or SYSTEM in kind.touches
+            subject = event.get("subject_type")
+            if not subject or not isinstance(event.get("subject_id"), int):
+                continue
+            # A lock's or a request's row names its agent and its resource: when the
+            # event names both (the lock kinds emitted by the holder or requester, all of
+            # the hot path), the row need not be read.
+            if subject in SELF_NAMED and event.get("agent") and ids.get(RESOURCES):
+                continue
+            subjects[subject].add(event["subject_id"])
         touched._resolve(subjects)
         return touched
 
@@ -425,15 +473,22 @@ class Touched:
 def board_patch(events: list[dict[str, Any]]) -> dict[str, Any]:
     """What changed with ``events`` (as :func:`orchestrator.core.events.event_message` shapes
     them): the touched entities re-read whole, those that no longer exist in ``removed``,
-    and the counts and system flags (always)."""
+    and the counts and the system flags when the events' kinds say they change them."""
     touched = Touched.by(events)
-    patch: dict[str, Any] = {"system": system_state(), "counts": board_counts()}
+    patch: dict[str, Any] = {}
+    if touched.system:
+        patch["system"] = system_state()
+    if touched.counts:
+        patch["counts"] = board_counts()
     removed: dict[str, list[str]] = {}
+    live = None
+    if touched.agents and touched.resources:  # else the one read by _agents or _resources
+        live = LiveRows(agent_ids=sorted(touched.agents), resource_ids=sorted(touched.resources))
     for name, ids, read in (
         ("teams", touched.teams, _teams),
         ("runs", touched.runs, _runs),
-        ("agents", touched.agents, _agents),
-        ("resources", touched.resources, _resources),
+        ("agents", touched.agents, functools.partial(_agents, live=live)),
+        ("resources", touched.resources, functools.partial(_resources, live=live)),
     ):
         if not ids:
             continue
