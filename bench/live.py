@@ -37,14 +37,16 @@ agent), it measures:
 * Viewers against agents (``--viewers 20``; 0 skips it): 4 processes cycle
   locks as fast as they can (acquire without queueing, release: two commits and
   two events per cycle) on 10 hot resources, for ``--seconds``, with no
-  dashboard feed open and with 20, in turns (3 rounds each, on the project's
+  dashboard feed open and with 20, in turns (5 rounds each, on the project's
   pub/sub layer). It reports the lock cycles per second of each round and the
   ratio with viewers / without (target: 0.9 or more); for each round with
   viewers, the frames per second each viewer received, the snapshots it was
   sent after its first (a reset: it fell too far behind for a replay), and the
   most events any viewer had not been sent yet (sampled every 0.1 s, with
   whether an advisory lock was waited for in pg_locks: a writer behind a
-  reader's event-log barrier); and daphne's CPU (cores used, from /proc).
+  reader's event-log barrier); and daphne's CPU (cores used, from /proc), beside
+  this process's (the viewers' clients, which check each frame's ids as live.js
+  does but decode no further: browsers run elsewhere, the agents run here).
   Target: every viewer keeps up, no resets.
 
 Both channels_redis layers are measured (``--layer both``, the default), one daphne
@@ -71,6 +73,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -112,7 +115,7 @@ PRODUCER_RESOURCES = 1500  # producer p cycles through res-(1500 + 100 p) .. +99
 # The viewers measurement: the producer agents cycle locks on 10 hot free resources.
 HOT_RESOURCES = [f"res-{1950 + k:04d}" for k in range(10)]
 VIEWERS = 20
-VIEWER_ROUNDS = 3
+VIEWER_ROUNDS = 5
 TARGET_VIEWERS_RATIO = 0.9
 
 
@@ -707,6 +710,44 @@ class FeedClient:
                 self.last_id = frame["last_id"]
 
 
+# The head of a frame as the consumer writes it (consumers.frame_text keeps the
+# frames' key order): a viewer of the viewers measurement reads no further.
+FRAME_HEAD = re.compile(
+    r'^\{"type": "(?P<type>\w+)"(?:, "since": (?P<since>\d+))?'
+    r'(?:, "server_time": "[^"]*")?, "last_id": (?P<last_id>\d+)'
+)
+
+
+class Viewer(FeedClient):
+    """A browser on another machine, as far as this one can tell: the frames' ids
+    checked as live.js checks them, without decoding the rest (the measurement
+    is of the server; this machine also runs the agents)."""
+
+    async def read(self) -> None:
+        async for raw in self.ws:
+            head = FRAME_HEAD.match(raw)
+            if head is None:
+                frame = json.loads(raw)
+                head_type, since, last = frame.get("type"), frame.get("since"), frame.get("last_id")
+            else:
+                head_type, since, last = head["type"], head["since"], head["last_id"]
+            if head_type == "snapshot":
+                self.snapshots += 1
+                self.last_id, self.asked_from = int(last), None
+            elif head_type == "error":
+                self.errors += 1
+            elif head_type == "delta":
+                self.frames += 1
+                if int(since) != self.last_id:
+                    if self.asked_from != self.last_id:
+                        self.gaps += 1
+                        self.asked_from = self.last_id
+                        await self.ws.send(json.dumps({"type": "resume", "last_id": self.last_id}))
+                    continue
+                self.asked_from = None
+                self.last_id = int(last)
+
+
 async def measure_dashboard(
     server: Daphne, cookie: str, layer: str, rate: int, seconds: float
 ) -> Latency:
@@ -848,7 +889,7 @@ async def viewers_round(
     ]
     for process in cyclers:
         process.start()
-    clients: list[FeedClient] = []
+    clients: list[Viewer] = []
     readers: list[asyncio.Task] = []
     samples: list[tuple[int, bool]] = []
     try:
@@ -856,7 +897,7 @@ async def viewers_round(
             assert await from_queue(out, 120) == READY
         for _ in range(viewers):
             ws = await ws_connect(f"{server.ws}/ws/events/", cookie, server.base)
-            clients.append(FeedClient(ws, (await first_snapshot(ws))["last_id"]))
+            clients.append(Viewer(ws, (await first_snapshot(ws))["last_id"]))
             readers.append(asyncio.create_task(clients[-1].read()))
         with psycopg.connect(bench_database_url(BENCH_DB), autocommit=True) as db:
 

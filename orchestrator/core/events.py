@@ -35,6 +35,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from orchestrator.core import sql
@@ -140,21 +141,6 @@ def _flush(buffer: list[Event]) -> None:
     sql.insert_events(buffer, timezone.now())
     last_id = max(event.pk for event in buffer)
     transaction.on_commit(lambda: publish(last_id))
-
-
-def event_message(event: Event) -> dict[str, Any]:
-    """The JSON-safe form of an event, as pushed to browsers and replayed."""
-    return {
-        "id": event.pk,
-        "kind": event.kind,
-        "actor": event.actor,
-        "team": event.team_id,
-        "agent": event.agent_id,
-        "subject_type": event.subject_type,
-        "subject_id": event.subject_id,
-        "payload": event.payload,
-        "created_at": event.created_at.isoformat() if event.created_at else None,
-    }
 
 
 class _Publisher:
@@ -286,14 +272,44 @@ def last_event_id() -> int:
     return sql.settled_event_id(EVENT_LOG_LOCK_KEY)
 
 
+def _after(last_id: int, team_id: int | None, upto: int | None) -> QuerySet[Event]:
+    if upto is None:
+        upto = last_event_id()
+    queryset = Event.objects.filter(id__gt=last_id, id__lte=upto).order_by("id")
+    return queryset if team_id is None else queryset.filter(team_id=team_id)
+
+
 def events_after(
     last_id: int, *, team_id: int | None = None, limit: int = 500, upto: int | None = None
 ) -> list[Event]:
     """Events with id greater than ``last_id`` and at most ``upto`` (default: the
     :func:`last_event_id` now), in id order: none will later commit below them."""
-    if upto is None:
-        upto = last_event_id()
-    queryset = Event.objects.filter(id__gt=last_id, id__lte=upto).order_by("id")
-    if team_id is not None:
-        queryset = queryset.filter(team_id=team_id)
-    return list(queryset[:limit])
+    return list(_after(last_id, team_id, upto)[:limit])
+
+
+# An event's JSON-safe form (what browsers are pushed and replayed): key -> column.
+MESSAGE_COLUMNS = {
+    "id": "id",
+    "kind": "kind",
+    "actor": "actor",
+    "team": "team_id",
+    "agent": "agent_id",
+    "subject_type": "subject_type",
+    "subject_id": "subject_id",
+    "payload": "payload",
+    "created_at": "created_at",
+}
+
+
+def event_messages_after(
+    last_id: int, *, team_id: int | None = None, limit: int = 500, upto: int | None = None
+) -> list[dict[str, Any]]:
+    """The events :func:`events_after` selects, in their JSON-safe form (keys of
+    :data:`MESSAGE_COLUMNS`). Read as rows, not model instances: building the
+    instances was about a quarter of a live frame's cost (py-spy on daphne)."""
+    rows = _after(last_id, team_id, upto).values_list(*MESSAGE_COLUMNS.values())[:limit]
+    messages = [dict(zip(MESSAGE_COLUMNS, row, strict=True)) for row in rows]
+    for message in messages:
+        created = message["created_at"]
+        message["created_at"] = created.isoformat() if created else None
+    return messages

@@ -471,7 +471,7 @@ class Touched:
 
 
 def board_patch(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """What changed with ``events`` (as :func:`orchestrator.core.events.event_message` shapes
+    """What changed with ``events`` (as :func:`orchestrator.core.events.event_messages_after` shapes
     them): the touched entities re-read whole, those that no longer exist in ``removed``,
     and the counts and the system flags when the events' kinds say they change them."""
     touched = Touched.by(events)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.events import event_message, events_after, last_event_id
+from orchestrator.core.events import event_messages_after, last_event_id
 from orchestrator.core.queue import db_now
 from orchestrator.dashboard.selectors.board import board_patch, board_snapshot
 
@@ -36,7 +36,7 @@ def feed_delta(*, since: int, limit: int | None = None) -> dict[str, Any] | None
     upto = last_event_id()
     if since > upto:
         return None
-    events = [event_message(event) for event in events_after(since, limit=limit + 1, upto=upto)]
+    events = event_messages_after(since, limit=limit + 1, upto=upto)
     if len(events) > limit:
         return None
     return {
