@@ -23,6 +23,7 @@ from ninja.security import HttpBearer
 
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.models import Agent
+from orchestrator.core.operations import refusal
 from orchestrator.core.tokens import agent_by_token
 
 # Used when DATA_UPLOAD_MAX_MEMORY_SIZE is None (no Django limit): values are
@@ -55,17 +56,16 @@ def _content_length(request: HttpRequest) -> int:
         return 0
 
 
-def _validation_detail(errors: Iterable[dict[str, Any]]) -> str:
-    """``ttl: Input should be a valid integer; mode: ...``, one message per field."""
-    seen: dict[str, str] = {}
+def _operation_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ninja's errors with each location relative to the operation's fields: without
+    the source (body, path, query) and the body's parameter name."""
+    relative = []
     for error in errors:
-        # loc is (source, [parameter name,] field, ...); union types add their member names.
-        loc = [str(part) for part in error.get("loc", ())[1:]]
+        loc = list(error.get("loc", ()))[1:]
         if loc[:1] == ["payload"]:  # the body's parameter name means the body itself
             loc = loc[1:]
-        field = ".".join(part for part in loc if part not in ("int", "float", "str", "bool"))
-        seen.setdefault(field or "body", error.get("msg", "invalid"))
-    return "; ".join(f"{field}: {msg}" for field, msg in seen.items())
+        relative.append({**error, "loc": tuple(loc)})
+    return relative
 
 
 def install_error_handlers(api: NinjaAPI) -> None:
@@ -77,7 +77,9 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(ValidationError)
     def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
-        return error_response(400, "invalid_request", _validation_detail(exc.errors))
+        # The refusal that the runtime's tools and the services give for the same input.
+        refused = refusal(_operation_errors(exc.errors))
+        return JsonResponse(refused.as_dict(), status=refused.status)
 
     @api.exception_handler(AuthenticationError)
     def unauthenticated(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:

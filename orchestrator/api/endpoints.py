@@ -15,7 +15,6 @@ from ninja import Path, Query, Status
 
 from orchestrator.api.edge import AgentAPI, AgentToken, docs_access, install_error_handlers
 from orchestrator.api.schemas import (
-    MAX_ID,
     ApprovalPendingOut,
     BusyOut,
     ConflictFilters,
@@ -36,6 +35,7 @@ from orchestrator.api.schemas import (
 from orchestrator.core.errors import Gone
 from orchestrator.core.locks import LockOutcome, lock_acquire, lock_release, lock_renew
 from orchestrator.core.models import Lock
+from orchestrator.core.operations import MAX_ID
 from orchestrator.core.resources import (
     ResourceState,
     resource_create,

@@ -1,65 +1,44 @@
 """Request and response bodies of the agent API.
 
-Request bodies are strict: no type coercion ("5" is not a number, "yes" is
-not a boolean) and no unknown fields, so that a misspelt ``expected_version``
-is refused instead of silently turning a guarded write into a blind one.
-Responses list exactly the fields of the published contract.
+Request bodies are the agents' operations (core/operations.py), strict like
+them: no type coercion and no unknown fields. Where the URL names the resource
+or the lock, the body is the rest of the operation. Responses list exactly the
+fields of the published contract.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import ConfigDict, StrictBool, field_validator
 
-from orchestrator.core.locks import MAX_TTL
-from orchestrator.core.models import NAME_MAX_LENGTH, ConflictKind, ConflictStatus, RequestStatus
-
-# Ids are PostgreSQL bigints; a larger number cannot name a row.
-MAX_ID = 2**63 - 1
-Ttl = Annotated[StrictInt, Field(ge=1, le=MAX_TTL, description="Lease length in seconds.")]
-Version = Annotated[StrictInt, Field(ge=0, lt=2**62)]
-
-
-class StrictBody(Schema):
-    model_config = ConfigDict(extra="forbid")
+from orchestrator.core.models import ConflictKind, ConflictStatus, RequestStatus
+from orchestrator.core.operations import (
+    Acquire,
+    CreateResource,
+    FencedWriteBody,
+    Renew,
+)
 
 
-class ResourceCreateIn(StrictBody):
-    name: StrictStr = Field(
-        min_length=1,
-        max_length=NAME_MAX_LENGTH,
-        description="1 to 200 printable characters, no surrounding spaces; unique.",
-    )
-    value: Any = Field(None, description="Any JSON value (size-limited).")
-    requires_approval: StrictBool = Field(
-        False, description="Every write to this resource waits for an operator."
-    )
+class ResourceCreateIn(CreateResource):
+    pass
 
 
-class ResourceWriteIn(StrictBody):
-    value: Any = Field(description="The new JSON value (size-limited); null is a value.")
-    expected_version: Version | None = Field(
-        None, description="The version the value is based on; a mismatch is a version_conflict."
-    )
-    fence: Version | None = Field(
-        None, description="The fencing token of the exclusive lock the writer holds."
-    )
+class ResourceWriteIn(FencedWriteBody):
+    pass
 
 
-class LockAcquireIn(StrictBody):
-    resource: StrictStr = Field(description="The resource name.")
-    mode: Literal["exclusive", "shared"] = "exclusive"
-    ttl: Ttl | None = Field(None, description="Lease seconds (default: the team's lease TTL).")
+class LockAcquireIn(Acquire):
     wait: StrictBool = Field(
         False, description="Queue when busy (202) instead of answering 409 busy."
     )
 
 
-class LockRenewIn(StrictBody):
-    ttl: Ttl | None = Field(None, description="New lease seconds from now (default: team's).")
+class LockRenewIn(Renew):
+    pass
 
 
 class HolderOut(Schema):

@@ -6,14 +6,15 @@ from django.db import IntegrityError, transaction
 
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import Agent, Team
-from orchestrator.core.resources import clean_name
+from orchestrator.core.operations import CreateResource, checked
 
 
 @service
 def agent_ensure(*, name: str, team_name: str = "default") -> tuple[Agent, bool]:
     """The agent called ``name``, created (with its team if needed) when missing."""
-    name = clean_name(name)
-    team_name = clean_name(team_name)
+    # Agents' and teams' names follow the rule of resources' names.
+    name = checked(CreateResource, name=name)["name"]
+    team_name = checked(CreateResource, name=team_name)["name"]
     agent = Agent.objects.select_related("team").filter(name=name).first()
     if agent is not None:
         return agent, False

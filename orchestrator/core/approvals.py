@@ -28,10 +28,11 @@ from orchestrator.core.models import (
     ResourceVersion,
     Step,
 )
+from orchestrator.core.operations import WriteBody, checked
 from orchestrator.core.queue import Queue
 from orchestrator.core.rowlocks import lock_approval, lock_conflicts, lock_resource_with_clock
 from orchestrator.core.types import User
-from orchestrator.core.writes import apply_write, check_fence, clean_value
+from orchestrator.core.writes import apply_write, check_fence
 
 
 class Decision:
@@ -120,7 +121,7 @@ def approval_decide(
         raise Invalid("invalid_decision", "decision must be 'approve' or 'reject'")
     edited = value is not _UNSET
     if edited:
-        value = clean_value(value)
+        value = checked(WriteBody, value=value)["value"]  # as an agent's write would be
     try:
         res, now = lock_resource_with_clock(approvals__id=approval_id)
     except Resource.DoesNotExist:

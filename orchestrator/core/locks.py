@@ -46,6 +46,7 @@ from orchestrator.core.models import (
     Resource,
     Step,
 )
+from orchestrator.core.operations import Acquire, Renew, checked
 from orchestrator.core.queue import (
     Queue,
     holder_dict,
@@ -53,8 +54,6 @@ from orchestrator.core.queue import (
     open_queue,
 )
 from orchestrator.core.types import User
-
-MAX_TTL = 86400
 
 
 @dataclass
@@ -73,21 +72,6 @@ class LockOutcome:
     lock: Lock
     reason: str = ""
     conflict: Conflict | None = None
-
-
-def clean_ttl(ttl: Any, default: int) -> int:
-    """A lease length in whole seconds, 1..86400."""
-    if ttl is None:
-        return default
-    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 1 <= ttl <= MAX_TTL:
-        raise Invalid("invalid_ttl", f"ttl must be a number of seconds from 1 to {MAX_TTL}")
-    return int(ttl)
-
-
-def clean_mode(mode: Any) -> str:
-    if mode not in LockMode.values:
-        raise Invalid("invalid_mode", "mode must be 'exclusive' or 'shared'")
-    return mode
 
 
 def _open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
@@ -117,8 +101,9 @@ def lock_acquire(
     back; one already queued gets its request back (a retried step does not
     queue twice). A newly queued request is checked for a deadlock at once.
     """
-    mode = clean_mode(mode)
-    ttl = clean_ttl(ttl, agent.team.default_lease_ttl)
+    fields = checked(Acquire, mode=mode, ttl=ttl)
+    mode = fields["mode"]
+    ttl = fields["ttl"] or agent.team.default_lease_ttl
     queue = open_queue(resource)
     res = queue.resource
     mine = queue.holding(agent.pk)
@@ -192,7 +177,7 @@ def lock_renew(*, lock_id: int, agent: Agent, ttl: Any = None) -> LockOutcome:
     A lock that has ended (expired, revoked, force-released) cannot be
     renewed: the outcome is ``lost`` and a lease_lost Conflict records it.
     """
-    ttl = clean_ttl(ttl, agent.team.default_lease_ttl)
+    ttl = checked(Renew, ttl=ttl)["ttl"] or agent.team.default_lease_ttl
     queue, lock = _queue_of_lock(lock_id)
     if lock.agent_id != agent.pk:
         raise Forbidden("not_your_lock", "this lock belongs to another agent")

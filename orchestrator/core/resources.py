@@ -27,10 +27,9 @@ from django.utils import timezone
 from orchestrator.core import sql
 from orchestrator.core.approvals import approval_open
 from orchestrator.core.conflicts import conflict_open
-from orchestrator.core.errors import Conflicting, Invalid
+from orchestrator.core.errors import Conflicting
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import (
-    NAME_MAX_LENGTH,
     Agent,
     Approval,
     ApprovalReason,
@@ -44,6 +43,7 @@ from orchestrator.core.models import (
     Step,
     Team,
 )
+from orchestrator.core.operations import CreateResource, FencedWriteBody, WriteBody, checked
 from orchestrator.core.queue import (
     open_queue,
     resource_for_update,
@@ -51,21 +51,7 @@ from orchestrator.core.queue import (
     resource_not_found,
 )
 from orchestrator.core.types import User
-from orchestrator.core.writes import (
-    apply_write,
-    check_fence,
-    clean_value,
-    clean_version,
-)
-
-
-def clean_name(name: Any) -> str:
-    """A resource name: 1-200 printable characters, no surrounding whitespace."""
-    if not isinstance(name, str) or not name or len(name) > NAME_MAX_LENGTH:
-        raise Invalid("invalid_name", f"name must be 1 to {NAME_MAX_LENGTH} characters")
-    if name != name.strip() or not name.isprintable():
-        raise Invalid("invalid_name", "name must not have surrounding spaces or control characters")
-    return name
+from orchestrator.core.writes import apply_write, check_fence
 
 
 @service
@@ -78,15 +64,16 @@ def resource_create(
     agent: Agent | None = None,
     user: User = None,
 ) -> Resource:
-    """Create a resource at version 0. Raises Conflicting(name_taken) if the name exists."""
-    name = clean_name(name)
-    value = clean_value(value)
+    """Create a resource at version 0. Raises Conflicting(name_taken) if the name exists,
+    and Invalid for what the CreateResource operation refuses."""
+    fields = checked(CreateResource, name=name, value=value, requires_approval=requires_approval)
+    name, value = fields["name"], fields["value"]
     try:
         with transaction.atomic():
             resource = Resource.objects.create(
                 name=name,
                 value=value,
-                requires_approval=bool(requires_approval),
+                requires_approval=fields["requires_approval"],
                 team=team or (agent.team if agent else None),
             )
     except IntegrityError:
@@ -167,9 +154,8 @@ def resource_write(
     protocol decision (applied, rejected, pending approval) is committed with
     its Event, and its Conflict where there is one.
     """
-    value = clean_value(value)
-    expected_version = clean_version(expected_version)
-    fence = clean_version(fence, "fence")
+    fields = checked(FencedWriteBody, value=value, expected_version=expected_version, fence=fence)
+    value, expected_version, fence = fields["value"], fields["expected_version"], fields["fence"]
     queue = open_queue(resource)
     res = queue.resource
     if idempotency_key and key_may_exist:
@@ -331,8 +317,9 @@ def resource_write_unguarded(
     so the run checker can tell what happened. The Resource row lock is taken
     only to number the versions consistently.
     """
-    value = clean_value(value)
-    base_version = clean_version(base_version)
+    # The version it says it read is checked as a write's expected_version.
+    fields = checked(WriteBody, value=value, expected_version=base_version)
+    value, base_version = fields["value"], fields["expected_version"]
     res, _now = resource_for_update(resource)
     version = sql.write_value(
         res, value, agent_id=agent.pk, user_id=None, fence=None, now=timezone.now()
