@@ -1,113 +1,98 @@
-"""The tool surface an agent sees: OpenAI function specs, validated arguments.
+"""The tool surface an agent sees: OpenAI function specs, generated from the
+operations' models (core/operations.py), which also validate the arguments
+(agents/tools_exec.py).
 
 The runtime executes these through the coordination services; the specs are
 what a model is shown. The fencing token of a write is filled in by the
-runtime from the lock the agent holds, so a model cannot forget or forge it.
+runtime from the lock the agent holds, so a model cannot forget or forge it
+(the ``write`` tool's model has no ``fence``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-_NAME = {"type": "string", "description": "The resource's name."}
+from orchestrator.core.operations import (
+    Acquire,
+    Finish,
+    Operation,
+    Read,
+    Release,
+    RequestApproval,
+    Write,
+)
+
 # A value may be any JSON value. Spelled as a list of every JSON type rather than
 # left untyped: servers that constrain the model's output with a grammar built from
 # the schema (llama.cpp) refuse a property without a type ("Unrecognized schema").
 ANY_JSON = ["string", "number", "integer", "boolean", "object", "array", "null"]
-_RESOURCE_ONLY = {
-    "type": "object",
-    "properties": {"resource": _NAME},
-    "required": ["resource"],
-    "additionalProperties": False,
+
+# Each tool: its operation, and what the model is told it does.
+TOOLS: dict[str, tuple[type[Operation], str]] = {
+    "acquire": (
+        Acquire,
+        "Lock a shared resource before changing it. Exclusive for writing, shared for "
+        "reading. If someone else holds it you wait; the result arrives in a later turn.",
+    ),
+    "read": (Read, "Read a resource: its JSON value, version, holders and waiters."),
+    "write": (
+        Write,
+        "Replace a resource's value. Pass the version you read as expected_version; "
+        "if it moved, the write is refused (re-read and retry) or goes to an operator.",
+    ),
+    "release": (Release, "Release your lock on a resource."),
+    "request_approval": (
+        RequestApproval,
+        "Ask a human operator to approve a write before it is applied.",
+    ),
+    "finish": (Finish, "Say you are done with the goal. Release your locks first."),
 }
+TOOL_MODELS: dict[str, type[Operation]] = {name: model for name, (model, _) in TOOLS.items()}
+
+
+def _property(schema: dict[str, Any]) -> dict[str, Any]:
+    """One property of a model's JSON schema as function calling wants it."""
+    schema = {key: value for key, value in schema.items() if key != "title"}
+    options = schema.pop("anyOf", None)
+    if options is not None:  # ``X | None`` with default None: an optional X
+        (kept,) = [option for option in options if option != {"type": "null"}]
+        schema = {**kept, **schema}
+        if schema.get("default", ...) is None:
+            del schema["default"]
+    if not {"type", "enum", "const"} & schema.keys():  # any JSON value
+        schema["type"] = ANY_JSON
+    return schema
+
+
+def tool_parameters(model: type[Operation]) -> dict[str, Any]:
+    """The ``parameters`` of a function spec: ``model``'s JSON schema, without the
+    titles and the model's own description, every property typed (see ANY_JSON),
+    an optional field as its type (not ``anyOf`` with null: leaving it out is how a
+    model says "none"), and no references (the models have no nested models)."""
+    schema = model.model_json_schema()
+    if "$defs" in schema:
+        raise ValueError(f"{model.__name__} has nested models, which tool specs do not inline")
+    parameters: dict[str, Any] = {
+        "type": "object",
+        "properties": {name: _property(prop) for name, prop in schema["properties"].items()},
+    }
+    if schema.get("required"):
+        parameters["required"] = schema["required"]
+    if "additionalProperties" in schema:  # Operation forbids unknown fields
+        parameters["additionalProperties"] = schema["additionalProperties"]
+    return parameters
+
 
 TOOL_SPECS: list[dict[str, Any]] = [
     {
         "type": "function",
         "function": {
-            "name": "acquire",
-            "description": (
-                "Lock a shared resource before changing it. Exclusive for writing, shared for "
-                "reading. If someone else holds it you wait; the result arrives in a later turn."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "resource": _NAME,
-                    "mode": {"type": "string", "enum": ["exclusive", "shared"]},
-                    "ttl": {"type": "integer", "minimum": 1, "maximum": 3600},
-                },
-                "required": ["resource"],
-                "additionalProperties": False,
-            },
+            "name": name,
+            "description": description,
+            "parameters": tool_parameters(model),
         },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "read",
-            "description": "Read a resource: its JSON value, version, holders and waiters.",
-            "parameters": _RESOURCE_ONLY,
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "write",
-            "description": (
-                "Replace a resource's value. Pass the version you read as expected_version; "
-                "if it moved, the write is refused (re-read and retry) or goes to an operator."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "resource": _NAME,
-                    "value": {"type": ANY_JSON, "description": "The new JSON value."},
-                    "expected_version": {"type": "integer", "minimum": 0},
-                },
-                "required": ["resource", "value"],
-                "additionalProperties": False,
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "release",
-            "description": "Release your lock on a resource.",
-            "parameters": _RESOURCE_ONLY,
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "request_approval",
-            "description": "Ask a human operator to approve a write before it is applied.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "resource": _NAME,
-                    "value": {"type": ANY_JSON, "description": "The proposed JSON value."},
-                    "expected_version": {"type": "integer", "minimum": 0},
-                    "note": {"type": "string", "description": "Why, for the operator."},
-                },
-                "required": ["resource", "value"],
-                "additionalProperties": False,
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "finish",
-            "description": "Say you are done with the goal. Release your locks first.",
-            "parameters": {
-                "type": "object",
-                "properties": {"summary": {"type": "string"}},
-                "additionalProperties": False,
-            },
-        },
-    },
+    }
+    for name, (model, description) in TOOLS.items()
 ]
 
-TOOL_NAMES = tuple(spec["function"]["name"] for spec in TOOL_SPECS)
+TOOL_NAMES = tuple(TOOLS)

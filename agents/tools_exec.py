@@ -5,6 +5,10 @@ did what was asked; ``status`` ``waiting`` (with ``request_id`` or
 ``approval_id``) means the step waits and the result is completed when the
 wait ends. Refusals come back as ``{"ok": false, "error", "detail"}``.
 
+Arguments are validated with the tool's operation model (agents/tools.py,
+core/operations.py) before anything runs: the same refusal, code and text, as
+the HTTP API gives for the same input.
+
 In an unguarded run (``Run.unguarded``) the protocol is bypassed, to show what
 goes wrong without it: ``acquire`` is granted without locking (fence null),
 ``release`` answers released, and ``write`` is applied unconditionally
@@ -15,9 +19,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.errors import Invalid
+from agents.tools import TOOL_MODELS
 from orchestrator.core.locks import lock_acquire, lock_release
 from orchestrator.core.models import Agent, Lock, LockEnd, LockMode, Run, Step
+from orchestrator.core.operations import (
+    Acquire,
+    Finish,
+    Operation,
+    Read,
+    RequestApproval,
+    Write,
+    parsed,
+)
 from orchestrator.core.queue import holder_dict
 from orchestrator.core.resources import (
     WriteResult,
@@ -26,13 +39,6 @@ from orchestrator.core.resources import (
     resource_write,
     resource_write_unguarded,
 )
-
-
-def _resource(args: dict[str, Any]) -> str:
-    name = args.get("resource")
-    if not isinstance(name, str) or not name:
-        raise Invalid("bad_arguments", "'resource' must be a resource name")
-    return name
 
 
 def _held(
@@ -105,45 +111,40 @@ def _unguarded(step: Step) -> bool:
 BYPASSED = ("acquire", "release", "write")
 
 
-def _execute_unguarded(
-    agent: Agent, name: str, resource: str, args: dict[str, Any]
-) -> dict[str, Any]:
+def _execute_unguarded(agent: Agent, name: str, args: Operation) -> dict[str, Any]:
     """The unguarded answer to ``acquire``, ``release`` or ``write``."""
-    if name == "acquire":
-        resource_read(resource=resource)  # a missing resource is still an error
-        mode = args.get("mode", LockMode.EXCLUSIVE)
-        return {"ok": True, "status": "granted", "resource": resource, "mode": mode,
+    if isinstance(args, Acquire):
+        resource_read(resource=args.resource)  # a missing resource is still an error
+        return {"ok": True, "status": "granted", "resource": args.resource, "mode": args.mode,
                 "fence": None, "unguarded": True}  # fmt: skip
-    if name == "release":
-        return {"ok": True, "status": "released", "unguarded": True}
-    if "value" not in args:
-        raise Invalid("bad_arguments", "'value' is required")
-    written = resource_write_unguarded(
-        agent=agent, resource=resource, value=args["value"],
-        base_version=args.get("expected_version"),
-    )  # fmt: skip
-    return _write_result(written)
+    if isinstance(args, Write):
+        written = resource_write_unguarded(
+            agent=agent, resource=args.resource, value=args.value,
+            base_version=args.expected_version,
+        )  # fmt: skip
+        return _write_result(written)
+    return {"ok": True, "status": "released", "unguarded": True}
 
 
 def execute(
-    agent: Agent, step: Step, name: str, args: dict[str, Any], *, key: str = ""
+    agent: Agent, step: Step, name: str, arguments: dict[str, Any], *, key: str = ""
 ) -> dict[str, Any]:
-    """Run one tool call as ``agent`` in ``step``. Raises ProtocolError for refusals.
+    """Run one tool call as ``agent`` in ``step``. Raises ProtocolError for refusals,
+    Invalid (core/operations.py) for arguments that do not fit the tool's model.
 
     ``key`` makes a write idempotent: a retried call returns the earlier result."""
-    if name == "finish":
-        return {"ok": True, "status": "finished", "summary": str(args.get("summary", ""))[:2000]}
-    resource = _resource(args)
+    model = TOOL_MODELS.get(name)
+    if model is None:
+        return {"ok": False, "error": "unknown_tool", "detail": f"there is no tool named {name!r}"}
+    args = parsed(model, arguments)
+    if isinstance(args, Finish):
+        return {"ok": True, "status": "finished", "summary": args.summary[:2000]}
+    resource = args.resource
     if name in BYPASSED and _unguarded(step):
-        return _execute_unguarded(agent, name, resource, args)
-    if name == "acquire":
+        return _execute_unguarded(agent, name, args)
+    if isinstance(args, Acquire):
         result = lock_acquire(
-            agent=agent,
-            resource=resource,
-            mode=args.get("mode", LockMode.EXCLUSIVE),
-            ttl=args.get("ttl"),
-            wait=True,
-            step=step,
+            agent=agent, resource=resource, mode=args.mode, ttl=args.ttl, wait=True, step=step
         )
         if result.status == "granted":
             _remember(step, resource, result.lock)
@@ -157,7 +158,7 @@ def execute(
             }
         return {"ok": True, "status": "waiting", "request_id": result.request.pk,
                 "holders": [h["agent"] for h in result.holders]}  # fmt: skip
-    if name == "read":
+    if isinstance(args, Read):
         state = resource_read(resource=resource)
         return {
             "ok": True,
@@ -167,31 +168,27 @@ def execute(
             "holders": [holder_dict(lock) for lock in state.holders],
             "waiters": [{"agent": r.agent.name, "mode": r.mode} for r in state.waiters],
         }
-    if name in ("write", "request_approval"):
-        if "value" not in args:
-            raise Invalid("bad_arguments", "'value' is required")
+    if isinstance(args, Write):  # write or request_approval
         held = _held(agent, step, resource, exclusive=True)
         fence = held[1] if held is not None else None
-        if name == "write":
-            written = resource_write(
-                agent=agent, resource=resource, value=args["value"],
-                expected_version=args.get("expected_version"), fence=fence, step=step,
-                idempotency_key=key, key_may_exist=step.attempts != 1,
+        if isinstance(args, RequestApproval):
+            written = approval_request(
+                agent=agent, resource=resource, value=args.value,
+                expected_version=args.expected_version, fence=fence, step=step, note=args.note,
             )  # fmt: skip
         else:
-            written = approval_request(
-                agent=agent, resource=resource, value=args["value"],
-                expected_version=args.get("expected_version"), fence=fence, step=step,
-                note=str(args.get("note", "")),
+            written = resource_write(
+                agent=agent, resource=resource, value=args.value,
+                expected_version=args.expected_version, fence=fence, step=step,
+                idempotency_key=key, key_may_exist=step.attempts != 1,
             )  # fmt: skip
         return _write_result(written)
-    if name == "release":
-        held = _held(agent, step, resource)
-        if held is None:
-            return {"ok": False, "error": "not_holder", "detail": f"you hold no lock on {resource}"}
-        _remember(step, resource, None)
-        outcome = lock_release(lock_id=held[0], agent=agent)
-        if outcome.status == "released":
-            return {"ok": True, "status": "released"}
-        return {"ok": False, "error": "lease_lost", "detail": f"the lock had {outcome.reason}"}
-    return {"ok": False, "error": "unknown_tool", "detail": f"there is no tool named {name!r}"}
+    # release: the tool that is left
+    held = _held(agent, step, resource)
+    if held is None:
+        return {"ok": False, "error": "not_holder", "detail": f"you hold no lock on {resource}"}
+    _remember(step, resource, None)
+    outcome = lock_release(lock_id=held[0], agent=agent)
+    if outcome.status == "released":
+        return {"ok": True, "status": "released"}
+    return {"ok": False, "error": "lease_lost", "detail": f"the lock had {outcome.reason}"}
