@@ -1,7 +1,8 @@
-"""The admin of agents: their backend config is validated as it is saved (a form
-error names the field, and nothing is saved), and operators pause, resume and
-reset their API tokens from the list. Registered by the agents app, which owns the
-backends and their validation (agents/config.py)."""
+"""The admin of agents: their backend config is validated as it is saved, with its
+backend's pydantic model (agents/config.py): each refusal is a form error that
+names the config's key, and nothing is saved. Operators pause, resume and reset
+their API tokens from the list. Registered by the agents app, which owns the
+backends and their configs."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from pydantic import ValidationError
 
-from agents.config import validate_backend_config
+from agents.config import BACKEND_CONFIGS, backend_config, config_dict, config_messages
 from orchestrator.core.admin import PrettyJSONWidget
 from orchestrator.core.control import agents_set_paused
 from orchestrator.core.models import Agent
@@ -39,9 +40,11 @@ class AgentForm(forms.ModelForm):
         backend = cleaned.get("backend")
         if backend and "config" in cleaned:
             try:
-                cleaned["config"] = validate_backend_config(backend, cleaned["config"])
-            except ValidationError as exc:
-                self.add_error("config", exc)
+                cleaned["config"] = config_dict(backend_config(backend, cleaned["config"]))
+            except ValidationError as exc:  # first: pydantic's ValidationError is a ValueError
+                self.add_error("config", config_messages(exc, BACKEND_CONFIGS[backend]))
+            except ValueError as exc:  # an unknown backend (the field's choices refuse it)
+                self.add_error("backend", str(exc))
         return cleaned
 
 

@@ -1,125 +1,148 @@
-"""Validation of an agent's backend configuration (the JSON edited in the admin,
-agents/admin.py).
+"""Agents' backend configurations (the JSON edited in the admin, agents/admin.py),
+as pydantic models: :class:`ScriptedConfig`, :class:`OpenAIConfig`,
+:class:`PythonConfig`.
 
-Each backend has a small, explicit schema. Validation returns the config
-with defaults filled in, or raises ``ValidationError`` naming the field, so
-the admin shows a form error and nothing is saved.
+The admin validates a config as it is saved (a form error per refusal, naming
+the key, and nothing saved) and stores it with the defaults filled in
+(:func:`config_dict`); the backends read their config through the same model
+(:func:`backend_config`), so a key's default is written once.
+
+Refusals read like sentences that name the key: ``'max_tokens' must be a whole
+number from 1 to 1000000.``, ``script[0].retries must be ...``
+(:func:`config_messages`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from django.core.exceptions import ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from agents.tools import TOOL_NAMES as TOOLS
+from agents.tools import TOOL_NAMES
 from orchestrator.core.models import Backend
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 _DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
 
-
-def _require_dict(config: Any) -> dict[str, Any]:
-    if not isinstance(config, dict):
-        raise ValidationError("The backend config must be a JSON object.")
-    return config
-
-
-def _unknown_keys(config: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(config) - allowed)
-    if unknown:
-        raise ValidationError(
-            "Unknown key(s) %(keys)s; allowed: %(allowed)s.",
-            params={"keys": ", ".join(unknown), "allowed": ", ".join(sorted(allowed))},
-        )
+# The type of the refusals written for people: a predicate about the key its error
+# is located at ("must be ..."), or a whole sentence when located at the config.
+RULE = "config"
+# Errors that come from inside a nested config (a script entry) and say so themselves.
+_NESTED = (RULE, "extra_forbidden", "missing")
 
 
-def _number(config: dict[str, Any], key: str, low: float, high: float, default: float) -> float:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise ValidationError(f"{key!r} must be a number from {low} to {high}.")
-    return value
+def _rule(message: str, **context: Any) -> PydanticCustomError:
+    return PydanticCustomError(RULE, message, context)
 
 
-def _integer(config: dict[str, Any], key: str, low: int, high: int, default: int) -> int:
-    value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValidationError(f"{key!r} must be a whole number from {low} to {high}.")
-    return value
+class Config(BaseModel):
+    """Strict (no coercion), no unknown keys; every refusal of a key says what the
+    key must be: its field's description."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*", mode="wrap")
+    @classmethod
+    def _said_plainly(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        try:
+            return handler(value)
+        except ValidationError as exc:
+            if any(error["type"] in _NESTED for error in exc.errors()):
+                raise
+            what = cls.model_fields[info.field_name].description
+            raise _rule("must be {what}.", what=what) from None
 
 
-def _text(config: dict[str, Any], key: str, default: str = "", max_length: int = 20000) -> str:
-    value = config.get(key, default)
-    if not isinstance(value, str) or len(value) > max_length:
-        raise ValidationError(f"{key!r} must be text of at most {max_length} characters.")
-    return value
+def _pair(pair: list[float]) -> list[float]:
+    if not 0 <= pair[0] <= pair[1] <= 60:
+        raise ValueError("out of order or range")  # said as the field's description
+    return pair
 
 
-def _optional_max_steps(config: dict[str, Any], cleaned: dict[str, Any]) -> dict[str, Any]:
-    """``max_steps``, when given, caps the agent's steps in any run (the run's own limit
-    still applies: the smaller one wins). Left out, only the run's limit counts."""
-    if "max_steps" in config:
-        cleaned["max_steps"] = _integer(config, "max_steps", 1, 1_000_000, 50)
-    else:
-        cleaned.pop("max_steps", None)
-    return cleaned
+# [low, high] seconds, 0 <= low <= high <= 60.
+Seconds = Annotated[list[float], Field(min_length=2, max_length=2), AfterValidator(_pair)]
+MaxSteps = Annotated[
+    int | None,
+    Field(None, ge=1, le=1_000_000, description="a whole number from 1 to 1000000"),
+]
 
 
-def validate_scripted(config: dict[str, Any]) -> dict[str, Any]:
+class _MaxSteps(Config):
+    # When given, it caps the agent's steps in any run (the run's own limit still
+    # applies: the smaller one wins). Left out, only the run's limit counts.
+    max_steps: MaxSteps = None
+
+
+class ScriptEntry(Config):
+    """One tool call of a script (agents/backends/scripted.py says what each key does)."""
+
+    tool: Literal[TOOL_NAMES] = Field(description=f"one of {', '.join(TOOL_NAMES)}")  # type: ignore[valid-type]
+    args: dict[str, Any] = Field(default_factory=dict, description="an object")
+    retries: int | None = Field(None, ge=0, le=20, description="a whole number from 0 to 20")
+    on_refused: Literal["finish"] | int = Field(
+        "finish", description='"finish" or a number of entries to go on by'
+    )
+
+
+class ScriptedConfig(_MaxSteps):
     """``{"script": [{"tool", "args"?, "retries"?, "on_refused"?}, ...], "seed"?,
-    "think": [lo, hi]?, "loop"?, "retries"?, "backoff": [base, cap]?, "max_steps"?}``
-    (agents/backends/scripted.py says what each does)."""
-    _unknown_keys(config, {"script", "seed", "think", "max_steps", "loop", "retries", "backoff"})
-    script = config.get("script")
-    if not isinstance(script, list) or not script:
-        raise ValidationError("'script' must be a non-empty list of tool calls.")
-    for index, call in enumerate(script):
-        if not isinstance(call, dict) or call.get("tool") not in TOOLS:
-            raise ValidationError(
-                f"script[{index}] must be an object whose 'tool' is one of {', '.join(TOOLS)}."
-            )
-        unknown = sorted(set(call) - {"tool", "args", "retries", "on_refused"})
-        if unknown:
-            raise ValidationError(
-                f"script[{index}] has unknown key(s) {', '.join(unknown)}; "
-                "allowed: tool, args, retries, on_refused."
-            )
-        if not isinstance(call.get("args", {}), dict):
-            raise ValidationError(f"script[{index}].args must be an object.")
-        retries = call.get("retries", 0)
-        if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
-            raise ValidationError(f"script[{index}].retries must be a whole number from 0 to 20.")
-        fallback = call.get("on_refused", "finish")
-        ahead = len(script) - index  # a fallback goes forward, at most just past the end
-        if fallback != "finish" and (
-            isinstance(fallback, bool)
-            or not isinstance(fallback, int)
-            or not 1 <= fallback <= ahead
-        ):
-            raise ValidationError(
-                f'script[{index}].on_refused must be "finish" or a number of entries to go '
-                f"on by, from 1 to {ahead} (fallbacks only go forward)."
-            )
-    for key, shape in (("think", "[min, max]"), ("backoff", "[base, cap]")):
-        pair = config.get(key, [0, 0])
-        if (
-            not isinstance(pair, list)
-            or len(pair) != 2
-            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in pair)
-            or not 0 <= pair[0] <= pair[1] <= 60
-        ):
-            raise ValidationError(f"{key!r} must be {shape} seconds, from 0 to 60, in that order.")
-    cleaned = dict(config)
-    cleaned["seed"] = _integer(config, "seed", 0, 2**63 - 1, 0)
-    _integer(config, "retries", 0, 20, 0)
-    _optional_max_steps(config, cleaned)
-    if not isinstance(config.get("loop", False), bool):
-        raise ValidationError("'loop' must be true or false.")
-    return cleaned
+    "think": [lo, hi]?, "loop"?, "retries"?, "backoff": [base, cap]?, "max_steps"?}``."""
+
+    script: list[ScriptEntry] = Field(min_length=1, description="a non-empty list of tool calls")
+    seed: int = Field(0, ge=0, le=2**63 - 1, description="a whole number from 0 to 2**63-1")
+    think: Seconds = Field(
+        default_factory=lambda: [0.0, 0.0],
+        description="[min, max] seconds, from 0 to 60, in that order",
+    )
+    loop: bool = Field(False, description="true or false")
+    retries: int = Field(3, ge=0, le=20, description="a whole number from 0 to 20")
+    backoff: Seconds = Field(
+        default_factory=lambda: [0.05, 1.0],
+        description="[base, cap] seconds, from 0 to 60, in that order",
+    )
+
+    @model_validator(mode="after")
+    def _fallbacks_go_forward(self) -> ScriptedConfig:
+        for index, entry in enumerate(self.script):
+            ahead = len(self.script) - index  # at most just past the end
+            if entry.on_refused != "finish" and not 1 <= entry.on_refused <= ahead:
+                raise _rule(
+                    'script[{index}].on_refused must be "finish" or a number of entries to '
+                    "go on by, from 1 to {ahead} (fallbacks only go forward).",
+                    index=index,
+                    ahead=ahead,
+                )
+        return self
 
 
-TOOL_CHOICES = ("auto", "required", "none")
+def _http_url(url: str) -> str:
+    if url and not url.startswith(("http://", "https://")):
+        raise _rule("must start with http:// or https://.")
+    return url
+
+
+def _env_name(name: str) -> str:
+    if not _ENV_NAME.match(name):
+        raise _rule(
+            "is the NAME of an environment variable (like OPENAI_API_KEY), never the key itself."
+        )
+    return name
+
+
 # Request fields the backend sets itself, from its own config keys: extra_body may
 # not override them (it would silently win over the validated key).
 _OWN_REQUEST_FIELDS = (
@@ -134,93 +157,138 @@ _OWN_REQUEST_FIELDS = (
 )
 
 
-def validate_openai(config: dict[str, Any]) -> dict[str, Any]:
-    """Any OpenAI-compatible endpoint. The API key comes from a named env variable.
-
-    Optional keys for the request: ``max_tokens`` (default 512, so a model that
-    will not stop cannot fill its context), ``tool_choice`` (``auto``, the
-    default, ``required`` or ``none``; some servers refuse ``required``),
-    ``timeout`` (seconds one request may take, default 120) and ``extra_body``
-    (a JSON object merged into the request body as it is, for a server's own
-    options, such as ``{"top_k": 40}``).
-    """
-    _unknown_keys(
-        config,
-        {
-            "base_url",
-            "model",
-            "api_key_env",
-            "temperature",
-            "system_prompt",
-            "max_steps",
-            "max_tokens",
-            "tool_choice",
-            "timeout",
-            "extra_body",
-        },
-    )
-    model = _text(config, "model", max_length=200)
-    if not model:
-        raise ValidationError("'model' is required (for example gpt-4o-mini or llama3.1).")
-    base_url = _text(config, "base_url", max_length=500)
-    if base_url and not base_url.startswith(("http://", "https://")):
-        raise ValidationError("'base_url' must start with http:// or https://.")
-    api_key_env = _text(config, "api_key_env", default="OPENAI_API_KEY", max_length=128)
-    if not _ENV_NAME.match(api_key_env):
-        raise ValidationError(
-            "'api_key_env' is the NAME of an environment variable (like OPENAI_API_KEY), "
-            "never the key itself."
-        )
-    tool_choice = config.get("tool_choice", "auto")
-    if tool_choice not in TOOL_CHOICES:
-        raise ValidationError(f"'tool_choice' must be one of {', '.join(TOOL_CHOICES)}.")
-    extra_body = config.get("extra_body", {})
-    if not isinstance(extra_body, dict):
-        raise ValidationError("'extra_body' must be a JSON object.")
+def _not_own_fields(extra_body: dict[str, Any]) -> dict[str, Any]:
     overridden = sorted(set(extra_body) & set(_OWN_REQUEST_FIELDS))
     if overridden:
-        raise ValidationError(
-            "'extra_body' may not set %(keys)s: the backend sets them (use the config's own "
-            "keys: model, temperature, max_tokens, tool_choice).",
-            params={"keys": ", ".join(overridden)},
+        raise _rule(
+            "may not set {keys}: the backend sets them (use the config's own keys: "
+            "model, temperature, max_tokens, tool_choice).",
+            keys=", ".join(overridden),
         )
-    cleaned = {
-        "model": model,
-        "base_url": base_url,
-        "api_key_env": api_key_env,
-        "temperature": _number(config, "temperature", 0.0, 2.0, 0.2),
-        "system_prompt": _text(config, "system_prompt"),
-        "max_tokens": _integer(config, "max_tokens", 1, 1_000_000, 512),
-        "tool_choice": tool_choice,
-        "timeout": _number(config, "timeout", 1, 3600, 120),
-        "extra_body": extra_body,
-    }
-    return _optional_max_steps(config, cleaned)
+    return extra_body
 
 
-def validate_python(config: dict[str, Any]) -> dict[str, Any]:
+class OpenAIConfig(_MaxSteps):
+    """Any OpenAI-compatible endpoint. The API key comes from a named env variable.
+
+    ``max_tokens`` (default 512) keeps a model that will not stop from filling its
+    context; ``tool_choice`` is ``auto`` (the default), ``required`` or ``none``
+    (some servers refuse ``required``); ``timeout`` is the seconds one request may
+    take; ``extra_body`` is merged into the request body as it is, for a server's
+    own options (``{"top_k": 40}``).
+    """
+
+    model: str = Field(
+        min_length=1,
+        max_length=200,
+        description="the model's name (for example gpt-4o-mini or llama3.1), "
+        "at most 200 characters",
+    )
+    base_url: Annotated[str, AfterValidator(_http_url)] = Field(
+        "", max_length=500, description="an http:// or https:// URL of at most 500 characters"
+    )
+    api_key_env: Annotated[str, AfterValidator(_env_name)] = Field(
+        "OPENAI_API_KEY", description="the NAME of an environment variable"
+    )
+    temperature: float = Field(0.2, ge=0, le=2, description="a number from 0.0 to 2.0")
+    system_prompt: str = Field("", max_length=20000, description="text of at most 20000 characters")
+    max_tokens: int = Field(512, ge=1, le=1_000_000, description="a whole number from 1 to 1000000")
+    tool_choice: Literal["auto", "required", "none"] = Field(
+        "auto", description="one of auto, required, none"
+    )
+    timeout: float = Field(120, ge=1, le=3600, description="a number from 1 to 3600")
+    extra_body: Annotated[dict[str, Any], AfterValidator(_not_own_fields)] = Field(
+        default_factory=dict, description="a JSON object"
+    )
+
+
+def _dotted(path: str) -> str:
+    if not _DOTTED.match(path):
+        raise _rule("must be a dotted path such as mypkg.agents.step.")
+    return path
+
+
+class PythonConfig(_MaxSteps):
     """``{"callable": "package.module.function", "options": {...}?}``."""
-    _unknown_keys(config, {"callable", "options", "max_steps"})
-    target = _text(config, "callable", max_length=300)
-    if not _DOTTED.match(target):
-        raise ValidationError("'callable' must be a dotted path such as mypkg.agents.step.")
-    options = config.get("options", {})
-    if not isinstance(options, dict):
-        raise ValidationError("'options' must be an object.")
-    return _optional_max_steps(config, {"callable": target, "options": options})
+
+    callable: Annotated[str, AfterValidator(_dotted)] = Field(
+        max_length=300, description="a dotted path such as mypkg.agents.step"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="an object")
 
 
-VALIDATORS = {
-    Backend.SCRIPTED: validate_scripted,
-    Backend.OPENAI: validate_openai,
-    Backend.PYTHON: validate_python,
+BACKEND_CONFIGS: dict[str, type[Config]] = {
+    Backend.SCRIPTED: ScriptedConfig,
+    Backend.OPENAI: OpenAIConfig,
+    Backend.PYTHON: PythonConfig,
 }
 
 
-def validate_backend_config(backend: str, config: Any) -> dict[str, Any]:
-    """Check ``config`` against ``backend``'s schema; return it with defaults filled."""
+def backend_config(backend: str, config: Any) -> Config:
+    """``config`` as ``backend``'s model; pydantic's ValidationError if it does not fit
+    (:func:`config_messages` says why), ValueError for an unknown backend."""
     try:
-        validator = VALIDATORS[Backend(backend)]
-    except ValueError as exc:
-        raise ValidationError(f"Unknown backend {backend!r}.") from exc
-    return validator(_require_dict(config))
+        model = BACKEND_CONFIGS[Backend(backend)]
+    except ValueError:
+        raise ValueError(f"Unknown backend {backend!r}.") from None
+    if not isinstance(config, dict):
+        refusal = _rule("The backend config must be a JSON object.")
+        raise ValidationError.from_exception_data(
+            model.__name__, [{"type": refusal, "loc": (), "input": config}]
+        )
+    return model.model_validate(config)
+
+
+def config_dict(config: Config) -> dict[str, Any]:
+    """What the admin stores: every key with its default filled in, unset optional
+    keys (``max_steps``, an entry's ``retries``) left out."""
+    return config.model_dump(mode="json", exclude_none=True)
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    """``'retries'`` for a key of the config, ``script[0].retries`` for a nested one."""
+    if len(loc) == 1:
+        return repr(str(loc[0]))
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    """The nested model whose field ``loc`` leads to (``script[0]``: ScriptEntry)."""
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        nested = [arg for arg in get_args(annotation) if isinstance(arg, type)]
+        model = next(arg for arg in nested if issubclass(arg, BaseModel))
+    return model
+
+
+def config_messages(exc: ValidationError, model: type[Config]) -> list[str]:
+    """One sentence per refusal of ``model``'s validation, naming the key."""
+    messages: list[str] = []
+    unknown: dict[tuple[Any, ...], list[str]] = {}
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        if error["type"] == "extra_forbidden":
+            unknown.setdefault(loc[:-1], []).append(str(loc[-1]))
+        elif error["type"] == "missing":
+            where = _model_at(model, loc[:-1])
+            what = where.model_fields[str(loc[-1])].description
+            messages.append(f"{_path(loc)} is required: {what}.")
+        elif not loc:
+            messages.append(error["msg"])
+        else:
+            messages.append(f"{_path(loc)} {error['msg']}")
+    for parent, keys in unknown.items():
+        allowed = ", ".join(_model_at(model, parent).model_fields)
+        if parent:
+            messages.append(
+                f"{_path(parent) if len(parent) > 1 else parent[0]} has unknown key(s) "
+                f"{', '.join(keys)}; allowed: {allowed}."
+            )
+        else:
+            messages.append(f"Unknown key(s) {', '.join(keys)}; allowed: {allowed}.")
+    return messages

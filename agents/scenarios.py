@@ -44,7 +44,7 @@ from typing import Any
 
 from django.db import transaction
 
-from agents.config import validate_scripted
+from agents.config import ScriptedConfig, config_dict
 from agents.runtime import run_start
 from orchestrator.core.models import (
     Agent,
@@ -318,7 +318,11 @@ def scenario_start(
                 name=agent.name,
                 role=agent.role,
                 backend=Backend.SCRIPTED,
-                config=validate_scripted({"script": agent.script, "seed": seed, **agent.config}),
+                config=config_dict(
+                    ScriptedConfig.model_validate(
+                        {"script": agent.script, "seed": seed, **agent.config}
+                    )
+                ),
             )
             for agent in plan.agents
         ]

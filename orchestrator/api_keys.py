@@ -1,7 +1,7 @@
 """API keys for model endpoints: the one documented exception to "only settings read os.environ".
 
 An agent's backend config names the environment variable that holds its API
-key (``api_key_env``, checked by ``agents.config.validate_openai``)
+key (``api_key_env``, checked by ``agents.config.OpenAIConfig``)
 so that keys never sit in the database or the admin. The key must be read when
 the step runs, in the worker, so it cannot go through ``orchestrator.config``
 at start-up: :func:`secret_from_env` is the single place that does this, and

@@ -44,12 +44,11 @@ from typing import Any
 import openai
 
 from agents.backends.base import BackendError, Decision, StepContext, ToolCall
+from agents.config import OpenAIConfig
 from agents.tools import TOOL_NAMES
 from orchestrator.api_keys import secret_from_env
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MAX_TOKENS = 512
-DEFAULT_TIMEOUT = 120.0
 DEFAULT_TOTAL_TIMEOUT = 300.0
 # How much of a server's error message a step's error shows.
 DETAIL_LENGTH = 300
@@ -61,9 +60,9 @@ NO_KEY = "no-key"
 class OpenAIBackend:
     """Decide an agent's step with a chat-completions call.
 
-    ``config`` is an agent's backend config as cleaned by
-    ``agents.config.validate_openai`` (missing optional keys get
-    the same defaults: ``max_tokens`` 512, ``tool_choice`` "auto", ``timeout``
+    ``config`` is an agent's backend config, read through
+    ``agents.config.OpenAIConfig`` (a dict is validated by it; missing optional
+    keys get its defaults: ``max_tokens`` 512, ``tool_choice`` "auto", ``timeout``
     120 s, ``extra_body`` none). The keyword arguments set the retry policy:
 
     - ``attempts``: requests made at most per decision (first try included);
@@ -81,7 +80,7 @@ class OpenAIBackend:
 
     def __init__(
         self,
-        config: dict[str, Any],
+        config: OpenAIConfig | dict[str, Any],
         *,
         attempts: int = 4,
         base_delay: float = 1.0,
@@ -94,16 +93,17 @@ class OpenAIBackend:
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
-        self.model: str = config.get("model") or ""
-        self.base_url: str = (config.get("base_url") or DEFAULT_BASE_URL).rstrip("/")
-        self.api_key_env: str = config.get("api_key_env") or "OPENAI_API_KEY"
-        self.temperature: float = config.get("temperature", 0.2)
-        self.system_prompt: str = config.get("system_prompt") or ""
-        self.max_tokens: int = config.get("max_tokens") or DEFAULT_MAX_TOKENS
-        self.tool_choice: str = config.get("tool_choice") or "auto"
-        self.extra_body: dict[str, Any] = dict(config.get("extra_body") or {})
+        config = OpenAIConfig.model_validate(config)
+        self.model: str = config.model
+        self.base_url: str = (config.base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.api_key_env: str = config.api_key_env
+        self.temperature: float = config.temperature
+        self.system_prompt: str = config.system_prompt
+        self.max_tokens: int = config.max_tokens
+        self.tool_choice: str = config.tool_choice
+        self.extra_body: dict[str, Any] = dict(config.extra_body)
         if request_timeout is None:
-            request_timeout = float(config.get("timeout") or DEFAULT_TIMEOUT)
+            request_timeout = config.timeout
         if total_timeout is None:
             total_timeout = max(DEFAULT_TOTAL_TIMEOUT, request_timeout)
         self.attempts = attempts
@@ -125,8 +125,6 @@ class OpenAIBackend:
         Raises :class:`BackendError` only for configuration and endpoint
         problems, never for what the model said.
         """
-        if not self.model:
-            raise BackendError("the openai backend needs a 'model' in the agent's config")
         client = self._get_client()
         request: dict[str, Any] = {
             "model": self.model,

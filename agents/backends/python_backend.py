@@ -7,15 +7,17 @@ from typing import Any
 from django.utils.module_loading import import_string
 
 from agents.backends.base import BackendError, Decision, StepContext
+from agents.config import PythonConfig
 
 
 class PythonBackend:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: PythonConfig | dict[str, Any]) -> None:
+        config = PythonConfig.model_validate(config)
         try:
-            self.func = import_string(config["callable"])
-        except (ImportError, KeyError) as exc:
-            raise BackendError(f"cannot import {config.get('callable')!r}: {exc}") from exc
-        self.options = config.get("options", {})
+            self.func = import_string(config.callable)
+        except ImportError as exc:
+            raise BackendError(f"cannot import {config.callable!r}: {exc}") from exc
+        self.options = config.options
 
     def decide(self, context: StepContext) -> Decision:
         decision = self.func(context)

@@ -1,6 +1,6 @@
 """The scripted backend: deterministic agents for demos, tests and benchmarks.
 
-Config (validated by agents.config.validate_scripted)::
+Config (agents.config.ScriptedConfig)::
 
     {"script": [{"tool": "acquire", "args": {"resource": "slot-{agent}"}}, ...],
      "seed": 7, "think": [0.0, 0.2], "loop": false,
@@ -62,9 +62,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.backends.base import Decision, StepContext, ToolCall
+from agents.config import ScriptedConfig, ScriptEntry
 
-DEFAULT_RETRIES = 3
-DEFAULT_BACKOFF = (0.05, 1.0)  # seconds: the first retry's backoff, and the longest
 # A write refused for these is retried after a fresh read ("failed": an approved write
 # that could not be applied, the version having moved since).
 REREAD_ERRORS = ("version_conflict", "stale_fence", "not_holder", "failed")
@@ -130,12 +129,13 @@ class Move:
 
 
 class ScriptedBackend:
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.script: list[dict[str, Any]] = config["script"]
-        self.think = config.get("think", [0, 0])
-        self.loop = bool(config.get("loop", False))
-        self.retries = int(config.get("retries", DEFAULT_RETRIES))
-        self.backoff = tuple(config.get("backoff", DEFAULT_BACKOFF))
+    def __init__(self, config: ScriptedConfig | dict[str, Any]) -> None:
+        config = ScriptedConfig.model_validate(config)
+        self.script: list[ScriptEntry] = config.script
+        self.think = config.think
+        self.loop = config.loop
+        self.retries = config.retries
+        self.backoff = tuple(config.backoff)
 
     def decide(self, context: StepContext) -> Decision:
         rng = random.Random(context.seed)  # noqa: S311 (a simulation, not security)
@@ -152,8 +152,8 @@ class ScriptedBackend:
         if move.reread is not None:
             return self._call(context, "read", {"resource": move.reread}, move.at.tag("r"))
         entry = self.script[move.at.index]
-        args = self._fill(entry.get("args", {}), context, rng, calls, results)
-        return self._call(context, entry["tool"], args, move.at.tag())
+        args = self._fill(entry.args, context, rng, calls, results)
+        return self._call(context, entry.tool, args, move.at.tag())
 
     def backoff_seconds(self, retry: int, rng: random.Random) -> float:
         """How long to wait before the ``retry``-th retry (1, 2, ...), seeded."""
@@ -182,7 +182,8 @@ class ScriptedBackend:
         again = Position(at.index, at.refusals + 1, refused_at)
         entry = self.script[at.index]
         error = result.get("error") or result.get("status") or "refused"
-        if again.refusals > entry.get("retries", self.retries) or self._final(last, entry, error):
+        retries = self.retries if entry.retries is None else entry.retries
+        if again.refusals > retries or self._final(last, entry, error):
             return self._fallback(again, last, error)
         if error == "aborted":  # a deadlock victim: its locks are gone, start over
             return Move(Position(0, again.refusals, again.refused_at), retry=True)
@@ -200,19 +201,19 @@ class ScriptedBackend:
         return Move(Position(0)) if self.loop else Move(None)
 
     @staticmethod
-    def _final(call: dict[str, Any], entry: dict[str, Any], error: str) -> bool:
+    def _final(call: dict[str, Any], entry: ScriptEntry, error: str) -> bool:
         """A refusal that asking again cannot change: a write at a fixed version refused
         as stale (re-reading does not change the version it names), or a write an
         operator rejected (asking again asks the same person the same question)."""
         if error == "rejected":
             return True
-        expected = entry.get("args", {}).get("expected_version")
+        expected = entry.args.get("expected_version")
         fixed = isinstance(expected, int) and not isinstance(expected, bool)
         return call["name"] == "write" and error == "version_conflict" and fixed
 
     def _fallback(self, at: Position, call: dict[str, Any], error: str) -> Move:
         """The entry's ``on_refused``: give up and finish, or go on further ahead."""
-        fallback = self.script[at.index].get("on_refused", "finish")
+        fallback = self.script[at.index].on_refused
         if fallback == "finish":
             target = call["args"].get("resource")
             what = f"{call['name']} {target}" if target else call["name"]

@@ -26,7 +26,7 @@ import pytest
 from agents.backends import get_backend
 from agents.backends.base import BackendError, Decision, StepContext
 from agents.backends.openai_backend import OpenAIBackend, well_formed_transcript
-from agents.config import validate_openai
+from agents.config import OpenAIConfig, config_dict, config_messages
 from agents.tools import TOOL_NAMES, TOOL_SPECS
 from orchestrator.api_keys import secret_from_env
 
@@ -195,6 +195,11 @@ class Sleeps(list):
 
 
 # --- builders ------------------------------------------------------------------------
+
+
+def openai_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` as the admin stores it: validated, with the defaults filled in."""
+    return config_dict(OpenAIConfig.model_validate(config))
 
 
 def config(base_url: str, **overrides: Any) -> dict[str, Any]:
@@ -757,7 +762,7 @@ def test_max_tokens_tool_choice_and_the_default_timeout_are_sent(
     server: ModelServer, api_key: str
 ) -> None:
     server.reply(completion("ok"))
-    OpenAIBackend(validate_openai(config(server.url)), sleep=Sleeps()).decide(context())
+    OpenAIBackend(openai_config(config(server.url)), sleep=Sleeps()).decide(context())
     (request,) = server.requests
     assert request["body"]["max_tokens"] == 512
     assert request["body"]["tool_choice"] == "auto"
@@ -766,7 +771,7 @@ def test_max_tokens_tool_choice_and_the_default_timeout_are_sent(
 
 def test_configured_keys_and_extra_body_are_sent(server: ModelServer, api_key: str) -> None:
     server.reply(completion("ok"))
-    cleaned = validate_openai(
+    cleaned = openai_config(
         config(
             server.url,
             max_tokens=64,
@@ -784,10 +789,10 @@ def test_configured_keys_and_extra_body_are_sent(server: ModelServer, api_key: s
     assert float(header(request, "x-stainless-read-timeout")) == 7.5
 
 
-def test_validate_openai_fills_defaults_and_refuses_bad_values() -> None:
-    from django.core.exceptions import ValidationError
+def test_the_openai_config_fills_defaults_and_refuses_bad_values() -> None:
+    from pydantic import ValidationError
 
-    cleaned = validate_openai({"model": "m"})
+    cleaned = openai_config({"model": "m"})
     assert (cleaned["max_tokens"], cleaned["tool_choice"], cleaned["timeout"]) == (512, "auto", 120)
     assert cleaned["extra_body"] == {}
     assert "max_steps" not in cleaned  # optional, no default
@@ -803,8 +808,8 @@ def test_validate_openai_fills_defaults_and_refuses_bad_values() -> None:
         ({"extra_body": {"max_tokens": 9}}, "max_tokens"),
     ):
         with pytest.raises(ValidationError) as refused:
-            validate_openai({"model": "m", **bad})
-        assert key in str(refused.value), bad
+            openai_config({"model": "m", **bad})
+        assert key in " ".join(config_messages(refused.value, OpenAIConfig)), bad
 
 
 # --- through the runtime -----------------------------------------------------------------
@@ -824,7 +829,7 @@ def run_openai_agent(server: ModelServer, *replies: Reply) -> Any:
         team_=team,
         name="booker-1",
         backend="openai",
-        config=validate_openai({"model": "test-model", "base_url": server.url}),
+        config=openai_config({"model": "test-model", "base_url": server.url}),
     )
     run = run_start(team=team, goal="Book room 101.", max_steps=5)
     django_rq.get_worker("steps", worker_class=SimpleWorker).work(burst=True)

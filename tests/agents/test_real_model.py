@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from agents.config import validate_openai
+from agents.config import OpenAIConfig, config_dict
 from orchestrator.processes import Helper, free_port, http_ok
 
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -148,14 +148,16 @@ def run_one_agent(proxy: RecordingProxy, goal: str, role: str) -> Any:
     from tests import factories
 
     team = factories.team()
-    config = validate_openai(
-        {
-            "model": "smollm2-135m",
-            "base_url": proxy.url,
-            "max_tokens": MAX_TOKENS,
-            "temperature": 0.0,
-            "timeout": 300,
-        }
+    config = config_dict(
+        OpenAIConfig.model_validate(
+            {
+                "model": "smollm2-135m",
+                "base_url": proxy.url,
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0.0,
+                "timeout": 300,
+            }
+        )
     )
     factories.agent(team_=team, name="small-1", role=role, backend="openai", config=config)
     run = run_start(team=team, goal=goal, max_steps=3)

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.core.exceptions import ValidationError
+from pydantic import ValidationError
 
 from agents.backends import scripted
 from agents.backends.base import StepContext
 from agents.backends.scripted import ScriptedBackend
-from agents.config import validate_scripted
+from agents.config import ScriptedConfig, config_messages
 from agents.scenarios import booking_script, guest_script, increment_script
 
 Answer = Callable[[str, dict[str, Any]], dict[str, Any]]
@@ -44,7 +44,7 @@ def drive(config: dict[str, Any], answer: Answer, *, limit: int = 200, window: i
     """Run the agent until it finishes (or ``limit`` steps): its calls as
     (tool, args, result), the last being the finish. The transcript it sees is cut to
     the newest ``window`` messages, as the runtime's is."""
-    backend = ScriptedBackend(validate_scripted(config))
+    backend = ScriptedBackend(ScriptedConfig.model_validate(config))
     transcript: list[dict[str, Any]] = []
     made = []
     for number in range(1, limit + 1):
@@ -265,8 +265,8 @@ def test_the_position_is_kept_in_the_call_ids_not_in_the_transcript_window() -> 
 )
 def test_bad_retry_settings_are_refused(config: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as raised:
-        validate_scripted(config)
-    assert message in " ".join(raised.value.messages)
+        ScriptedConfig.model_validate(config)
+    assert message in " ".join(config_messages(raised.value, ScriptedConfig))
 
 
 def test_good_retry_settings_pass() -> None:
@@ -275,5 +275,5 @@ def test_good_retry_settings_pass() -> None:
         "retries": 5,
         "backoff": [0, 2.5],
     }
-    assert validate_scripted(config)["retries"] == 5
-    validate_scripted({"script": guest_script(["a", "b", "c"])})
+    assert ScriptedConfig.model_validate(config).retries == 5
+    ScriptedConfig.model_validate({"script": guest_script(["a", "b", "c"])})
