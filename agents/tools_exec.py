@@ -111,7 +111,7 @@ def _unguarded(step: Step) -> bool:
 BYPASSED = ("acquire", "release", "write")
 
 
-def _execute_unguarded(agent: Agent, name: str, args: Operation) -> dict[str, Any]:
+def _execute_unguarded(agent: Agent, args: Operation) -> dict[str, Any]:
     """The unguarded answer to ``acquire``, ``release`` or ``write``."""
     if isinstance(args, Acquire):
         resource_read(resource=args.resource)  # a missing resource is still an error
@@ -141,7 +141,7 @@ def execute(
         return {"ok": True, "status": "finished", "summary": args.summary[:2000]}
     resource = args.resource
     if name in BYPASSED and _unguarded(step):
-        return _execute_unguarded(agent, name, args)
+        return _execute_unguarded(agent, args)
     if isinstance(args, Acquire):
         result = lock_acquire(
             agent=agent, resource=resource, mode=args.mode, ttl=args.ttl, wait=True, step=step
