@@ -186,7 +186,10 @@ KINDS: dict[str, EventKind] = _kinds(
         frozenset({GRAPH, COUNTS}),
     ),
     EventKind(
-        "conflict.resolved", "conflict", {"kind": TEXT, "resolution": TEXT}, frozenset({GRAPH, COUNTS})
+        "conflict.resolved",
+        "conflict",
+        {"kind": TEXT, "resolution": TEXT},
+        frozenset({GRAPH, COUNTS}),
     ),
     EventKind(
         "deadlock.detected",
