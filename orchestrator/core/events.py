@@ -31,6 +31,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -269,6 +270,11 @@ def last_event_id() -> int:
     committed later has a larger id: the events up to it are a settled prefix
     of the log, which can be read afterwards without holding anything.
     """
+    return log_end()[0]
+
+
+def log_end() -> tuple[int, datetime]:
+    """:func:`last_event_id`, and the database clock when it was read."""
     return sql.settled_event_id(EVENT_LOG_LOCK_KEY)
 
 

@@ -77,10 +77,10 @@ def advisory_xact_lock(*key: int) -> None:
         cursor.execute(f"SELECT pg_advisory_xact_lock({placeholders})", list(key))
 
 
-def settled_event_id(lock_key: int) -> int:
+def settled_event_id(lock_key: int) -> tuple[int, datetime]:
     """The largest event id, with the event log's advisory lock ``lock_key`` taken
     exclusively in the same statement (``events.last_event_id`` says why that makes
-    every id up to it settled).
+    every id up to it settled), and the clock (``clock_timestamp()``) then.
 
     One statement, so the lock (released at the statement's commit, outside a
     transaction) is held for this one read and not for the four round trips of
@@ -92,10 +92,12 @@ def settled_event_id(lock_key: int) -> int:
     """
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT pg_advisory_xact_lock(%s), (SELECT max(id) FROM {Event._meta.db_table})",  # noqa: S608
+            f"SELECT pg_advisory_xact_lock(%s), (SELECT max(id) FROM {Event._meta.db_table}), "  # noqa: S608
+            "clock_timestamp()",
             [lock_key],
         )
-        return cursor.fetchone()[1] or 0
+        _, last_id, now = cursor.fetchone()
+        return last_id or 0, now
 
 
 def read_only_snapshot() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.core.events import event_messages_after, last_event_id
+from orchestrator.core.events import event_messages_after, log_end
 from orchestrator.core.queue import db_now
 from orchestrator.dashboard.selectors.board import board_patch, board_snapshot
 
@@ -33,7 +33,7 @@ def feed_delta(*, since: int, limit: int | None = None) -> dict[str, Any] | None
     ``limit`` (default REPLAY_LIMIT) events to replay, or ``since`` beyond the end of the log.
     """
     limit = REPLAY_LIMIT if limit is None else limit
-    upto = last_event_id()
+    upto, now = log_end()
     if since > upto:
         return None
     events = event_messages_after(since, limit=limit + 1, upto=upto)
@@ -43,7 +43,7 @@ def feed_delta(*, since: int, limit: int | None = None) -> dict[str, Any] | None
         "type": "delta",
         "since": since,
         "last_id": events[-1]["id"] if events else since,
-        "server_time": server_time(),
+        "server_time": now.isoformat(),
         "events": events,
         "state": board_patch(events) if events else {},
     }
