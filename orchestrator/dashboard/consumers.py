@@ -38,6 +38,7 @@ import collections
 import contextlib
 import json
 import logging
+import statistics
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -62,12 +63,15 @@ MAX_EVENT_ID = 2**63 - 1
 # at once before it starts again from the end of the log.
 TAIL_FRAMES = 200
 TAIL_LIMIT = 5000
-# The tail spends at most this share of the time reading: after a read that took t
-# seconds (smoothed), the next one starts FRAME_INTERVAL or t / TAIL_BUDGET later,
-# whichever is longer, and at most MAX_TAIL_INTERVAL later. Idle, a read takes a few
-# milliseconds and the window rules; when agents keep the database busy, reads take
-# longer and come less often, so the live view takes less from the agents' writes.
+# The tail spends at most this share of the time reading: when its reads take t
+# seconds (the median of the last TAIL_READS), the next one starts FRAME_INTERVAL or
+# t / TAIL_BUDGET later, whichever is longer, and at most MAX_TAIL_INTERVAL later.
+# Idle, a read takes a few milliseconds and the window rules; when agents keep the
+# database busy, reads take longer and come less often, so the live view takes less
+# from the agents' writes. The median, not the last read: one slow read (a stall of
+# the machine) does not hold back the next frames.
 TAIL_BUDGET = 0.2
+TAIL_READS = 9
 MAX_TAIL_INTERVAL = 1.0
 
 # Browsers at the same event id share one build of their next frame (a feed that reads
@@ -146,7 +150,7 @@ class FeedTail:
         self._channel = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._starting = asyncio.Lock()
-        self.read_seconds = 0.0  # a read's duration, smoothed (the budget's measure)
+        self.reads: collections.deque[float] = collections.deque(maxlen=TAIL_READS)
 
     async def join(self, woken: asyncio.Event) -> None:
         """A feed follows the tail; ``woken`` is set after each new frame. The first
@@ -235,7 +239,8 @@ class FeedTail:
 
     def interval(self) -> float:
         """Seconds from the start of one read to the start of the next (TAIL_BUDGET)."""
-        return min(MAX_TAIL_INTERVAL, max(FRAME_INTERVAL, self.read_seconds / TAIL_BUDGET))
+        took = statistics.median(self.reads) if self.reads else 0.0
+        return min(MAX_TAIL_INTERVAL, max(FRAME_INTERVAL, took / TAIL_BUDGET))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -249,10 +254,7 @@ class FeedTail:
                 logger.exception("live feed: the tail could not read the log; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            took = loop.time() - started
-            self.read_seconds = (
-                took if not self.read_seconds else 0.7 * self.read_seconds + 0.3 * took
-            )
+            self.reads.append(loop.time() - started)
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
             # that arrives as the event is set (the tail sets it every frame), and the
             # feed's disconnect then waited for ever.
