@@ -685,29 +685,33 @@ class FeedClient:
         self.errors = 0
         self.asked_from: int | None = None
 
+    def head(self, raw: str) -> tuple[str | None, int | None, int | None, dict | None]:
+        """A frame's type, since and last id, and the frame itself (None: not decoded)."""
+        frame = json.loads(raw)
+        return frame.get("type"), frame.get("since"), frame.get("last_id"), frame
+
     async def read(self) -> None:
         async for raw in self.ws:
             at = time.monotonic()
-            frame = json.loads(raw)
-            kind = frame.get("type")
+            kind, since, last_id, frame = self.head(raw)
             if kind == "snapshot":  # too far behind: the board again, ids unknown
                 self.snapshots += 1
-                self.last_id, self.asked_from = frame["last_id"], None
+                self.last_id, self.asked_from = last_id, None
             elif kind == "error":
                 self.errors += 1
             elif kind == "delta":
                 self.frames += 1
-                if frame["since"] != self.last_id:  # a gap: ask for a replay, as live.js
+                if since != self.last_id:  # a gap: ask for a replay, as live.js
                     if self.asked_from != self.last_id:
                         self.gaps += 1
                         self.asked_from = self.last_id
                         await self.ws.send(json.dumps({"type": "resume", "last_id": self.last_id}))
                     continue
-                how = "replay" if self.asked_from == frame["since"] else "push"
+                how = "replay" if self.asked_from == since else "push"
                 self.asked_from = None
-                for event in frame["events"]:
+                for event in frame["events"] if frame is not None else ():
                     self.seen.setdefault(event["id"], (at, how))
-                self.last_id = frame["last_id"]
+                self.last_id = last_id
 
 
 # The head of a frame as the consumer writes it (consumers.frame_text keeps the
@@ -723,29 +727,12 @@ class Viewer(FeedClient):
     checked as live.js checks them, without decoding the rest (the measurement
     is of the server; this machine also runs the agents)."""
 
-    async def read(self) -> None:
-        async for raw in self.ws:
-            head = FRAME_HEAD.match(raw)
-            if head is None:
-                frame = json.loads(raw)
-                head_type, since, last = frame.get("type"), frame.get("since"), frame.get("last_id")
-            else:
-                head_type, since, last = head["type"], head["since"], head["last_id"]
-            if head_type == "snapshot":
-                self.snapshots += 1
-                self.last_id, self.asked_from = int(last), None
-            elif head_type == "error":
-                self.errors += 1
-            elif head_type == "delta":
-                self.frames += 1
-                if int(since) != self.last_id:
-                    if self.asked_from != self.last_id:
-                        self.gaps += 1
-                        self.asked_from = self.last_id
-                        await self.ws.send(json.dumps({"type": "resume", "last_id": self.last_id}))
-                    continue
-                self.asked_from = None
-                self.last_id = int(last)
+    def head(self, raw: str) -> tuple[str | None, int | None, int | None, dict | None]:
+        match = FRAME_HEAD.match(raw)
+        if match is None:  # an error frame, or a shape the pattern does not know
+            return super().head(raw)
+        since = match["since"]
+        return match["type"], None if since is None else int(since), int(match["last_id"]), None
 
 
 async def measure_dashboard(

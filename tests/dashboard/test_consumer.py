@@ -315,6 +315,45 @@ async def test_a_burst_of_pushes_is_coalesced_to_at_most_20_frames_a_second(
     await communicator.disconnect()
 
 
+TOGGLES = 40
+
+
+def slow_reads(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Every read of the log for the feed takes ``seconds`` longer."""
+    quick = consumers.feed_delta
+
+    def slow_delta(**kwargs: Any) -> dict[str, Any] | None:
+        time.sleep(seconds)
+        return quick(**kwargs)
+
+    monkeypatch.setattr(consumers, "feed_delta", slow_delta)
+
+
+async def frames_while_toggling() -> tuple[WebsocketCommunicator, Client, list[float]]:
+    """A client follows the feed while an agent is paused and resumed TOGGLES times, 20
+    events a second, until it has every event. Returns the connection, the client,
+    and the gaps (seconds, sorted) between the delta frames' builds, by the database
+    clock (their server_time)."""
+    agent = await sync_to_async(factories.agent)()
+    communicator = await connect()
+    client = Client(communicator)
+    await client.receive()
+    for i in range(TOGGLES):
+        await sync_to_async(agents_set_paused)(agents=[agent], paused=i % 2 == 0)
+        await asyncio.sleep(0.05)  # the producer's pace, 20 a second (not a wait for anything)
+    await client.until(await sync_to_async(last_id)())
+    built = [
+        datetime.fromisoformat(frame["server_time"])
+        for frame in client.frames
+        if frame["type"] == "delta"
+    ]
+    return (
+        communicator,
+        client,
+        sorted((b - a).total_seconds() for a, b in itertools.pairwise(built)),
+    )
+
+
 async def test_a_slow_frame_build_does_not_add_the_frame_interval_on_top(
     redis_conn, monkeypatch
 ) -> None:
@@ -323,28 +362,8 @@ async def test_a_slow_frame_build_does_not_add_the_frame_interval_on_top(
     interval = 0.3
     monkeypatch.setattr(consumers, "FRAME_INTERVAL", interval)
     monkeypatch.setattr(consumers, "TAIL_BUDGET", 1.0)  # reads may fill the interval
-    quick = consumers.feed_delta
-
-    def slow_delta(**kwargs: Any) -> dict[str, Any] | None:
-        time.sleep(interval)
-        return quick(**kwargs)
-
-    monkeypatch.setattr(consumers, "feed_delta", slow_delta)
-    agent = await sync_to_async(factories.agent)()
-    communicator = await connect()
-    client = Client(communicator)
-    await client.receive()
-    for i in range(40):  # about 2.5 s of events, 20 a second
-        await sync_to_async(agents_set_paused)(agents=[agent], paused=i % 2 == 0)
-        await asyncio.sleep(0.05)
-    await client.until(await sync_to_async(last_id)())
-    # When each frame was built, by the database clock (server_time, read at its end).
-    built = [
-        datetime.fromisoformat(frame["server_time"])
-        for frame in client.frames
-        if frame["type"] == "delta"
-    ]
-    gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(built))
+    slow_reads(monkeypatch, interval)
+    communicator, _, gaps = await frames_while_toggling()
     # Spaced from the end of each build, frames would be built every 2 * interval.
     assert gaps[len(gaps) // 2] < 1.5 * interval, gaps
     await communicator.disconnect()
@@ -372,29 +391,9 @@ async def test_slow_reads_of_the_log_come_less_often_and_the_viewer_keeps_up(
 ) -> None:
     """When a read of the log takes 0.1 s, the tail (budget 0.2) reads about every 0.5 s
     rather than every 0.05 s, and each read still brings everything since the last."""
-    quick = consumers.feed_delta
-
-    def slow_delta(**kwargs: Any) -> dict[str, Any] | None:
-        time.sleep(0.1)
-        return quick(**kwargs)
-
-    monkeypatch.setattr(consumers, "feed_delta", slow_delta)
-    agent = await sync_to_async(factories.agent)()
-    communicator = await connect()
-    client = Client(communicator)
-    await client.receive()
-    for i in range(40):  # about 2 s of events, 20 a second
-        await sync_to_async(agents_set_paused)(agents=[agent], paused=i % 2 == 0)
-        await asyncio.sleep(0.05)
-    final = await sync_to_async(last_id)()
-    await client.until(final)
-    assert client.last_id == final and len(client.events) == 40
-    built = [
-        datetime.fromisoformat(frame["server_time"])
-        for frame in client.frames
-        if frame["type"] == "delta"
-    ]
-    gaps = sorted((b - a).total_seconds() for a, b in itertools.pairwise(built))
+    slow_reads(monkeypatch, 0.1)
+    communicator, client, gaps = await frames_while_toggling()
+    assert client.last_id == await sync_to_async(last_id)() and len(client.events) == TOGGLES
     assert gaps and gaps[len(gaps) // 2] >= 0.4, gaps  # not the 0.15 s of read + window
     assert client.state == await sync_to_async(database_state)()
     await communicator.disconnect()
