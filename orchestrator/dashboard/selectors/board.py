@@ -31,7 +31,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 
 from orchestrator.core.events import last_event_id
 from orchestrator.core.kinds import COUNTS, GRAPH, KINDS, RESOURCES, RUNS, SYSTEM
@@ -203,21 +203,18 @@ class LiveRows:
         return locks, waits
 
 
-def _humans_awaited(agent_ids: list[int] | None) -> set[int]:
-    """Agents waiting for a human: a pending approval, or an operator-decided deadlock."""
-    approvals = Approval.objects.filter(status=ApprovalStatus.PENDING)
-    deadlocks = Conflict.objects.filter(
-        kind=ConflictKind.DEADLOCK,
-        status=ConflictStatus.OPEN,
-        team__deadlock_policy=DeadlockPolicy.ASK_OPERATOR,
+def _waits_for_human() -> Exists:
+    """Whether the agent of the outer row waits for a human: a pending approval, or an
+    open deadlock whose team leaves the victim to an operator (an annotation, so the
+    agents' rows come in one query)."""
+    approvals = Approval.objects.filter(status=ApprovalStatus.PENDING, agent_id=OuterRef("pk"))
+    deadlocks = Conflict.agents.through.objects.filter(
+        agent_id=OuterRef("pk"),
+        conflict__kind=ConflictKind.DEADLOCK,
+        conflict__status=ConflictStatus.OPEN,
+        conflict__team__deadlock_policy=DeadlockPolicy.ASK_OPERATOR,
     )
-    members = Conflict.agents.through.objects.filter(conflict__in=deadlocks)
-    if agent_ids is not None:
-        approvals = approvals.filter(agent_id__in=agent_ids)
-        members = members.filter(agent_id__in=agent_ids)
-    return set(approvals.values_list("agent_id", flat=True)) | set(
-        members.values_list("agent_id", flat=True)
-    )
+    return Exists(approvals) | Exists(deadlocks)
 
 
 def derive_status(*, status: str, paused: bool, waits_for_human: bool, waits_for_lock: bool) -> str:
@@ -239,12 +236,15 @@ def _agents(
     """The agents ``ids`` (all: None); ``live`` holds at least their locks and waits."""
     id_list = None if ids is None else list(ids)
     queryset = Agent.objects.all() if id_list is None else Agent.objects.filter(pk__in=id_list)
-    rows = list(queryset.values("id", "name", "team_id", "status", "paused", "team__paused"))
+    rows = list(
+        queryset.annotate(waits_for_human=_waits_for_human()).values(
+            "id", "name", "team_id", "status", "paused", "team__paused", "waits_for_human"
+        )
+    )
     id_list_for_rest = None if id_list is None else [row["id"] for row in rows]
     if live is None:
         live = LiveRows(agent_ids=id_list_for_rest)
     holds, waits = live.by("agent", id_list_for_rest)
-    humans = _humans_awaited(id_list_for_rest)
     result = {}
     for row in rows:
         pk = row["id"]
@@ -256,7 +256,7 @@ def _agents(
             "status": derive_status(
                 status=row["status"],
                 paused=paused,
-                waits_for_human=pk in humans,
+                waits_for_human=row["waits_for_human"],
                 waits_for_lock=bool(waits[pk]),
             ),
             "paused": row["paused"],
