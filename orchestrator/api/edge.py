@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, URLResolver, re_path
@@ -54,6 +55,19 @@ def _content_length(request: HttpRequest) -> int:
         return max(int(request.META.get("CONTENT_LENGTH") or 0), 0)
     except ValueError:
         return 0
+
+
+def _body_too_large(request: HttpRequest, limit: int) -> bool:
+    """Whether the body is larger than ``limit`` bytes: by its Content-Length, unread,
+    else by reading it as the view would. A chunked body has no Content-Length, and
+    Django's RequestDataTooBig, raised inside the view, would be an HTML 400 and a
+    logged traceback."""
+    if _content_length(request) > limit:
+        return True
+    try:
+        return len(request.body) > limit
+    except RequestDataTooBig:
+        return True
 
 
 def _operation_errors(errors: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -111,7 +125,7 @@ def json_edges(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpRespo
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         limit = max_body_bytes()
-        if _content_length(request) > limit:
+        if _body_too_large(request, limit):
             return error_response(
                 413, "request_too_large", f"the request body is larger than {limit} bytes"
             )
