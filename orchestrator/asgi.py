@@ -1,7 +1,7 @@
 """ASGI entry point: HTTP through Django, WebSockets through Channels.
 
-WebSockets are checked against ALLOWED_HOSTS (Origin) and carry the Django
-session user, so consumers can refuse anonymous connections.
+WebSockets open only from the site's own origins (dashboard/origins.py) and carry
+the Django session user, so consumers can refuse anonymous connections.
 """
 
 from __future__ import annotations
@@ -52,15 +52,13 @@ django_asgi_app = django_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from orchestrator.dashboard.origins import SameOriginValidator  # noqa: E402
 from orchestrator.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -39,6 +39,7 @@ from tests.dashboard import builders, scenes
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")  # the Origin is checked against it (dashboard/origins.py)
 
 
 @pytest_asyncio.fixture(autouse=True)
@@ -48,7 +49,7 @@ async def close_thread_connections():
 
 
 def headers_for(account: Any) -> list[tuple[bytes, bytes]]:
-    return [ORIGIN, (b"cookie", f"sessionid={builders.session_cookie(account)}".encode())]
+    return [ORIGIN, HOST, (b"cookie", f"sessionid={builders.session_cookie(account)}".encode())]
 
 
 async def connect(path: str = "/ws/events/", account: Any = None) -> WebsocketCommunicator:
@@ -101,7 +102,7 @@ def last_id() -> int:
 
 
 async def test_anonymous_websocket_is_refused(redis_conn) -> None:
-    communicator = WebsocketCommunicator(application, "/ws/events/", headers=[ORIGIN])
+    communicator = WebsocketCommunicator(application, "/ws/events/", headers=[ORIGIN, HOST])
     connected, code = await communicator.connect()
     assert not connected
     assert code == 4401
