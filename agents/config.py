@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from agents.tools import TOOL_NAMES
+from orchestrator.api_keys import model_key_envs
 from orchestrator.core.models import Backend
 
 _ENV_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
@@ -140,6 +141,13 @@ def _env_name(name: str) -> str:
         raise _rule(
             "is the NAME of an environment variable (like OPENAI_API_KEY), never the key itself."
         )
+    allowed = model_key_envs()
+    if name not in allowed:
+        raise _rule(
+            "must be one of the environment variables allowed to hold a model's API key: "
+            "{allowed} (the setting ORCHESTRATOR_MODEL_KEY_ENVS).",
+            allowed=", ".join(allowed) or "none",
+        )
     return name
 
 
@@ -187,6 +195,7 @@ class OpenAIConfig(_MaxSteps):
     base_url: Annotated[str, AfterValidator(_http_url)] = Field(
         "", max_length=500, description="an http:// or https:// URL of at most 500 characters"
     )
+    # One of ORCHESTRATOR_MODEL_KEY_ENVS, checked on save and again when the key is read.
     api_key_env: Annotated[str, AfterValidator(_env_name)] = Field(
         "OPENAI_API_KEY", description="the NAME of an environment variable"
     )

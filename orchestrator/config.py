@@ -19,6 +19,7 @@ from typing import Any
 import dj_database_url
 
 from orchestrator import embedded
+from orchestrator.api_keys import ENV_NAME
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 _TRUE = {"1", "true", "yes", "on"}
@@ -43,6 +44,7 @@ class Config:
     https: bool = False  # served over HTTPS (behind a TLS-terminating proxy)
     hsts_seconds: int = 0
     channel_prefix: str = "orchestrator"  # the channel layer's names on Redis
+    model_key_envs: tuple[str, ...] = ()  # the variables api_key_env may name
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
@@ -68,6 +70,47 @@ def parse_int(name: str, raw: str | None, default: int) -> int:
     if value < 0:
         raise ConfigError(f"{name} must be 0 or more; got {raw!r}")
     return value
+
+
+# The environment variables that an agent's backend config may name as the one holding
+# its model's API key (``api_key_env``; orchestrator/api_keys.py): OpenAI's, and the
+# README's example for a vLLM server.
+DEFAULT_MODEL_KEY_ENVS = ("OPENAI_API_KEY", "VLLM_API_KEY")
+# The variables the project reads itself: never an API key to send to an endpoint.
+OWN_VARIABLES = frozenset(
+    {
+        "SECRET_KEY",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "DEBUG",
+        "ALLOWED_HOSTS",
+        "HTTPS",
+        "HSTS_SECONDS",
+        "ORCHESTRATOR_DATA_DIR",
+        "ORCHESTRATOR_DB_POOL",
+        "ORCHESTRATOR_CHANNEL_PREFIX",
+        "ORCHESTRATOR_MODEL_KEY_ENVS",
+        "DJANGO_SETTINGS_MODULE",
+    }
+)
+
+
+def parse_env_names(name: str, raw: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-separated list of environment variable names, none of them the
+    project's own (:data:`OWN_VARIABLES`); ``default`` when unset or blank."""
+    if raw is None or not raw.strip():
+        return default
+    names = tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
+    for each in names:
+        if not ENV_NAME.match(each):
+            raise ConfigError(
+                f"{name} must be a comma-separated list of environment variable names "
+                f"(A-Z, 0-9 and _); got {each!r}"
+            )
+    own = sorted(set(names) & OWN_VARIABLES)
+    if own:
+        raise ConfigError(f"{name} may not list the project's own settings: {', '.join(own)}")
+    return names
 
 
 def parse_hosts(raw: str | None, *, debug: bool) -> list[str]:
@@ -201,4 +244,9 @@ def load(environ: Mapping[str, str]) -> Config:
         https=https,
         hsts_seconds=parse_int("HSTS_SECONDS", environ.get("HSTS_SECONDS"), 3600) if https else 0,
         channel_prefix=parse_channel_prefix(environ.get("ORCHESTRATOR_CHANNEL_PREFIX"), database),
+        model_key_envs=parse_env_names(
+            "ORCHESTRATOR_MODEL_KEY_ENVS",
+            environ.get("ORCHESTRATOR_MODEL_KEY_ENVS"),
+            DEFAULT_MODEL_KEY_ENVS,
+        ),
     )

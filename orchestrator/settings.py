@@ -15,6 +15,9 @@ SECRET_KEY = CONFIG.secret_key or _config.local_secret_key(CONFIG.data_dir)
 ALLOWED_HOSTS = CONFIG.allowed_hosts
 REDIS_URL = CONFIG.redis_url
 DATA_DIR = CONFIG.data_dir
+# The environment variables that agents' backend configs may name as their model's API
+# key (api_key_env): ORCHESTRATOR_MODEL_KEY_ENVS, comma-separated (orchestrator/config.py).
+ORCHESTRATOR_MODEL_KEY_ENVS = list(CONFIG.model_key_envs)
 
 # Production behind a TLS-terminating reverse proxy (HTTPS=1): secure cookies, HTTPS
 # redirects (but not for /healthz, which load balancers ask over plain HTTP), HSTS,

@@ -110,6 +110,20 @@ def test_allowed_hosts() -> None:
     assert "localhost" in config.load({"DEBUG": "1"}).allowed_hosts
 
 
+def test_model_key_envs_default_list_and_validation() -> None:
+    assert config.load({}).model_key_envs == ("OPENAI_API_KEY", "VLLM_API_KEY")
+    assert config.load({"ORCHESTRATOR_MODEL_KEY_ENVS": " "}).model_key_envs == (
+        "OPENAI_API_KEY",
+        "VLLM_API_KEY",
+    )
+    listed = config.load({"ORCHESTRATOR_MODEL_KEY_ENVS": "A_KEY, B_KEY,,A_KEY"})
+    assert listed.model_key_envs == ("A_KEY", "B_KEY")
+    with pytest.raises(config.ConfigError, match=r"ORCHESTRATOR_MODEL_KEY_ENVS .*'sk-live'"):
+        config.load({"ORCHESTRATOR_MODEL_KEY_ENVS": "A_KEY,sk-live"})
+    with pytest.raises(config.ConfigError, match="own settings: DATABASE_URL, SECRET_KEY"):
+        config.load({"ORCHESTRATOR_MODEL_KEY_ENVS": "SECRET_KEY,A_KEY,DATABASE_URL"})
+
+
 def test_redis_url_default_and_validation() -> None:
     assert config.load({}).redis_url == f"unix://{config.BASE_DIR / 'data' / 'redis.sock'}"
     assert config.load({"REDIS_URL": "redis://cache:6380/2"}).redis_url == "redis://cache:6380/2"

@@ -117,3 +117,29 @@ def test_a_backend_reads_its_config_through_the_model() -> None:
         get_backend("scripted", {"script": [{"tool": "read"}], "retries": 99})
     with pytest.raises(BackendError, match="unknown backend 'carrier-pigeon'"):
         get_backend("carrier-pigeon", {})
+
+
+# --- api_key_env: an allow-list (ORCHESTRATOR_MODEL_KEY_ENVS) ----------------------------
+
+
+@pytest.mark.parametrize("name", ["SECRET_KEY", "DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "HOME"])
+def test_api_key_env_must_be_an_allowed_variable(operator_client: Client, name: str) -> None:
+    status, page = add_agent(operator_client, "openai", {"model": "x", "api_key_env": name})
+
+    assert status == 200
+    assert (
+        "'api_key_env' must be one of the environment variables allowed to hold a model's "
+        "API key: OPENAI_API_KEY, VLLM_API_KEY (the setting ORCHESTRATOR_MODEL_KEY_ENVS)."
+    ) in page
+    assert not Agent.objects.filter(name="m1").exists()
+
+
+def test_an_allowed_api_key_env_is_saved(operator_client: Client, settings) -> None:
+    settings.ORCHESTRATOR_MODEL_KEY_ENVS = ["TEAM_MODEL_KEY"]
+
+    status, _ = add_agent(
+        operator_client, "openai", {"model": "x", "api_key_env": "TEAM_MODEL_KEY"}
+    )
+
+    assert status == 302
+    assert Agent.objects.get(name="m1").config["api_key_env"] == "TEAM_MODEL_KEY"

@@ -181,6 +181,12 @@ def server() -> Iterator[ModelServer]:
     model_server.httpd.server_close()
 
 
+@pytest.fixture(autouse=True)
+def allowed_key_env(settings) -> None:
+    """The tests' key variable is one the deployment allows (ORCHESTRATOR_MODEL_KEY_ENVS)."""
+    settings.ORCHESTRATOR_MODEL_KEY_ENVS = ["OPENAI_API_KEY", KEY_ENV]
+
+
 @pytest.fixture
 def api_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv(KEY_ENV, KEY)
@@ -572,14 +578,21 @@ def test_openai_itself_without_a_key_fails_before_any_request(
         model.decide(context())
 
 
-def test_the_projects_own_settings_are_never_sent_as_keys(server: ModelServer) -> None:
-    model = OpenAIBackend({**config(server.url), "api_key_env": "SECRET_KEY"})
-    with pytest.raises(BackendError, match="SECRET_KEY is one of the project's own settings"):
+def test_a_variable_no_longer_allowed_is_not_read_at_call_time(
+    server: ModelServer, api_key: str, settings
+) -> None:
+    """A config saved while its api_key_env was allowed: the allow-list is checked again
+    when the key is read, and nothing is sent."""
+    model = OpenAIBackend(config(server.url))
+    settings.ORCHESTRATOR_MODEL_KEY_ENVS = ["OPENAI_API_KEY"]
+    with pytest.raises(BackendError, match=f"'{KEY_ENV}' is not one of the environment variab"):
         model.decide(context())
     assert server.requests == []
 
 
-def test_secret_from_env_accepts_only_variable_names(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_from_env_reads_only_allowed_variables(
+    monkeypatch: pytest.MonkeyPatch, settings
+) -> None:
     from agents.config import _ENV_NAME
     from orchestrator.api_keys import ENV_NAME
 
@@ -588,9 +601,14 @@ def test_secret_from_env_accepts_only_variable_names(monkeypatch: pytest.MonkeyP
     assert secret_from_env(KEY_ENV) == "sk-padded"
     monkeypatch.setenv(KEY_ENV, " ")
     assert secret_from_env(KEY_ENV) is None
-    for bad in ("sk-live-123", "lower_case", "", "A" * 129, "DATABASE_URL"):
-        with pytest.raises(ValueError):
+    monkeypatch.setenv("SECRET_KEY", "the-django-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "a-cloud-key")
+    for bad in ("sk-live-123", "lower_case", "", "A" * 129, "SECRET_KEY", "AWS_SECRET_ACCESS_KEY"):
+        with pytest.raises(ValueError, match="ORCHESTRATOR_MODEL_KEY_ENVS"):
             secret_from_env(bad)
+    settings.ORCHESTRATOR_MODEL_KEY_ENVS = []
+    with pytest.raises(ValueError, match=r"ORCHESTRATOR_MODEL_KEY_ENVS: none\)"):
+        secret_from_env(KEY_ENV)
 
 
 # --- the transcript a window cut --------------------------------------------------------
@@ -821,10 +839,12 @@ def run_openai_agent(server: ModelServer, *replies: Reply) -> Any:
     from rq import SimpleWorker
 
     from agents.runtime import run_start
+    from orchestrator.core.tenancy import default_team
     from tests import factories
 
     server.reply(*replies)
-    team = factories.team()
+    # The team of resources created without one: the tests' resource_create calls.
+    team = default_team()
     factories.agent(
         team_=team,
         name="booker-1",
