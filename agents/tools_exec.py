@@ -114,7 +114,7 @@ BYPASSED = ("acquire", "release", "write")
 def _execute_unguarded(agent: Agent, args: Operation) -> dict[str, Any]:
     """The unguarded answer to ``acquire``, ``release`` or ``write``."""
     if isinstance(args, Acquire):
-        resource_read(resource=args.resource)  # a missing resource is still an error
+        resource_read(resource=args.resource, agent=agent)  # a missing one is still an error
         return {"ok": True, "status": "granted", "resource": args.resource, "mode": args.mode,
                 "fence": None, "unguarded": True}  # fmt: skip
     if isinstance(args, Write):
@@ -159,7 +159,7 @@ def execute(
         return {"ok": True, "status": "waiting", "request_id": result.request.pk,
                 "holders": [h["agent"] for h in result.holders]}  # fmt: skip
     if isinstance(args, Read):
-        state = resource_read(resource=resource)
+        state = resource_read(resource=resource, agent=agent)
         return {
             "ok": True,
             "value": state.resource.value,

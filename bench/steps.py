@@ -98,7 +98,7 @@ def steps_rate(steps_per_agent: int, count: int, worker_class: str) -> float:
             backend="python",
             config={"callable": "steps.decide"},
         )
-        resource_create(name=f"bench-res-{agent.name}", value=0)
+        resource_create(team=team, name=f"bench-res-{agent.name}", value=0)
     run = run_start(team=team, goal="bench", max_steps=steps_per_agent, seed=1)
     began = time.monotonic()
     processes = workers(count, worker_class)

@@ -25,6 +25,8 @@ def agent(*, team_: Team | None = None, **fields: Any) -> Agent:
 
 def resource(**fields: Any) -> Resource:
     fields.setdefault("name", f"resource-{next(_seq)}")
+    if "team" not in fields and "team_id" not in fields:
+        fields["team"] = team()
     return Resource.objects.create(**fields)
 
 

@@ -144,7 +144,7 @@ def create_resource(request: HttpRequest, payload: ResourceCreateIn) -> Status:
     ),
 )
 def read_resource(request: HttpRequest, name: str) -> dict[str, Any]:
-    return _resource_out(resource_read(resource=name))
+    return _resource_out(resource_read(resource=name, agent=request.auth))
 
 
 @api.put(
@@ -303,5 +303,7 @@ def list_conflicts(request: HttpRequest, filters: Query[ConflictFilters]) -> lis
             "detail": conflict.detail,
             "created_at": conflict.created_at,
         }
-        for conflict in conflicts_recent(kind=filters.kind, status=filters.status)
+        for conflict in conflicts_recent(
+            kind=filters.kind, status=filters.status, agent=request.auth
+        )
     ]

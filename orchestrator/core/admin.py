@@ -24,6 +24,7 @@ from orchestrator.core.models import (
     Lock,
     LockRequest,
     Resource,
+    ResourceGrant,
     ResourceVersion,
     Run,
     Step,
@@ -101,9 +102,22 @@ class ResourceAdmin(admin.ModelAdmin):
     list_select_related = ["team"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Resource | None = None) -> list[str]:
-        # After creation the value changes only through versioned, fenced writes.
+        # After creation the value changes only through versioned, fenced writes, and
+        # the owner stays (agents name the resource within its team): share it instead.
         base = ["version", "fence", "created_at", "updated_at"]
-        return [*base, "value"] if obj is not None else base
+        return [*base, "value", "team"] if obj is not None else base
+
+
+@admin.register(ResourceGrant)
+class ResourceGrantAdmin(admin.ModelAdmin):
+    """A team's resource, or its resources under a prefix, shared with another team
+    (core/tenancy.py): its agents name them ``owner::name``."""
+
+    list_display = ["owner", "team", "resource", "prefix", "access", "created_at"]
+    list_filter = ["access", "owner", "team"]
+    search_fields = ["owner__name", "team__name", "resource__name", "prefix"]
+    list_select_related = ["owner", "team", "resource"]
+    autocomplete_fields = ["resource"]
 
 
 @admin.register(ResourceVersion)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from orchestrator.core import tenancy
 from orchestrator.core.conflicts import conflict_open
 from orchestrator.core.deadlocks import deadlock_check_for
 from orchestrator.core.errors import Forbidden, Gone, Invalid, NotFound
@@ -104,7 +105,7 @@ def lock_acquire(
     fields = checked(Acquire, mode=mode, ttl=ttl)
     mode = fields["mode"]
     ttl = fields["ttl"] or agent.team.default_lease_ttl
-    queue = open_queue(resource)
+    queue = open_queue(resource, agent, tenancy.need_for_mode(mode))
     res = queue.resource
     mine = queue.holding(agent.pk)
     if mine is not None:

@@ -9,10 +9,24 @@ one waiting request per agent and resource, one open deadlock per cycle.
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import F, Q
 
 NAME_MAX_LENGTH = 200
+# Separates a team's name from a resource's in a qualified name (``team::name``): an
+# agent names another team's resource, which a grant shares with its team, that way
+# (core/tenancy.py). Neither a team's nor a resource's name may contain it.
+TEAM_SEPARATOR = "::"
+
+
+def no_team_separator(name: str) -> None:
+    """A team's or a resource's name must not contain TEAM_SEPARATOR."""
+    if TEAM_SEPARATOR in name:
+        raise ValidationError(
+            f"A name must not contain {TEAM_SEPARATOR!r}: it separates a team's name from "
+            "a resource's (team::name)."
+        )
 
 
 class DeadlockPolicy(models.TextChoices):
@@ -27,7 +41,7 @@ class ConflictPolicy(models.TextChoices):
 
 
 class Team(models.Model):
-    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True)
+    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True, validators=[no_team_separator])
     description = models.TextField(blank=True)
     deadlock_policy = models.CharField(
         max_length=32, choices=DeadlockPolicy.choices, default=DeadlockPolicy.ASK_OPERATOR
@@ -95,14 +109,15 @@ class Agent(models.Model):
 
 
 class Resource(models.Model):
-    name = models.CharField(max_length=NAME_MAX_LENGTH, unique=True)
+    """A shared thing agents lock, read and write. It belongs to a team: that team's
+    agents act on it, other teams' agents only through a ResourceGrant."""
+
+    name = models.CharField(max_length=NAME_MAX_LENGTH, validators=[no_team_separator])
     team = models.ForeignKey(
         Team,
-        on_delete=models.SET_NULL,
-        null=True,
-        blank=True,
+        on_delete=models.PROTECT,
         related_name="resources",
-        help_text="The team whose dashboard shows this resource (none: every team's).",
+        help_text="The team that owns it; other teams reach it only through a grant.",
     )
     value = models.JSONField(null=True, blank=True)
     version = models.BigIntegerField(default=0, editable=False)
@@ -118,12 +133,69 @@ class Resource(models.Model):
     class Meta:
         ordering = ["name"]
         constraints = [
+            # Also the index of every name lookup, which is always within a team.
+            models.UniqueConstraint(fields=["team", "name"], name="resource_name_unique_in_team"),
             models.CheckConstraint(condition=Q(version__gte=0), name="resource_version_nonneg"),
             models.CheckConstraint(condition=Q(fence__gte=0), name="resource_fence_nonneg"),
         ]
 
     def __str__(self) -> str:
         return self.name
+
+
+class GrantAccess(models.TextChoices):
+    READ = "read", "Read (read, shared locks)"
+    READ_WRITE = "read_write", "Read and write (any lock, writes, approvals)"
+
+
+class ResourceGrant(models.Model):
+    """One team's resource, or its resources under a name prefix, shared with another
+    team. Its agents name them ``owner::name`` (core/tenancy.py)."""
+
+    owner = models.ForeignKey(
+        Team, on_delete=models.CASCADE, related_name="grants_given", help_text="The sharing team."
+    )
+    team = models.ForeignKey(
+        Team,
+        on_delete=models.CASCADE,
+        related_name="grants_received",
+        help_text="The team whose agents may use what is shared.",
+    )
+    resource = models.ForeignKey(
+        Resource,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="grants",
+        help_text="One resource of the owner; leave empty to share by prefix.",
+    )
+    prefix = models.CharField(
+        max_length=NAME_MAX_LENGTH,
+        blank=True,
+        help_text="Without a resource: every resource of the owner whose name starts "
+        "with this (empty: all of them).",
+    )
+    access = models.CharField(max_length=16, choices=GrantAccess.choices)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["owner__name", "team__name", "prefix"]
+        indexes = [models.Index(fields=["team", "owner"], name="grant_team_owner")]
+        constraints = [
+            models.CheckConstraint(condition=~Q(team=F("owner")), name="grant_other_team"),
+            models.CheckConstraint(
+                condition=Q(resource__isnull=True) | Q(prefix=""), name="grant_resource_or_prefix"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        what = self.resource.name if self.resource_id else f"{self.prefix}*"
+        return f"{self.owner} shares {what} with {self.team} ({self.access})"
+
+    def clean(self) -> None:
+        if self.resource_id and self.owner_id and self.resource.team_id != self.owner_id:
+            raise ValidationError({"resource": "This resource belongs to another team."})
 
 
 class ResourceVersion(models.Model):

@@ -44,7 +44,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator.core.errors import Invalid
-from orchestrator.core.models import NAME_MAX_LENGTH
+from orchestrator.core.models import NAME_MAX_LENGTH, TEAM_SEPARATOR
 
 MAX_TTL = 86400  # seconds: the longest lease
 MAX_VERSION = 2**62  # versions and fences are below it (bigint columns, with room)
@@ -65,6 +65,11 @@ def _plain_name(name: str) -> str:
     if name != name.strip() or not name.isprintable():
         raise PydanticCustomError(
             "invalid_name", "name must not have surrounding spaces or control characters"
+        )
+    if TEAM_SEPARATOR in name:
+        raise PydanticCustomError(
+            "invalid_name",
+            "name must not contain '::': it separates a team's name from a resource's",
         )
     return name
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from orchestrator.core import sql, wakeups
-from orchestrator.core.errors import NotFound
+from django.db.models import Q
+
+from orchestrator.core import sql, tenancy, wakeups
+from orchestrator.core.errors import Invalid, NotFound
 from orchestrator.core.events import event_emit
 from orchestrator.core.models import (
     NAME_MAX_LENGTH,
+    TEAM_SEPARATOR,
     Agent,
     Lock,
     LockEnd,
@@ -55,28 +58,63 @@ def storable_text(text: str) -> bool:
 
 
 def resource_not_found(resource: Resource | str | int) -> NotFound:
-    """The error for a resource that no row matches."""
-    return NotFound("resource_not_found", f"no resource named {resource!s:.200}")
+    """The error for a resource that no row matches (or that the caller may not see)."""
+    return tenancy.not_found(resource)
 
 
-def resource_lookup(resource: Resource | str | int) -> dict[str, Any]:
-    """The lookup for a resource given as a row, an id or a name; NotFound if none can match."""
+def resource_lookup(resource: Resource | str | int, agent: Agent | None = None) -> dict[str, Any]:
+    """The lookup for a resource given as a row, an id or a name; NotFound if none can match.
+
+    A name is looked up as ``agent`` names it (core/tenancy.py): its team's resource, or
+    ``owner::name``. Without an agent (operators, tools, tests) a plain name must be
+    unique across teams; ``owner::name`` says which team's is meant.
+    """
     if isinstance(resource, Resource):
         return {"pk": resource.pk}
     if isinstance(resource, int) and not isinstance(resource, bool):
         return {"pk": resource}
     # Names PostgreSQL cannot store would make it raise rather than find nothing.
-    if isinstance(resource, str) and len(resource) <= NAME_MAX_LENGTH and storable_text(resource):
-        return {"name": resource}
-    raise resource_not_found(resource)
+    if not (isinstance(resource, str) and len(resource) <= 2 * NAME_MAX_LENGTH + 2):
+        raise resource_not_found(resource)
+    if not storable_text(resource):
+        raise resource_not_found(resource)
+    team, name = tenancy.split_name(resource)
+    if team is not None:
+        return {"owner_name": (team, name)}
+    if agent is not None:
+        return {"team_name": (agent.team_id, name)}
+    ids = list(Resource.objects.filter(name=name).values_list("pk", flat=True)[:2])
+    if not ids:
+        raise resource_not_found(resource)
+    if len(ids) > 1:
+        raise Invalid(
+            "ambiguous_name",
+            f"several teams have a resource named {name!r}: name it team{TEAM_SEPARATOR}name",
+        )
+    return {"pk": ids[0]}
 
 
-def resource_for_update(resource: Resource | str | int) -> tuple[Resource, datetime]:
-    """Lock a resource given as a row, an id or a name; return it with the clock."""
+def lookup_filter(lookup: dict[str, Any]) -> Q:
+    """:func:`resource_lookup`'s lookup as an ORM filter on Resource."""
+    ((key, value),) = lookup.items()
+    if key == "team_name":
+        return Q(team_id=value[0], name=value[1])
+    if key == "owner_name":
+        return Q(team__name=value[0], name=value[1])
+    return Q(**lookup)
+
+
+def resource_for_update(
+    resource: Resource | str | int, agent: Agent | None = None, need: str = tenancy.WRITE
+) -> tuple[Resource, datetime]:
+    """Lock a resource given as a row, an id or a name (as ``agent`` names it), and
+    check that ``agent`` may act on it as ``need`` says; return it with the clock."""
     try:
-        return lock_resource_with_clock(**resource_lookup(resource))
+        res, now = lock_resource_with_clock(**resource_lookup(resource, agent))
     except Resource.DoesNotExist:
         raise resource_not_found(resource) from None
+    tenancy.authorize(agent, res, need, asked=resource)
+    return res, now
 
 
 class Queue:
@@ -222,12 +260,17 @@ def lock_queue(**lookup: Any) -> Queue:
     return Queue(*lock_resource_then(sql.QUEUE, **lookup))
 
 
-def open_queue(resource: Resource | str | int) -> Queue:
-    """Lock the resource row, expire its leases and grant freed waiters."""
+def open_queue(
+    resource: Resource | str | int, agent: Agent | None = None, need: str = tenancy.WRITE
+) -> Queue:
+    """Lock the resource row (named as ``agent`` names it), check that ``agent`` may
+    act on it as ``need`` says (before anything is written), expire its leases and
+    grant freed waiters."""
     try:
-        queue = lock_queue(**resource_lookup(resource))
+        queue = lock_queue(**resource_lookup(resource, agent))
     except Resource.DoesNotExist:
         raise resource_not_found(resource) from None
+    tenancy.authorize(agent, queue.resource, need, asked=resource)
     queue.settle()
     return queue
 

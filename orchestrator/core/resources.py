@@ -24,10 +24,10 @@ from django.db.models import DateTimeField as DTField
 from django.db.models import Func
 from django.utils import timezone
 
-from orchestrator.core import sql
+from orchestrator.core import sql, tenancy
 from orchestrator.core.approvals import approval_open
 from orchestrator.core.conflicts import conflict_open
-from orchestrator.core.errors import Conflicting
+from orchestrator.core.errors import Conflicting, Forbidden
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import (
     Agent,
@@ -45,6 +45,7 @@ from orchestrator.core.models import (
 )
 from orchestrator.core.operations import CreateResource, FencedWriteBody, WriteBody, checked
 from orchestrator.core.queue import (
+    lookup_filter,
     open_queue,
     resource_for_update,
     resource_lookup,
@@ -64,20 +65,24 @@ def resource_create(
     agent: Agent | None = None,
     user: User = None,
 ) -> Resource:
-    """Create a resource at version 0. Raises Conflicting(name_taken) if the name exists,
-    and Invalid for what the CreateResource operation refuses."""
+    """Create a resource at version 0, owned by ``team``: by default the agent's, and
+    without either the team named ``tenancy.DEFAULT_TEAM``. An agent creates
+    resources in its own team only. Raises Conflicting(name_taken) if the team has a
+    resource of that name, and Invalid for what the CreateResource operation refuses."""
     fields = checked(CreateResource, name=name, value=value, requires_approval=requires_approval)
     name, value = fields["name"], fields["value"]
+    if agent is not None and team is not None and team.pk != agent.team_id:
+        raise Forbidden("forbidden", "an agent creates resources in its own team only")
+    owner = team or (agent.team if agent is not None else tenancy.default_team())
     try:
         with transaction.atomic():
             resource = Resource.objects.create(
-                name=name,
-                value=value,
-                requires_approval=fields["requires_approval"],
-                team=team or (agent.team if agent else None),
+                name=name, value=value, requires_approval=fields["requires_approval"], team=owner
             )
     except IntegrityError:
-        raise Conflicting("name_taken", f"a resource named {name!r} already exists") from None
+        raise Conflicting(
+            "name_taken", f"{owner.name} already has a resource named {name!r}"
+        ) from None
     real_user = user if user is not None and user.is_authenticated else None
     ResourceVersion.objects.create(
         resource=resource, version=0, value=value, agent=agent, user=real_user
@@ -100,21 +105,24 @@ class ResourceState:
     waiters: list[LockRequest]
 
 
-def resource_read(*, resource: Resource | str | int) -> ResourceState:
+def resource_read(*, resource: Resource | str | int, agent: Agent | None = None) -> ResourceState:
     """Value, version, fence, live holders and waiting requests, read consistently.
 
     The reads share one REPEATABLE READ snapshot, so holders and value belong to
     the same moment without taking the row lock: a reader never waits behind
     lock traffic and never delays it. Expired leases are left out (they count as
     free), by the database's clock, read in the same statement as the resource.
+    ``resource`` is named as ``agent`` names it (core/tenancy.py), who must be able to
+    read it.
     """
-    lookup = resource_lookup(resource)
+    lookup = resource_lookup(resource, agent)
     with transaction.atomic():
         sql.read_only_snapshot()
         clock = Func(function="clock_timestamp", output_field=DTField())
-        res = Resource.objects.filter(**lookup).annotate(db_clock=clock).first()
+        res = Resource.objects.filter(lookup_filter(lookup)).annotate(db_clock=clock).first()
         if res is None:
             raise resource_not_found(resource)
+        tenancy.authorize(agent, res, tenancy.READ, asked=resource)
         locks, waiters, _elsewhere = sql.load_queue(res)
     return ResourceState(res, [lock for lock in locks if lock.expires_at > res.db_clock], waiters)
 
@@ -156,7 +164,7 @@ def resource_write(
     """
     fields = checked(FencedWriteBody, value=value, expected_version=expected_version, fence=fence)
     value, expected_version, fence = fields["value"], fields["expected_version"], fields["fence"]
-    queue = open_queue(resource)
+    queue = open_queue(resource, agent, tenancy.WRITE)
     res = queue.resource
     if idempotency_key and key_may_exist:
         done = ResourceVersion.objects.filter(resource_id=res.pk, idempotency_key=idempotency_key)
@@ -320,7 +328,7 @@ def resource_write_unguarded(
     # The version it says it read is checked as a write's expected_version.
     fields = checked(WriteBody, value=value, expected_version=base_version)
     value, base_version = fields["value"], fields["expected_version"]
-    res, _now = resource_for_update(resource)
+    res, _now = resource_for_update(resource, agent)
     version = sql.write_value(
         res, value, agent_id=agent.pk, user_id=None, fence=None, now=timezone.now()
     )

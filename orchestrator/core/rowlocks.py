@@ -105,7 +105,8 @@ def lock_resource(resource_id: int) -> Resource:
 def lock_resource_with_clock(**lookup: Any) -> tuple[Resource, datetime]:
     """Lock one Resource row and read the database clock, in one round trip.
 
-    ``lookup`` is one of ``pk=``, ``name=``, ``locks__id=``, ``requests__id=``,
+    ``lookup`` is one of ``pk=``, ``team_name=(team id, name)``,
+    ``owner_name=(team name, name)``, ``locks__id=``, ``requests__id=``,
     ``approvals__id=``. The clock is read *after* the row lock is granted, so
     lease decisions use the time at which this transaction owns the resource
     (and the same clock on every host): the row is locked in a subquery and the

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from orchestrator.core import sql, wakeups
 from orchestrator.core.errors import Forbidden, NotFound
@@ -56,13 +56,23 @@ def lock_request_when_decided(*, request_id: int, agent: Agent, timeout: float) 
 
 
 def conflicts_recent(
-    *, kind: str | None = None, status: str | None = None, limit: int = CONFLICTS_LIMIT
+    *,
+    kind: str | None = None,
+    status: str | None = None,
+    limit: int = CONFLICTS_LIMIT,
+    agent: Agent | None = None,
 ) -> QuerySet[Conflict]:
-    """The newest ``limit`` conflicts, newest first, optionally of one kind and status.
+    """The newest ``limit`` conflicts, newest first, optionally of one kind and status;
+    for ``agent``, only those its team may see: its team's, and those its agents are in.
 
     Agents and resources are prefetched, so reading their names costs two queries.
     """
     queryset = Conflict.objects.all()
+    if agent is not None:
+        mine = Conflict.agents.through.objects.filter(
+            conflict_id=OuterRef("pk"), agent__team_id=agent.team_id
+        )
+        queryset = queryset.filter(Q(team_id=agent.team_id) | Exists(mine))
     if kind:
         queryset = queryset.filter(kind=kind)
     if status:

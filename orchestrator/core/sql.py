@@ -119,7 +119,10 @@ def ping() -> None:
 _LOCK_WITH_CLOCK = {
     # lookup keyword -> how the inner query finds the resource
     "pk": "id = %s",
-    "name": "name = %s",
+    # (team id, name): an agent's own resource (names are unique within a team).
+    "team_name": "team_id = %s AND name = %s",
+    # (team name, name): another team's, named owner::name (core/tenancy.py).
+    "owner_name": "team_id = (SELECT id FROM core_team WHERE name = %s) AND name = %s",
     "locks__id": "id = (SELECT resource_id FROM core_lock WHERE id = %s)",
     "requests__id": "id = (SELECT resource_id FROM core_lockrequest WHERE id = %s)",
     "approvals__id": "id = (SELECT resource_id FROM core_approval WHERE id = %s)",
@@ -145,10 +148,11 @@ def lock_resource_then(then: str, **lookup: Any) -> tuple[Resource, datetime, li
     Returns its rows, or None without ``then``. Raises Resource.DoesNotExist.
     """
     ((key, value),) = lookup.items()
+    params = list(value) if isinstance(value, tuple) else [value]
     rows = None
     if not then:
         with connection.cursor() as cursor:
-            cursor.execute(_lock_with_clock_sql(key), [value])
+            cursor.execute(_lock_with_clock_sql(key), params)
             row = cursor.fetchone()
     else:
         where = _LOCK_WITH_CLOCK[key]  # constant SQL, keyed by the lookup
@@ -157,8 +161,8 @@ def lock_resource_then(then: str, **lookup: Any) -> tuple[Resource, datetime, li
         connection.ensure_connection()
         with connection.cursor() as locking, connection.cursor() as reading:
             with connection.wrap_database_errors, connection.connection.pipeline():
-                locking.execute(_lock_with_clock_sql(key), [value])
-                reading.execute(sql, [value] * then.count("{resource_id}"))
+                locking.execute(_lock_with_clock_sql(key), params)
+                reading.execute(sql, params * then.count("{resource_id}"))
             row = locking.fetchone()
             rows = reading.fetchall()
     if row is None:

@@ -29,7 +29,7 @@ INCREMENT = increment_script("counter")
 
 def test_check_run_never_loads_agent_configs(redis_conn) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     for i in range(2):
         factories.agent(team_=team, name=f"inc-{i}", backend="scripted",
                         config={"script": INCREMENT * 3})  # fmt: skip
@@ -58,7 +58,7 @@ def verdict(run_id: int) -> str:
 
 def counting_run(*, loop: bool, max_steps: int = 50):
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     factories.agent(team_=team, name="counter-1", backend="scripted",
                     config={"script": INCREMENT, "loop": loop})  # fmt: skip
     return run_start(team=team, goal="count", max_steps=max_steps, seed=1)

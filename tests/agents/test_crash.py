@@ -110,7 +110,7 @@ def test_sigkill_mid_step_then_the_run_completes_exactly(
     redis_conn, worker_class: str, tmp_path: Path
 ) -> None:
     team = factories.team(default_lease_ttl=30)
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     for i in range(AGENTS):
         factories.agent(
             team_=team,

@@ -52,7 +52,7 @@ def write_call(run: Run, number: int) -> dict:
 
 def test_a_write_after_the_lock_was_force_released_is_a_stale_fence(redis_conn) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     run, agent = start(team)
     lock = Lock.objects.get(agent=agent, released_at__isnull=True)
     lock_force_release(lock_id=lock.pk, user=factories.superuser())
@@ -71,7 +71,7 @@ def test_a_write_after_the_lock_was_force_released_is_a_stale_fence(redis_conn) 
 
 def test_a_write_after_the_lease_ran_out_and_another_wrote_is_a_stale_fence(redis_conn) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     run, agent = start(team)
     lock = Lock.objects.get(agent=agent, released_at__isnull=True)
     Lock.objects.filter(pk=lock.pk).update(expires_at=lock.acquired_at + timedelta(microseconds=1))
@@ -94,7 +94,7 @@ def test_a_lock_the_agent_released_itself_leaves_its_writes_unfenced(redis_conn)
     """Releasing is the agent's own decision: a later write goes without a token, as
     before (applied when nobody holds the resource)."""
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     script = [INCREMENT[0], INCREMENT[3], INCREMENT[1], INCREMENT[2]]
     agent = factories.agent(team_=team, name="careless", backend="scripted",
                             config={"script": script})  # fmt: skip
@@ -107,7 +107,7 @@ def test_a_lock_the_agent_released_itself_leaves_its_writes_unfenced(redis_conn)
 
 def test_an_expired_lock_of_an_earlier_run_does_not_fence_a_new_run(redis_conn) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     agent = factories.agent(team_=team, name="again")
     old = lock_acquire(agent=agent, resource="counter")
     Lock.objects.filter(pk=old.lock.pk).update(
@@ -127,7 +127,7 @@ def test_a_release_after_the_lock_ended_counts_as_done(redis_conn) -> None:
     """Retrying it could never succeed: the agent goes on with its script instead of
     retrying until it gives up."""
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     agent = factories.agent(team_=team, name="late", backend="scripted",
                             config={"script": INCREMENT * 2})  # fmt: skip
     run = run_start(team=team, goal="count twice", agents=[agent], seed=3)

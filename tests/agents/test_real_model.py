@@ -145,9 +145,11 @@ def run_one_agent(proxy: RecordingProxy, goal: str, role: str) -> Any:
     from rq import SimpleWorker
 
     from agents.runtime import run_start
+    from orchestrator.core.tenancy import default_team
     from tests import factories
 
-    team = factories.team()
+    # The team of resources created without one: the tests' resource_create calls.
+    team = default_team()
     config = config_dict(
         OpenAIConfig.model_validate(
             {

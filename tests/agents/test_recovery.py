@@ -37,8 +37,10 @@ def drain() -> None:
 @pytest.fixture
 def agent(redis_conn):
     DECISIONS.clear()
-    resource_create(name="doc", value="v0")
+    team = factories.team()
+    resource_create(team=team, name="doc", value="v0")
     return factories.agent(
+        team_=team,
         name="fragile",
         backend="python",
         config={"callable": "tests.agents.test_recovery.write_then_finish"},

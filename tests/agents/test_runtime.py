@@ -38,7 +38,7 @@ def scripted(team, name: str, script: list[dict], **config) -> Agent:
 
 def test_a_run_of_scripted_agents_finishes_without_losing_updates(queue) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     agents = [scripted(team, f"inc-{i}", COUNTER_SCRIPT * 3) for i in range(3)]
     run = run_start(team=team, goal="count to nine", seed=1)
     assert queue.count == 3
@@ -60,7 +60,7 @@ def test_a_run_of_scripted_agents_finishes_without_losing_updates(queue) -> None
 
 def test_a_waiting_step_ends_its_job_and_the_grant_continues_it(queue) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     holder = factories.agent(team_=team, name="holder")
     held = lock_acquire(agent=holder, resource="counter")
     agent = scripted(team, "waiter", COUNTER_SCRIPT)
@@ -96,7 +96,7 @@ def pausing_decider(context: StepContext) -> Decision:
 
 def test_pause_stops_between_tool_calls_and_resume_continues_once(queue) -> None:
     team = factories.team()
-    resource_create(name="doc", value="original")
+    resource_create(team=team, name="doc", value="original")
     agent = factories.agent(
         team_=team,
         name="pausable",
@@ -122,7 +122,7 @@ def test_pause_stops_between_tool_calls_and_resume_continues_once(queue) -> None
 
 def test_pause_everything_parks_every_step(queue) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     scripted(team, "a", COUNTER_SCRIPT)
     scripted(team, "b", COUNTER_SCRIPT)
     system_set_paused(paused=True)
@@ -138,7 +138,7 @@ def test_pause_everything_parks_every_step(queue) -> None:
 
 def test_cancel_stops_the_run_and_releases_its_locks(queue) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     holder = factories.agent(team_=team, name="holder")
     held = lock_acquire(agent=holder, resource="counter")
     hog = scripted(
@@ -149,7 +149,7 @@ def test_cancel_stops_the_run_and_releases_its_locks(queue) -> None:
             {"tool": "acquire", "args": {"resource": "counter"}},  # waits behind the holder
         ],
     )
-    resource_create(name="other")
+    resource_create(team=team, name="other")
     waiter = scripted(team, "waiter", COUNTER_SCRIPT)
     run = run_start(team=team, goal="cancel me", agents=[hog, waiter])
     drain()
@@ -210,7 +210,7 @@ def test_a_grant_that_lands_before_the_step_records_its_wait_is_not_lost(
     from agents import runtime, steps
 
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     holder = factories.agent(team_=team, name="holder")
     held = lock_acquire(agent=holder, resource="counter")
     agent = scripted(team, "racer", COUNTER_SCRIPT)
@@ -282,7 +282,7 @@ def test_the_smaller_of_the_agents_and_the_runs_step_limit_applies(
     queue, agent_limit: int, run_limit: int, steps: int
 ) -> None:
     team = factories.team()
-    resource_create(name="counter", value=0)
+    resource_create(team=team, name="counter", value=0)
     # One increment per step, for ever: only a step limit ends the agent.
     agent = scripted(team, "looper", COUNTER_SCRIPT, loop=True, max_steps=agent_limit)
     run = run_start(team=team, goal="count", max_steps=run_limit)

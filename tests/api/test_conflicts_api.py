@@ -72,9 +72,9 @@ def test_unknown_kind_or_status_is_400(alice, query, field) -> None:
     assert response.json()["detail"].startswith(field)
 
 
-def test_lists_at_most_the_newest_limit(alice) -> None:
+def test_lists_at_most_the_newest_limit(alice, team) -> None:
     Conflict.objects.bulk_create(
-        Conflict(kind=ConflictKind.DEADLOCK, status=ConflictStatus.OPEN, detail=str(i))
+        Conflict(kind=ConflictKind.DEADLOCK, status=ConflictStatus.OPEN, detail=str(i), team=team)
         for i in range(CONFLICTS_LIMIT + 5)
     )
     newest = Conflict.objects.order_by("-created_at", "-pk").values_list("pk", flat=True)

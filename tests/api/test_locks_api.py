@@ -9,7 +9,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from orchestrator.core.locks import lock_request_cancel
-from orchestrator.core.models import Lock, LockEnd
+from orchestrator.core.models import Lock, LockEnd, LockRequest
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -295,11 +295,17 @@ def test_release_of_an_unknown_lock(alice, lock_id, status) -> None:
     assert "error" in response.json()
 
 
-def test_agents_of_other_teams_see_the_same_locks(make_client, alice, doc) -> None:
+def test_an_agent_of_another_team_cannot_find_the_resource(make_client, alice, doc) -> None:
+    """Teams are tenants (core/tenancy.py): another team's resource, not shared, is not
+    found, exactly as one that does not exist, and the refusal queues nothing."""
     stranger = make_client("stranger", factories.team())
     alice.acquire(doc)
 
-    assert stranger.acquire(doc).json()["error"] == "busy"
+    response = stranger.acquire(doc, wait=True)
+
+    assert response.status_code == 404
+    assert response.json()["error"] == "resource_not_found"
+    assert not LockRequest.objects.exists()
 
 
 def test_a_long_poll_answers_as_soon_as_the_request_is_granted(alice, bob, doc) -> None:

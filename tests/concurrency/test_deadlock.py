@@ -44,8 +44,8 @@ def pair(round_: int):
     team = factories.team(default_lease_ttl=TTL)
     a = factories.agent(team_=team, name=f"A-{round_}")
     b = factories.agent(team_=team, name=f"B-{round_}")
-    r1 = resource_create(name=f"r1-{round_}")
-    r2 = resource_create(name=f"r2-{round_}")
+    r1 = resource_create(team=team, name=f"r1-{round_}")
+    r2 = resource_create(team=team, name=f"r2-{round_}")
     assert lock_acquire(agent=a, resource=r1.pk, ttl=TTL).status == "granted"
     assert lock_acquire(agent=b, resource=r2.pk, ttl=TTL).status == "granted"
     return a, b, r1, r2

@@ -26,7 +26,9 @@ SLOTS = 5  # rounds of the same race, to give the race more chances to go wrong
 def test_exactly_one_agent_books_each_slot() -> None:
     team = factories.team(default_lease_ttl=30)
     agents = [factories.agent(team_=team, name=f"booker-{i}") for i in range(AGENTS)]
-    slot_ids = [resource_create(name=f"room-1-slot-{i}", value=None).pk for i in range(SLOTS)]
+    slot_ids = [
+        resource_create(team=team, name=f"room-1-slot-{i}", value=None).pk for i in range(SLOTS)
+    ]
     barrier = context().Barrier(AGENTS)
 
     results = run_workers(

@@ -40,7 +40,7 @@ DEADLINE = 90
 def test_a_reader_following_ids_never_misses_an_event() -> None:
     team = factories.team(default_lease_ttl=30)
     agents = [factories.agent(team_=team, name=f"writer-{i}") for i in range(WRITERS)]
-    resources = [resource_create(name=f"own-{i}", value=0) for i in range(WRITERS)]
+    resources = [resource_create(team=team, name=f"own-{i}", value=0) for i in range(WRITERS)]
     start = context().Barrier(WRITERS + 1)
     last = Event.objects.order_by("-id").values_list("id", flat=True).first() or 0
     first = last

@@ -35,7 +35,7 @@ def someone_waits_for_me() -> bool:
 
 def test_a_lease_granted_after_waiting_for_the_row_starts_after_the_wait() -> None:
     agent = factories.agent(team_=factories.team(default_lease_ttl=30))
-    resource = resource_create(name="contended")
+    resource = resource_create(team=agent.team, name="contended")
     with Workers() as workers:
         with transaction.atomic():
             # Hold the row as a slow lock transaction would, without changing it.

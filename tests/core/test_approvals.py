@@ -31,7 +31,7 @@ def value_of(name: str):
 def test_stale_version_is_rejected_under_the_reject_policy() -> None:
     team = factories.team(conflict_policy="reject")
     a, b = factories.agent(team_=team), factories.agent(team_=team)
-    resource_create(name="doc", value="v0")
+    resource_create(team=team, name="doc", value="v0")
     assert resource_write(agent=a, resource="doc", value="a", expected_version=0).version == 1
     result = resource_write(agent=b, resource="doc", value="b", expected_version=0)
     assert result.status == "version_conflict"
@@ -45,7 +45,7 @@ def test_stale_version_is_rejected_under_the_reject_policy() -> None:
 def test_contested_write_becomes_an_approval_with_base_current_and_proposed(operator) -> None:
     team = factories.team(conflict_policy="ask_operator")
     a, b = factories.agent(team_=team), factories.agent(team_=team)
-    resource_create(name="doc", value={"text": "base"})
+    resource_create(team=team, name="doc", value={"text": "base"})
     resource_write(agent=a, resource="doc", value={"text": "by a"}, expected_version=0)
     result = resource_write(
         agent=b, resource="doc", value={"text": "by b"}, expected_version=0, note="merge me"
@@ -76,7 +76,7 @@ def test_contested_write_becomes_an_approval_with_base_current_and_proposed(oper
 
 def test_edit_and_approve_applies_the_edited_value(operator) -> None:
     a = factories.agent()
-    resource_create(name="doc", value=1, requires_approval=True)
+    resource_create(team=a.team, name="doc", value=1, requires_approval=True)
     pending = resource_write(agent=a, resource="doc", value=2).approval
     approval_decide(approval_id=pending.pk, decision="approve", user=operator, value=3)
     assert value_of("doc") == 3
@@ -86,7 +86,7 @@ def test_edit_and_approve_applies_the_edited_value(operator) -> None:
 
 def test_reject_leaves_the_value_and_an_event(operator) -> None:
     a = factories.agent()
-    resource_create(name="doc", value=1, requires_approval=True)
+    resource_create(team=a.team, name="doc", value=1, requires_approval=True)
     pending = resource_write(agent=a, resource="doc", value=2).approval
     result = approval_decide(approval_id=pending.pk, decision="reject", user=operator)
     assert not result.applied
@@ -97,7 +97,7 @@ def test_reject_leaves_the_value_and_an_event(operator) -> None:
 def test_approval_fails_if_the_version_moved_since(operator) -> None:
     team = factories.team(conflict_policy="ask_operator")
     a, b = factories.agent(team_=team), factories.agent(team_=team)
-    resource_create(name="doc", value=0)
+    resource_create(team=team, name="doc", value=0)
     resource_write(agent=a, resource="doc", value=1, expected_version=0)
     pending = resource_write(agent=b, resource="doc", value=2, expected_version=0).approval
     resource_write(agent=a, resource="doc", value=5, expected_version=1)  # moves on
@@ -111,7 +111,7 @@ def test_approval_fails_if_the_version_moved_since(operator) -> None:
 
 def test_approval_of_a_fenced_write_fails_once_the_lock_is_gone(operator) -> None:
     a = factories.agent()
-    resource_create(name="doc", value=0, requires_approval=True)
+    resource_create(team=a.team, name="doc", value=0, requires_approval=True)
     held = lock_acquire(agent=a, resource="doc")
     pending = resource_write(agent=a, resource="doc", value=1, fence=held.lock.token).approval
     assert pending.fence == held.lock.token
@@ -125,7 +125,7 @@ def test_approval_of_a_fenced_write_fails_once_the_lock_is_gone(operator) -> Non
 def test_two_operators_deciding_the_same_approval(operator) -> None:
     other = factories.superuser("ops2")
     a = factories.agent()
-    resource_create(name="doc", value=0, requires_approval=True)
+    resource_create(team=a.team, name="doc", value=0, requires_approval=True)
     pending = resource_write(agent=a, resource="doc", value=1).approval
     approval_decide(approval_id=pending.pk, decision="approve", user=operator)
     with pytest.raises(Conflicting) as exc:
@@ -137,7 +137,7 @@ def test_bad_decisions_are_refused(operator) -> None:
     with pytest.raises(NotFound):
         approval_decide(approval_id=999999, decision="approve", user=operator)
     a = factories.agent()
-    resource_create(name="doc", value=0, requires_approval=True)
+    resource_create(team=a.team, name="doc", value=0, requires_approval=True)
     pending = resource_write(agent=a, resource="doc", value=1).approval
     with pytest.raises(Invalid):
         approval_decide(approval_id=pending.pk, decision="maybe", user=operator)
@@ -151,7 +151,7 @@ def test_bad_decisions_are_refused(operator) -> None:
 
 def test_an_agent_can_ask_for_approval_of_any_write(operator) -> None:
     a = factories.agent()
-    resource_create(name="doc", value="draft")
+    resource_create(team=a.team, name="doc", value="draft")
     result = approval_request(
         agent=a, resource="doc", value="final", expected_version=0, note="please check"
     )

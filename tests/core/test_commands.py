@@ -36,7 +36,7 @@ def test_monitor_once_expires_leases_and_wakes_waiters() -> None:
     call_command("agent_token", "m1", stdout=StringIO(), stderr=StringIO())
     call_command("agent_token", "m2", stdout=StringIO(), stderr=StringIO())
     a, b = Agent.objects.get(name="m1"), Agent.objects.get(name="m2")
-    resource_create(name="r")
+    resource_create(team=a.team, name="r")
     held = lock_acquire(agent=a, resource="r")
     waiting = lock_acquire(agent=b, resource="r")
     past = timezone.now() - timezone.timedelta(seconds=60)
@@ -57,7 +57,7 @@ def test_leases_of_paused_agents_are_renewed_only_if_the_team_says_so(policy: bo
 
     team = factories.team(default_lease_ttl=60, renew_leases_while_paused=policy)
     agent = factories.agent(team_=team)
-    resource_create(name="r")
+    resource_create(team=team, name="r")
     held = lock_acquire(agent=agent, resource="r")
     soon = timezone.now() + timezone.timedelta(seconds=5)  # less than half of 60 s left
     Lock.objects.filter(pk=held.lock.pk).update(expires_at=soon)

@@ -28,7 +28,7 @@ def make_team(policy: str = "ask_operator"):
     team = factories.team(deadlock_policy=policy)
     agents = [factories.agent(team_=team, name=f"{team.name}-a{i}") for i in range(3)]
     for name in ("r0", "r1", "r2"):
-        resource_create(name=f"{team.name}-{name}", value=0)
+        resource_create(team=team, name=f"{team.name}-{name}", value=0)
     return team, agents
 
 
@@ -175,7 +175,7 @@ def test_queue_edges_catch_a_cycle_through_a_queued_writer() -> None:
     team = factories.team()
     a, c, d = (factories.agent(team_=team, name=n) for n in ("qa", "qc", "qd"))
     for name in ("x", "y"):
-        resource_create(name=name)
+        resource_create(team=team, name=name)
     hold(a, "x")
     assert lock_acquire(agent=c, resource="y", mode="shared").status == "granted"
     assert lock_acquire(agent=d, resource="y").status == "waiting"  # exclusive, behind c

@@ -55,7 +55,7 @@ def woken():
 
 def test_exclusive_acquire_write_release_bumps_fence_and_version(agents) -> None:
     a = agents[0]
-    resource_create(name="doc", value={"text": ""})
+    resource_create(team=agents[0].team, name="doc", value={"text": ""})
     first = lock_acquire(agent=a, resource="doc")
     assert first.status == "granted"
     assert first.lock.token == 1
@@ -78,7 +78,7 @@ def test_exclusive_acquire_write_release_bumps_fence_and_version(agents) -> None
 
 def test_acquire_is_idempotent_for_the_holder_and_the_waiter(agents) -> None:
     a, b = agents[:2]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     held = lock_acquire(agent=a, resource="r")
     again = lock_acquire(agent=a, resource="r")
     assert again.lock.pk == held.lock.pk
@@ -89,12 +89,14 @@ def test_acquire_is_idempotent_for_the_holder_and_the_waiter(agents) -> None:
 
 def test_fifo_grants_on_release_and_wakeups_after_commit(agents, woken) -> None:
     a, b, c = agents[:3]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     held = lock_acquire(agent=a, resource="r")
     rb = lock_acquire(agent=b, resource="r")
     rc = lock_acquire(agent=c, resource="r")
     assert (rb.status, rc.status) == ("waiting", "waiting")
-    assert lock_acquire(agent=factories.agent(), resource="r", wait=False).status == "busy"
+    assert (
+        lock_acquire(agent=factories.agent(team_=a.team), resource="r", wait=False).status == "busy"
+    )
     lock_release(lock_id=held.lock.pk, agent=a)
     rb.request.refresh_from_db()
     rc.request.refresh_from_db()
@@ -106,7 +108,7 @@ def test_fifo_grants_on_release_and_wakeups_after_commit(agents, woken) -> None:
 
 def test_shared_locks_and_writer_priority(agents) -> None:
     r1, r2, writer, late = agents[:4]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     s1 = lock_acquire(agent=r1, resource="r", mode="shared")
     s2 = lock_acquire(agent=r2, resource="r", mode="shared")
     assert (s1.status, s2.status) == ("granted", "granted")
@@ -130,7 +132,7 @@ def test_shared_locks_and_writer_priority(agents) -> None:
 
 def test_expired_lease_is_free_and_the_stale_writer_is_fenced_off(agents) -> None:
     a, b = agents[:2]
-    resource_create(name="slot", value=None)
+    resource_create(team=agents[0].team, name="slot", value=None)
     old = lock_acquire(agent=a, resource="slot", ttl=1)
     Lock.objects.filter(pk=old.lock.pk).update(
         acquired_at=timezone.now() - timezone.timedelta(seconds=5),
@@ -153,7 +155,7 @@ def test_expired_lease_is_free_and_the_stale_writer_is_fenced_off(agents) -> Non
 
 def test_unfenced_write_under_someone_elses_lock_is_refused(agents) -> None:
     a, b = agents[:2]
-    resource_create(name="r", value=1)
+    resource_create(team=agents[0].team, name="r", value=1)
     lock_acquire(agent=a, resource="r")
     result = resource_write(agent=b, resource="r", value=2)
     assert result.status == "not_holder"
@@ -162,7 +164,7 @@ def test_unfenced_write_under_someone_elses_lock_is_refused(agents) -> None:
 
 def test_release_of_another_agents_lock_is_forbidden(agents) -> None:
     a, b = agents[:2]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     held = lock_acquire(agent=a, resource="r")
     with pytest.raises(Forbidden):
         lock_release(lock_id=held.lock.pk, agent=b)
@@ -172,7 +174,7 @@ def test_release_of_another_agents_lock_is_forbidden(agents) -> None:
 
 def test_renew_extends_the_lease(agents) -> None:
     a = agents[0]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     held = lock_acquire(agent=a, resource="r", ttl=5)
     renewed = lock_renew(lock_id=held.lock.pk, agent=a, ttl=600)
     assert renewed.status == "renewed"
@@ -181,7 +183,7 @@ def test_renew_extends_the_lease(agents) -> None:
 
 def test_force_release_bumps_the_fence_and_grants_the_next(agents) -> None:
     a, b = agents[:2]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     held = lock_acquire(agent=a, resource="r")
     waiting = lock_acquire(agent=b, resource="r")
     user = factories.superuser("ops")
@@ -196,7 +198,7 @@ def test_force_release_bumps_the_fence_and_grants_the_next(agents) -> None:
 
 def test_cancel_a_waiting_request(agents) -> None:
     a, b = agents[:2]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     lock_acquire(agent=a, resource="r")
     waiting = lock_acquire(agent=b, resource="r")
     with pytest.raises(Forbidden):
@@ -210,7 +212,7 @@ def test_cancelling_a_resolved_request_still_grants_behind_a_lapsed_lease(agents
     # the lapsed lease on its resource expired but left the waiter behind it queued
     # until the next sweep (a lease running out grants in the same transaction).
     a, b, c = agents[:3]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     first = lock_acquire(agent=a, resource="r")
     queued = lock_acquire(agent=b, resource="r")
     lock_release(lock_id=first.lock.pk, agent=a)
@@ -228,7 +230,7 @@ def test_cancelling_a_resolved_request_still_grants_behind_a_lapsed_lease(agents
 
 def test_bad_input_is_refused_before_anything_is_written(agents) -> None:
     a = agents[0]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     before = Event.objects.count()
     for kwargs in ({"mode": "weird"}, {"ttl": 0}, {"ttl": "5"}, {"ttl": 10**9}):
         with pytest.raises(Invalid):
@@ -239,7 +241,7 @@ def test_bad_input_is_refused_before_anything_is_written(agents) -> None:
 
 def test_lease_really_expires_with_time(agents) -> None:
     a, b = agents[:2]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     lock_acquire(agent=a, resource="r", ttl=1)
     deadline = time.monotonic() + 5
     while lock_acquire(agent=b, resource="r", wait=False).status != "granted":
@@ -252,13 +254,13 @@ def test_the_hand_written_queue_read_matches_the_orm(agents) -> None:
     from orchestrator.core.sql import load_queue
 
     a, b, c, d = agents[:4]
-    resource_create(name="r")
+    resource_create(team=agents[0].team, name="r")
     lock_acquire(agent=a, resource="r", mode="shared")
     lock_acquire(agent=b, resource="r", mode="shared")
     lock_acquire(agent=c, resource="r", mode="exclusive")
     lock_acquire(agent=d, resource="r", mode="shared")
     # b also waits on another resource, held by a; d waits only here.
-    resource_create(name="s")
+    resource_create(team=agents[0].team, name="s")
     lock_acquire(agent=a, resource="s")
     lock_acquire(agent=b, resource="s")
     res = Resource.objects.get(name="r")
@@ -286,7 +288,7 @@ def test_the_hand_written_request_read_matches_the_orm(agents, django_assert_num
     from orchestrator.core.selectors import lock_request_with_lock
 
     a, b = agents[:2]
-    resource_create(name="r", value={"n": 1})
+    resource_create(team=agents[0].team, name="r", value={"n": 1})
     held = lock_acquire(agent=a, resource="r").lock
     waiting = lock_acquire(agent=b, resource="r").request
 
@@ -317,7 +319,7 @@ def test_reads_do_not_wait_for_the_row_lock(agents) -> None:
 
     from orchestrator.core.rowlocks import lock_resource
 
-    res = resource_create(name="r", value=1)
+    res = resource_create(team=agents[0].team, name="r", value=1)
     locked, release, ended = threading.Event(), threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -344,7 +346,7 @@ def test_a_write_with_an_idempotency_key_is_applied_once(agents) -> None:
     from orchestrator.core.models import ResourceVersion
 
     a = agents[0]
-    resource_create(name="r", value=0)
+    resource_create(team=agents[0].team, name="r", value=0)
     first = resource_write(agent=a, resource="r", value=1, expected_version=0, idempotency_key="k")
     again = resource_write(agent=a, resource="r", value=1, expected_version=0, idempotency_key="k")
     assert (first.status, first.version) == ("applied", 1)

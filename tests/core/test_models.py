@@ -89,8 +89,10 @@ def test_resource_version_and_fence_cannot_go_negative() -> None:
 
 
 def test_names_are_unique() -> None:
-    factories.resource(name="doc")
-    assert rejected(lambda: factories.resource(name="doc"))
+    team, other = factories.team(), factories.team()
+    factories.resource(name="doc", team=team)
+    assert rejected(lambda: factories.resource(name="doc", team=team))
+    factories.resource(name="doc", team=other)  # unique within a team, not across teams
     factories.team(name="blue")
     assert rejected(lambda: factories.team(name="blue"))
     factories.agent(name="ann")

@@ -207,7 +207,7 @@ def test_a_services_fields_are_refused_as_the_whole_operation_is(model, fields, 
 @pytest.mark.django_db
 def test_the_services_refuse_bad_arguments_with_the_operations_refusal() -> None:
     agent = factories.agent()
-    resource_create(name="r")
+    resource_create(team=agent.team, name="r")
     before = Event.objects.count()
     calls: list[tuple[Any, dict[str, Any], type, dict[str, Any]]] = [
         (lock_acquire, {"resource": "r", "ttl": 0}, Acquire, {"resource": "r", "ttl": 0}),
@@ -234,6 +234,6 @@ def test_the_services_refuse_bad_arguments_with_the_operations_refusal() -> None
 @pytest.mark.django_db
 def test_the_services_take_the_lock_modes_enum() -> None:
     agent = factories.agent()
-    resource_create(name="r")
+    resource_create(team=agent.team, name="r")
     granted = lock_acquire(agent=agent, resource="r", mode=LockMode.SHARED, ttl=5)
     assert (granted.status, granted.lock.mode) == ("granted", "shared")

@@ -45,7 +45,7 @@ def token() -> str:
     """An agent with a token, and resources for the fuzzer's requests to find."""
     agent = factories.agent(name="fuzzer")
     for name in ("doc", "0", "string"):
-        resource_create(name=name, value={"text": "x"})
+        resource_create(team=agent.team, name=name, value={"text": "x"})
     return agent_token_reset(agent=agent)
 
 
