@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, WebSockets through Channels.
+"""ASGI entry point: HTTP through Django (and /mcp/ through the MCP server), WebSockets
+through Channels.
 
 WebSockets open only from the site's own origins (dashboard/origins.py) and carry
 the Django session user, so consumers can refuse anonymous connections.
@@ -54,11 +55,12 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from orchestrator.dashboard.origins import SameOriginValidator  # noqa: E402
+from orchestrator.mcp.asgi import with_mcp  # noqa: E402
 from orchestrator.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": with_mcp(django_asgi_app),  # /mcp/: the MCP server (orchestrator/mcp)
         "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

@@ -3,7 +3,7 @@
 Every door to the protocol validates an agent's input with these models: the
 HTTP API (its request bodies are these models or subclasses of them), the
 runtime's tool calls (agents/tools_exec.py, whose tool specs are generated from
-them, agents/tools.py) and the MCP server to come. The services validate their
+them, agents/tools.py) and the MCP server (orchestrator/mcp). The services validate their
 plain arguments with the same fields (:func:`checked`), so a direct call with
 bad input is refused as it would be over the API.
 
@@ -223,6 +223,45 @@ class Finish(Operation):
     """Say the goal is done."""
 
     summary: StrictStr = Field("", description="What was done, for the operator.")
+
+
+# The doors for agents outside the runtime (the HTTP API, the MCP server).
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise PydanticCustomError("control_characters", "must not contain control characters")
+    return text
+
+
+ObjectId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
+
+
+class AskApproval(FencedWriteBody, OnResource):
+    """Ask an operator to approve a write before it is applied, saying why."""
+
+    value: JsonValue = Field(description="The proposed JSON value (size-limited); null is a value.")
+    reason: StrictStr = Field(
+        "", max_length=5000, description="Why, for the operator (shown beside the values)."
+    )
+
+
+class ReadApproval(Operation):
+    """Ask how an approval the caller requested was decided."""
+
+    approval_id: ObjectId = Field(description="The id that requesting the approval returned.")
+
+
+class ListResources(Operation):
+    """List the resources the caller may use, by name."""
+
+    prefix: Annotated[StrictStr, AfterValidator(_printable)] = Field(
+        "", max_length=NAME_MAX_LENGTH, description="Only names that start with this."
+    )
+
+
+class WhoAmI(Operation):
+    """Ask who the caller is: its agent, team, live locks, waits and pause."""
 
 
 # --- validating ----------------------------------------------------------------------

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from django.db import connection
-from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.db.models import DateTimeField, Exists, F, Func, OuterRef, Q, QuerySet
 
 from orchestrator.core import sql, wakeups
 from orchestrator.core.errors import Forbidden, NotFound
-from orchestrator.core.models import Agent, Conflict, LockRequest, RequestStatus
+from orchestrator.core.models import (
+    Agent,
+    Approval,
+    ApprovalStatus,
+    Conflict,
+    Lock,
+    LockRequest,
+    RequestStatus,
+    Resource,
+    Switchboard,
+)
 
 CONFLICTS_LIMIT = 200
 
@@ -78,3 +89,140 @@ def conflicts_recent(
     if status:
         queryset = queryset.filter(status=status)
     return queryset.order_by("-created_at", "-pk").prefetch_related("agents", "resources")[:limit]
+
+
+# --- what an agent outside the runtime may ask about itself (the API, the MCP server) ---
+
+RESOURCES_LIMIT = 500
+
+
+def _db_clock() -> Func:
+    return Func(function="clock_timestamp", output_field=DateTimeField())
+
+
+def resources_visible(
+    *, agent: Agent, prefix: str = "", limit: int = RESOURCES_LIMIT
+) -> dict[str, Any]:
+    """The resources ``agent`` may use whose names start with ``prefix``, by name: at
+    most ``limit`` of them (``truncated`` says there are more), each with its version,
+    whether it requires approval, and the agents holding a live lock on it now.
+
+    The one place that says which resources an agent sees: for now its own team's.
+    """
+    rows = list(
+        Resource.objects.filter(team_id=agent.team_id, name__startswith=prefix)
+        .order_by("name")
+        .values("pk", "name", "version", "requires_approval", "updated_at")[: limit + 1]
+    )
+    truncated = len(rows) > limit
+    rows = rows[:limit]
+    holders: dict[int, list[str]] = {}
+    live = Lock.objects.filter(
+        resource_id__in=[row["pk"] for row in rows],
+        released_at__isnull=True,
+        expires_at__gt=_db_clock(),
+    ).order_by("agent__name")
+    for resource_id, name in live.values_list("resource_id", "agent__name"):
+        holders.setdefault(resource_id, []).append(name)
+    resources = [
+        {
+            "name": row["name"],
+            "version": row["version"],
+            "requires_approval": row["requires_approval"],
+            "updated_at": row["updated_at"],
+            "held_by": holders.get(row["pk"], []),
+        }
+        for row in rows
+    ]
+    return {"resources": resources, "truncated": truncated}
+
+
+def approval_for_agent(*, approval_id: int, agent: Agent) -> dict[str, Any]:
+    """How the approval ``approval_id``, which ``agent`` requested, stands: ``status`` is
+    pending, approved, edited (approved with a value the operator changed), rejected
+    or failed (the resource or the lock moved before the decision); ``reason`` is the
+    operator's note (a rejection's reason) or why it failed; ``version`` the version
+    its value was applied as.
+
+    Raises NotFound for an unknown id and for another agent's approval alike: an
+    agent learns nothing of other agents' approvals.
+    """
+    mine = Approval.objects.filter(pk=approval_id, agent_id=agent.pk)
+    approval = mine.select_related("resource").first()
+    if approval is None:
+        raise NotFound("approval_not_found", f"no approval of yours with id {approval_id}")
+    status = approval.status
+    if status == ApprovalStatus.APPROVED and approval.applied_value != approval.proposed_value:
+        status = "edited"
+    reason = approval.decision_note
+    if approval.status == ApprovalStatus.FAILED and not reason:
+        reason = (
+            "not applied: the resource changed, or your lock ended, before the operator "
+            "decided; re-read it and ask again"
+        )
+    return {
+        "approval_id": approval.pk,
+        "resource": approval.resource.name,
+        "status": status,
+        "reason": reason,
+        "version": approval.applied_version,
+        "proposed_value": approval.proposed_value,
+        "applied_value": approval.applied_value,
+        "requested_at": approval.created_at,
+        "decided_at": approval.decided_at,
+    }
+
+
+def agent_overview(agent: Agent) -> dict[str, Any]:
+    """Who ``agent`` is, read now: its name and role, its team, whether it is paused
+    (itself, its team, or everything), its live locks with the seconds left on each
+    lease (by the database's clock), and its waiting lock requests, oldest first."""
+    agent = Agent.objects.select_related("team").get(pk=agent.pk)
+    team = agent.team
+    system_paused = Switchboard.objects.filter(pk=1, paused=True).exists()
+    locks = (
+        Lock.objects.filter(agent_id=agent.pk, released_at__isnull=True)
+        .annotate(now=_db_clock())
+        .filter(expires_at__gt=F("now"))
+        .select_related("resource")
+        .order_by("acquired_at", "pk")
+    )
+    waits = (
+        LockRequest.objects.filter(agent_id=agent.pk, status=RequestStatus.WAITING)
+        .select_related("resource")
+        .order_by("requested_at", "pk")
+    )
+    return {
+        "agent": {"id": agent.pk, "name": agent.name, "role": agent.role},
+        "team": {"id": team.pk, "name": team.name, "default_lease_ttl": team.default_lease_ttl},
+        "paused": agent.paused or team.paused or system_paused,
+        "paused_by": [
+            scope
+            for scope, paused in (
+                ("agent", agent.paused),
+                ("team", team.paused),
+                ("everything", system_paused),
+            )
+            if paused
+        ],
+        "locks": [
+            {
+                "lock_id": lock.pk,
+                "resource": lock.resource.name,
+                "mode": lock.mode,
+                "fence": lock.token,
+                "expires_at": lock.expires_at,
+                "lease_seconds_left": round((lock.expires_at - lock.now).total_seconds(), 3),
+            }
+            for lock in locks
+        ],
+        "waits": [
+            {
+                "request_id": request.pk,
+                "resource": request.resource.name,
+                "mode": request.mode,
+                "since": request.requested_at,
+            }
+            for request in waits
+        ],
+    }

@@ -1,0 +1,307 @@
+"""The MCP tools: what each does, told to the model, and the core call it makes.
+
+Each tool is an operation's model (its arguments, validated by core/operations.py
+or a model of arguments.py built on it), a description written for a model that
+has never seen this server, and a plain function ``(agent, arguments) -> dict``
+that calls one service or selector of the core, as the HTTP API's endpoint for
+the same operation does, and shapes the answer. These functions are synchronous:
+server.py runs them in a thread. A refusal is a ProtocolError (core/errors.py)
+with the code the HTTP API answers with; server.py turns it into a tool error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.core.errors import Conflicting, Gone
+from orchestrator.core.locks import LockOutcome, lock_acquire, lock_release, lock_renew
+from orchestrator.core.models import Agent, Lock, LockRequest, RequestStatus, Resource
+from orchestrator.core.operations import (
+    AskApproval,
+    ListResources,
+    Operation,
+    Read,
+    ReadApproval,
+    WhoAmI,
+)
+from orchestrator.core.resources import WriteResult, approval_request, resource_read, resource_write
+from orchestrator.core.selectors import (
+    agent_overview,
+    approval_for_agent,
+    lock_request_when_decided,
+    resources_visible,
+)
+from orchestrator.mcp.arguments import (
+    MAX_WAIT_SECONDS,
+    AcquireArgs,
+    LockArgs,
+    RenewArgs,
+    WaitArgs,
+    WriteArgs,
+    capped,
+)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    model: type[Operation]
+    description: str
+    run: Callable[[Agent, Any], dict[str, Any]]
+    read_only: bool = False
+
+
+# --- shaping --------------------------------------------------------------------------
+
+
+def _grant(lock: Lock, resource: Resource) -> dict[str, Any]:
+    return {
+        "status": "granted",
+        "lock_id": lock.pk,
+        "resource": resource.name,
+        "mode": lock.mode,
+        "fence": lock.token,
+        "expires_at": lock.expires_at,
+        "version": resource.version,
+        "value": resource.value,
+    }
+
+
+def _request(request: LockRequest) -> dict[str, Any]:
+    """A lock request as it stands: granted (the grant), waiting, or ended."""
+    if request.status == RequestStatus.GRANTED and request.lock is not None:
+        return {**_grant(request.lock, request.resource), "request_id": request.pk}
+    answer = {"status": request.status, "request_id": request.pk, "resource": request.resource.name}
+    if request.status == RequestStatus.WAITING:
+        return {**answer, "detail": "still queued: call wait with this request_id"}
+    return {**answer, "reason": request.reason}
+
+
+def _rejected(result: WriteResult) -> Conflicting:
+    extra: dict[str, Any] = {"conflict_id": result.conflict.pk if result.conflict else None}
+    if result.status == "version_conflict":
+        extra["current_version"] = result.resource.version
+    return Conflicting(result.status, result.detail, **extra)
+
+
+def _lost(outcome: LockOutcome) -> Gone:
+    return Gone(
+        "lease_lost",
+        f"lock #{outcome.lock.pk} had already ended ({outcome.reason}): someone else may "
+        "have written the resource since; acquire it again and re-read it",
+        conflict_id=outcome.conflict.pk if outcome.conflict else None,
+    )
+
+
+# --- the tools ------------------------------------------------------------------------
+
+
+def acquire(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
+    # Lock sets (a list of names in ``resource``) will be taken here, all or nothing.
+    result = lock_acquire(
+        agent=agent, resource=args.resource, mode=args.mode, ttl=args.ttl, wait=True
+    )
+    if result.status == "granted":
+        return _grant(result.lock, result.resource)
+    # Queued: wait as long as asked, then say how the request stands (it may also have
+    # been aborted at once, as the victim of the deadlock it closed).
+    request = lock_request_when_decided(
+        request_id=result.request.pk, agent=agent, timeout=capped(args.wait_seconds)
+    )
+    return _request(request)
+
+
+def wait(agent: Agent, args: WaitArgs) -> dict[str, Any]:
+    request = lock_request_when_decided(
+        request_id=args.request_id, agent=agent, timeout=capped(args.wait_seconds)
+    )
+    return _request(request)
+
+
+def read(agent: Agent, args: Read) -> dict[str, Any]:
+    state = resource_read(resource=args.resource, agent=agent)
+    res = state.resource
+    return {
+        "resource": res.name,
+        "value": res.value,
+        "version": res.version,
+        "fence": res.fence,
+        "requires_approval": res.requires_approval,
+        "holders": [
+            {"agent": lock.agent.name, "mode": lock.mode, "expires_at": lock.expires_at}
+            for lock in state.holders
+        ],
+        "waiters": [{"agent": req.agent.name, "mode": req.mode} for req in state.waiters],
+    }
+
+
+def write(agent: Agent, args: WriteArgs) -> dict[str, Any]:
+    result = resource_write(
+        agent=agent,
+        resource=args.resource,
+        value=args.value,
+        expected_version=args.expected_version,
+        fence=args.fence,
+    )
+    if result.status == "applied":
+        return {"status": "applied", "version": result.version}
+    if result.status == "approval_pending":
+        return {
+            "status": "approval_pending",
+            "approval_id": result.approval.pk,
+            "detail": result.detail or "every write to this resource waits for an operator",
+        }
+    raise _rejected(result)
+
+
+def release(agent: Agent, args: LockArgs) -> dict[str, Any]:
+    outcome = lock_release(lock_id=args.lock_id, agent=agent)
+    if outcome.status == "lost":
+        raise _lost(outcome)
+    return {"status": "released", "lock_id": outcome.lock.pk}
+
+
+def renew(agent: Agent, args: RenewArgs) -> dict[str, Any]:
+    outcome = lock_renew(lock_id=args.lock_id, agent=agent, ttl=args.ttl)
+    if outcome.status == "lost":
+        raise _lost(outcome)
+    return {"status": "renewed", "lock_id": outcome.lock.pk, "expires_at": outcome.lock.expires_at}
+
+
+def request_approval(agent: Agent, args: AskApproval) -> dict[str, Any]:
+    result = approval_request(
+        agent=agent,
+        resource=args.resource,
+        value=args.value,
+        expected_version=args.expected_version,
+        fence=args.fence,
+        note=args.reason,
+    )
+    if result.status != "approval_pending":
+        raise _rejected(result)
+    return {"status": "pending", "approval_id": result.approval.pk}
+
+
+def approval_status(agent: Agent, args: ReadApproval) -> dict[str, Any]:
+    return approval_for_agent(approval_id=args.approval_id, agent=agent)
+
+
+def list_resources(agent: Agent, args: ListResources) -> dict[str, Any]:
+    return resources_visible(agent=agent, prefix=args.prefix)
+
+
+def whoami(agent: Agent, args: WhoAmI) -> dict[str, Any]:
+    return agent_overview(agent)
+
+
+# --- what the model is told -----------------------------------------------------------
+
+TOOLS: dict[str, ToolSpec] = {
+    "acquire": ToolSpec(
+        AcquireArgs,
+        "Lock a shared resource before you change it (mode 'exclusive', the default) or "
+        "to read it consistently ('shared'; several agents may share). Returns either a "
+        "grant {status: 'granted', lock_id, fence, expires_at, version, value}, or, when "
+        "another agent holds it, a queued request {status: 'waiting', request_id}: then "
+        "call `wait` with that request_id until it is granted, and change nothing "
+        "meanwhile. It waits up to wait_seconds (at most "
+        f"{MAX_WAIT_SECONDS}) for a busy lock before answering. status 'aborted' or "
+        "'cancelled' means the request ended (e.g. you were chosen as a deadlock "
+        "victim): release what you hold, then start over. Keep the fence for `write`, "
+        "and the lock_id for `release` and `renew`; the lease lasts ttl seconds (default "
+        "the team's lease): renew it before expires_at if you need longer. Acquiring a "
+        "lock you already hold returns it again. Errors: resource_not_found (check the "
+        "name with list_resources), invalid_request (fix the arguments).",
+        acquire,
+    ),
+    "wait": ToolSpec(
+        WaitArgs,
+        "Wait for a queued lock request (the request_id from `acquire`) for up to "
+        f"wait_seconds (at most {MAX_WAIT_SECONDS}). Returns the grant (status "
+        "'granted', with lock_id, fence, expires_at, version and value), or status "
+        "'waiting' (not yet: call wait again), or status 'aborted' / 'cancelled' with "
+        "a reason (the request ended, e.g. as a deadlock victim: do not write; release "
+        "your other locks and start over). Errors: request_not_found, not_your_request.",
+        wait,
+        read_only=True,
+    ),
+    "read": ToolSpec(
+        Read,
+        "Read a resource: its JSON value, version, current fence, and who holds or "
+        "waits for it. Pass the version you read as expected_version when you write. "
+        "Errors: resource_not_found.",
+        read,
+        read_only=True,
+    ),
+    "write": ToolSpec(
+        WriteArgs,
+        "Replace a resource's value. Hold an exclusive lock first and pass its fence, "
+        "and pass the version your change is based on as expected_version. Returns "
+        "{status: 'applied', version} (the new version), or {status: "
+        "'approval_pending', approval_id} when an operator must approve it (poll "
+        "approval_status). Errors: stale_fence (your lock is no longer the current one: "
+        "it expired or was revoked; acquire again, re-read, redo your change), "
+        "version_conflict (someone wrote since you read: re-read, redo your change on "
+        "the new value, write with the new version), not_holder (another agent holds a "
+        "lock on it: acquire it first), resource_not_found, invalid_value / "
+        "value_too_large / invalid_request (fix the value or arguments).",
+        write,
+    ),
+    "release": ToolSpec(
+        LockArgs,
+        "Release a lock you hold (the lock_id from `acquire`) as soon as you are done, "
+        "so that the next agent in the queue gets it. Releasing twice is harmless. "
+        "Errors: lease_lost (the lock had already ended, e.g. its lease expired: "
+        "someone else may have written since, so re-read before trusting what you "
+        "wrote), not_your_lock, lock_not_found.",
+        release,
+    ),
+    "renew": ToolSpec(
+        RenewArgs,
+        "Extend the lease of a lock you hold to ttl seconds from now (default: the "
+        "team's lease). Returns the new expires_at. Call it before the lease runs out "
+        "when a change takes long. Errors: lease_lost (the lock already ended: acquire "
+        "it again and re-read), not_your_lock, lock_not_found.",
+        renew,
+    ),
+    "request_approval": ToolSpec(
+        AskApproval,
+        "Ask a human operator to approve a write before it is applied: the value you "
+        "propose, the expected_version it is based on, the fence of your lock if you "
+        "hold one, and a reason the operator reads. Returns {status: 'pending', "
+        "approval_id}; the operator decides in the dashboard, possibly much later: poll "
+        "approval_status. Errors: as for write (stale_fence, version_conflict, "
+        "not_holder, resource_not_found, invalid_request).",
+        request_approval,
+    ),
+    "approval_status": ToolSpec(
+        ReadApproval,
+        "How an approval you requested stands: status 'pending' (not decided yet: ask "
+        "again later), 'approved' or 'edited' (applied; version is the new version, "
+        "applied_value what was written: the operator may have edited it), 'rejected' "
+        "(nothing written; reason says why: take it into account before trying again), "
+        "or 'failed' (the resource or your lock moved before the decision: re-read and "
+        "ask again). Errors: approval_not_found (no approval of yours has this id).",
+        approval_status,
+        read_only=True,
+    ),
+    "list_resources": ToolSpec(
+        ListResources,
+        "List the resources you may use whose names start with prefix (all of them "
+        "without one), by name: each with its version, whether writes need an "
+        "operator's approval, and who holds a lock on it now. truncated is true when "
+        "there are more than were listed: narrow the prefix.",
+        list_resources,
+        read_only=True,
+    ),
+    "whoami": ToolSpec(
+        WhoAmI,
+        "Who you are here: your agent and team, whether you are paused (then wait for "
+        "an operator to resume you before changing anything), the locks you hold now "
+        "with their lock_id, fence and seconds left on each lease, and your queued lock "
+        "requests. Call it first, and whenever you are unsure what you hold.",
+        whoami,
+        read_only=True,
+    ),
+}
