@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Exists, F, OuterRef, Q, QuerySet
+from django.db.models import CharField, Exists, F, OuterRef, Q, QuerySet
+from django.db.models.functions import Cast
 
 from orchestrator.core.errors import Forbidden, NotFound
 from orchestrator.core.models import (
@@ -115,7 +116,7 @@ def visible_resources(agent: Agent) -> QuerySet[Resource]:
     # A prefix grant covers the names that start with it (the empty prefix: all).
     by_prefix = (
         shared.filter(resource__isnull=True)
-        .annotate(outer_name=OuterRef("name"))
+        .annotate(outer_name=Cast(OuterRef("name"), output_field=CharField()))
         .filter(outer_name__startswith=F("prefix"))
     )
     return Resource.objects.filter(
