@@ -50,11 +50,19 @@ function chooseVictim(deadlockId, agentId) {
   render();
 }
 
+// Whether another team shares resource r with team (core/tenancy.py): a grant of the
+// resource itself, or of a prefix of its name.
+function sharedWith(team, r) {
+  return Boolean(team) && (team.shared || []).some((g) => String(g.owner) === String(r.team)
+    && (g.resource === null ? r.name.startsWith(g.prefix) : g.resource === r.id));
+}
+
 function drawGraph(state, teamId) {
   const inTeam = (item) => !teamId || String(item.team) === teamId;
+  const usable = (r) => inTeam(r) || sharedWith(state.teams[teamId], r);
   const cycles = deadlockOf(state);
   const resources = Object.values(state.resources)
-    .filter((r) => (r.holders.length || r.waiters.length) && (inTeam(r) || cycles.resources.has(r.id)))
+    .filter((r) => (r.holders.length || r.waiters.length) && (usable(r) || cycles.resources.has(r.id)))
     .sort(byName);
   const agentIds = new Set();
   for (const r of resources) for (const x of [...r.holders, ...r.waiters]) agentIds.add(x.agent);

@@ -170,3 +170,22 @@ def test_a_patch_for_a_started_run_brings_its_agents_and_their_status(redis_conn
     assert set(patch["runs"]) == {str(run.pk)}
     assert {patch["agents"][str(a.pk)]["status"] for a in members} == {"running"}
     assert str(team.pk) in patch["teams"]
+
+
+def test_a_teams_row_carries_what_other_teams_share_with_it() -> None:
+    """The Graph page's team filter shows the resources a team may use: its own and
+    those shared with it (graph.js sharedWith reads these grants)."""
+    from orchestrator.core.models import GrantAccess, ResourceGrant
+
+    red, blue = factories.team(name="red"), factories.team(name="blue")
+    doc = resource_create(team=red, name="doc")
+    ResourceGrant.objects.create(owner=red, team=blue, resource=doc, access=GrantAccess.READ)
+    ResourceGrant.objects.create(owner=red, team=blue, prefix="pub/", access=GrantAccess.READ_WRITE)
+
+    teams = board_snapshot()["state"]["teams"]
+
+    assert teams[str(blue.pk)]["shared"] == [
+        {"owner": red.pk, "resource": doc.pk, "prefix": "", "access": "read"},
+        {"owner": red.pk, "resource": None, "prefix": "pub/", "access": "read_write"},
+    ]
+    assert teams[str(red.pk)]["shared"] == []

@@ -48,6 +48,7 @@ from orchestrator.core.models import (
     LockRequest,
     RequestStatus,
     Resource,
+    ResourceGrant,
     Run,
     Step,
     Switchboard,
@@ -76,11 +77,25 @@ def value_preview(value: Any, limit: int = VALUE_PREVIEW_CHARS) -> str:
 
 
 def _teams(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
+    """The teams, each with what other teams share with it (``shared``: grants as
+    ``{owner, resource, prefix, access}``), so that a page filtered by team shows the
+    resources its agents may use (core/tenancy.py), not only those it owns."""
     queryset = Team.objects.all() if ids is None else Team.objects.filter(pk__in=list(ids))
-    return {
-        row["id"]: row
+    rows = {
+        row["id"]: {**row, "shared": []}
         for row in queryset.values("id", "name", "paused", "deadlock_policy", "conflict_policy")
     }
+    grants = ResourceGrant.objects.filter(team_id__in=list(rows)).order_by("pk")
+    for grant in grants.values("team_id", "owner_id", "resource_id", "prefix", "access"):
+        rows[grant.pop("team_id")]["shared"].append(
+            {
+                "owner": grant["owner_id"],
+                "resource": grant["resource_id"],
+                "prefix": grant["prefix"],
+                "access": grant["access"],
+            }
+        )
+    return rows
 
 
 def _runs(ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
