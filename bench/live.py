@@ -112,6 +112,10 @@ READY = "ready"
 N_TEAMS, N_AGENTS, N_RESOURCES = 10, 200, 2000
 PRODUCER_AGENTS = range(196, 200)
 PRODUCER_RESOURCES = 1500  # producer p cycles through res-(1500 + 100 p) .. +99, all free
+# The producers and the resources they cycle on (those above, and the hot ones below)
+# belong to one team: they name them as agents of that team, with no grant to look up.
+PRODUCER_TEAM = 6
+PRODUCED = range(PRODUCER_RESOURCES, 1960)
 # The viewers measurement: the producer agents cycle locks on 10 hot free resources.
 HOT_RESOURCES = [f"res-{1950 + k:04d}" for k in range(10)]
 VIEWERS = 20
@@ -249,6 +253,7 @@ def build_board(seed: int = 5) -> dict[str, int]:
         Lock,
         LockRequest,
         Resource,
+        ResourceGrant,
         ResourceVersion,
         Run,
         Step,
@@ -268,7 +273,7 @@ def build_board(seed: int = 5) -> dict[str, int]:
     agents = Agent.objects.bulk_create(
         Agent(
             name=f"agent-{i:03d}",
-            team=teams[i % N_TEAMS],
+            team=teams[PRODUCER_TEAM if i in PRODUCER_AGENTS else i % N_TEAMS],
             role=lorem(rng, 12),
             status=AgentStatus.RUNNING if i not in PRODUCER_AGENTS else AgentStatus.IDLE,
         )
@@ -291,7 +296,7 @@ def build_board(seed: int = 5) -> dict[str, int]:
     resources = Resource.objects.bulk_create(
         Resource(
             name=f"res-{i:04d}",
-            team=teams[i % N_TEAMS],
+            team=teams[PRODUCER_TEAM if i in PRODUCED else i % N_TEAMS],
             value={"title": f"Section {i}", "text": lorem(rng, 40), "items": list(range(i % 7))},
         )
         for i in range(N_RESOURCES)
@@ -300,8 +305,18 @@ def build_board(seed: int = 5) -> dict[str, int]:
         ResourceVersion(resource=r, version=0, value=r.value) for r in resources
     )
 
+    team_names = {team.pk: team.name for team in teams}
+
     def acquire(agent: int, resource: int) -> None:
-        lock_acquire(agent=agents[agent], resource=resources[resource].name, ttl=86400)
+        """Another team's resource is shared with the agent's team, then named team::name."""
+        res, by = resources[resource], agents[agent]
+        name = res.name
+        if res.team_id != by.team_id:
+            ResourceGrant.objects.get_or_create(
+                owner_id=res.team_id, team_id=by.team_id, resource=res, access="read_write"
+            )
+            name = f"{team_names[res.team_id]}::{res.name}"
+        lock_acquire(agent=by, resource=name, ttl=86400)
 
     for a in range(120):  # held: agent a holds res a and a + 120 (same team)
         acquire(a, a)
