@@ -16,6 +16,9 @@ from ninja import Path, Query, Status
 from orchestrator.api.edge import AgentAPI, AgentToken, docs_access, install_error_handlers
 from orchestrator.api.schemas import (
     ApprovalPendingOut,
+    ApprovalRequestedOut,
+    ApprovalRequestIn,
+    ApprovalStatusOut,
     BusyOut,
     ConflictFilters,
     ConflictOut,
@@ -27,9 +30,12 @@ from orchestrator.api.schemas import (
     LockWaitingOut,
     RenewOut,
     ResourceCreateIn,
+    ResourceFilters,
+    ResourceListOut,
     ResourceOut,
     ResourceWriteIn,
     VersionOut,
+    WhoAmIOut,
     WriteRejectedOut,
 )
 from orchestrator.core.errors import Gone
@@ -38,14 +44,20 @@ from orchestrator.core.models import Lock
 from orchestrator.core.operations import MAX_ID
 from orchestrator.core.resources import (
     ResourceState,
+    WriteResult,
+    approval_request,
     resource_create,
     resource_read,
     resource_write,
 )
 from orchestrator.core.selectors import (
     CONFLICTS_LIMIT,
+    RESOURCES_LIMIT,
+    agent_overview,
+    approval_for_agent,
     conflicts_recent,
     lock_request_when_decided,
+    resources_visible,
 )
 
 api = AgentAPI(
@@ -67,6 +79,7 @@ MAX_POLL_WAIT = 30  # seconds a GET /lock-requests/{id}?wait= may block
 # Every operation can refuse a malformed request, a missing token and an oversized body.
 COMMON_ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 413: ErrorOut}
 LockId = Path(..., ge=1, le=MAX_ID, description="A lock id, as returned by POST /locks.")
+ApprovalId = Path(..., ge=1, le=MAX_ID, description="An approval id, from POST /approvals.")
 
 
 def _errors(*codes: int) -> dict[int, Any]:
@@ -134,6 +147,21 @@ def create_resource(request: HttpRequest, payload: ResourceCreateIn) -> Status:
 
 
 @api.get(
+    "/resources",
+    response={200: ResourceListOut, **_errors()},
+    tags=["resources"],
+    summary="List resources",
+    description=(
+        f"The resources the caller may use whose names start with `prefix`, by name, at "
+        f"most {RESOURCES_LIMIT} (`truncated` says there are more): each with its version, "
+        "whether writes need an operator's approval, and who holds a lock on it now."
+    ),
+)
+def list_resources(request: HttpRequest, filters: Query[ResourceFilters]) -> dict[str, Any]:
+    return resources_visible(agent=request.auth, prefix=filters.prefix)
+
+
+@api.get(
     "/resources/{path:name}",
     response={200: ResourceOut, **_errors(404)},
     tags=["resources"],
@@ -177,6 +205,10 @@ def write_resource(request: HttpRequest, name: str, payload: ResourceWriteIn) ->
         return Status(200, {"version": result.version})
     if result.status == "approval_pending":
         return Status(202, {"approval_id": result.approval.pk})
+    return _write_rejected(result)
+
+
+def _write_rejected(result: WriteResult) -> Status:
     body: dict[str, Any] = {"error": result.status, "detail": result.detail}
     if result.conflict is not None:
         body["conflict_id"] = result.conflict.pk
@@ -307,3 +339,60 @@ def list_conflicts(request: HttpRequest, filters: Query[ConflictFilters]) -> lis
             kind=filters.kind, status=filters.status, agent=request.auth
         )
     ]
+
+
+@api.post(
+    "/approvals",
+    response={202: ApprovalRequestedOut, 409: WriteRejectedOut, **_errors(403, 404)},
+    tags=["approvals"],
+    summary="Ask an operator to approve a write",
+    description=(
+        "The write waits for an operator, whatever the resource's settings (202; poll GET "
+        "/approvals/{id}). The checks of any write run first and refuse it as PUT does "
+        "(409 `stale_fence`, `not_holder`, `version_conflict`). `reason` is shown to the "
+        "operator beside the base, current and proposed values."
+    ),
+)
+def request_approval(request: HttpRequest, payload: ApprovalRequestIn) -> Status:
+    result = approval_request(
+        agent=request.auth,
+        resource=payload.resource,
+        value=payload.value,
+        expected_version=payload.expected_version,
+        fence=payload.fence,
+        note=payload.reason,
+    )
+    if result.status != "approval_pending":
+        return _write_rejected(result)
+    return Status(202, {"approval_id": result.approval.pk, "status": "pending"})
+
+
+@api.get(
+    "/approvals/{approval_id}",
+    response={200: ApprovalStatusOut, **_errors(404)},
+    tags=["approvals"],
+    summary="How an approval stands",
+    description=(
+        "`status`: pending, approved, edited (approved with a value the operator changed), "
+        "rejected, or failed (the resource or the lock moved before the decision). "
+        "`reason` is the operator's note, such as why it was rejected. Only the agent that "
+        "asked may read it: any other gets 404."
+    ),
+)
+def read_approval(request: HttpRequest, approval_id: int = ApprovalId) -> dict[str, Any]:
+    return approval_for_agent(approval_id=approval_id, agent=request.auth)
+
+
+@api.get(
+    "/whoami",
+    response={200: WhoAmIOut, **_errors()},
+    tags=["agents"],
+    summary="The calling agent",
+    description=(
+        "The agent and its team, whether it is paused (by whom: itself, its team, or "
+        "everything), its live locks with the seconds left on each lease, and its queued "
+        "lock requests."
+    ),
+)
+def whoami(request: HttpRequest) -> dict[str, Any]:
+    return agent_overview(request.auth)

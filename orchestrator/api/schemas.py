@@ -17,8 +17,10 @@ from pydantic import ConfigDict, StrictBool, field_validator
 from orchestrator.core.models import ConflictKind, ConflictStatus, RequestStatus
 from orchestrator.core.operations import (
     Acquire,
+    AskApproval,
     CreateResource,
     FencedWriteBody,
+    ListResources,
     Renew,
 )
 
@@ -38,6 +40,14 @@ class LockAcquireIn(Acquire):
 
 
 class LockRenewIn(Renew):
+    pass
+
+
+class ApprovalRequestIn(AskApproval):
+    pass
+
+
+class ResourceFilters(ListResources):
     pass
 
 
@@ -131,3 +141,70 @@ class WriteRejectedOut(ErrorOut):
     error: Literal["version_conflict", "stale_fence", "not_holder"]
     conflict_id: int | None = Field(None, description="The Conflict that records this rejection.")
     current_version: int | None = None
+
+
+class ApprovalRequestedOut(Schema):
+    approval_id: int
+    status: Literal["pending"]
+
+
+class ApprovalStatusOut(Schema):
+    approval_id: int
+    resource: str
+    status: Literal["pending", "approved", "edited", "rejected", "failed"]
+    reason: str = Field(description="The operator's note (a rejection's reason), or why it failed.")
+    version: int | None = Field(description="The version the value was applied as.")
+    proposed_value: Any
+    applied_value: Any
+    requested_at: datetime
+    decided_at: datetime | None
+
+
+class ResourceSummaryOut(Schema):
+    name: str
+    version: int
+    requires_approval: bool
+    updated_at: datetime
+    held_by: list[str] = Field(description="The agents holding a live lock on it now.")
+
+
+class ResourceListOut(Schema):
+    resources: list[ResourceSummaryOut]
+    truncated: bool = Field(description="There are more than were listed: narrow the prefix.")
+
+
+class AgentSelfOut(Schema):
+    id: int
+    name: str
+    role: str
+
+
+class TeamSelfOut(Schema):
+    id: int
+    name: str
+    default_lease_ttl: int
+
+
+class OwnLockOut(Schema):
+    lock_id: int
+    resource: str
+    mode: str
+    fence: int
+    expires_at: datetime
+    lease_seconds_left: float
+
+
+class OwnWaitOut(Schema):
+    request_id: int
+    resource: str
+    mode: str
+    since: datetime
+
+
+class WhoAmIOut(Schema):
+    agent: AgentSelfOut
+    team: TeamSelfOut
+    paused: bool = Field(description="Paused by an operator: change nothing until resumed.")
+    paused_by: list[Literal["agent", "team", "everything"]]
+    locks: list[OwnLockOut]
+    waits: list[OwnWaitOut]

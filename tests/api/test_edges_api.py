@@ -32,6 +32,9 @@ OPENAPI_PATHS = {
     f"{API}/locks/{{lock_id}}/renew",
     f"{API}/locks/{{lock_id}}",
     f"{API}/conflicts",
+    f"{API}/approvals",
+    f"{API}/approvals/{{approval_id}}",
+    f"{API}/whoami",
 }
 
 
@@ -141,7 +144,7 @@ def test_unknown_paths_are_json_404(alice, method, path) -> None:
     ("method", "path", "allowed"),
     [
         ("get", "/locks", "POST"),
-        ("delete", "/resources", "POST"),
+        ("delete", "/resources", "GET, POST"),
         ("post", "/resources/doc", "GET, PUT"),
         ("patch", "/locks/1", "DELETE"),
         ("get", "/locks/1/renew", "POST"),
