@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+from csp.constants import NONE, SELF, UNSAFE_INLINE
+
 from orchestrator import config as _config
 
 CONFIG = _config.load(os.environ)
@@ -56,6 +58,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Content-Security-Policy on every response, the admin's own under /admin/.
+    "orchestrator.csp.SiteCSPMiddleware",
     # Sync, like every middleware here: orchestrator.asgi runs the whole chain and the
     # view in one worker thread per request (an async-only middleware, ServeStatic's,
     # split it in three and made Django hand each hook of the others to a thread).
@@ -68,6 +72,31 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "axes.middleware.AxesMiddleware",  # last, as django-axes asks
 ]
+
+# The pages run only the site's own static scripts and styles: nothing inline (agent text
+# is set with textContent; what scripts style, they style through the CSSOM, which CSP
+# allows). 'self' in connect-src covers the live feed's ws:/wss: socket to this host in
+# CSP Level 3 browsers (tests/dashboard/test_browser.py checks it in Chromium). data:
+# images: Swagger UI's stylesheet (the API docs page) draws some icons with them.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:"],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [NONE],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+# Under /admin/ (orchestrator/csp.py): django-rq's pages and Django's changelist carry
+# inline style blocks. Scripts stay 'self' there too: django-rq's only inline scripts
+# (its job lists' `$(...).actions()`) fail on this Django anyway, whose actions.js sets
+# itself up, and a job's results rows still link without their onclick.
+CONTENT_SECURITY_POLICY_ADMIN = {"style-src": [SELF, UNSAFE_INLINE]}
 
 ROOT_URLCONF = "orchestrator.urls"
 ASGI_APPLICATION = "orchestrator.asgi.application"
