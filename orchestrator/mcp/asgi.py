@@ -18,7 +18,8 @@ harness) starts a manager of its own there.
 Authentication: every request must carry ``Authorization: Bearer <agent token>``.
 Without one, or with a token that names no agent, the answer is 401 with a
 ``WWW-Authenticate`` challenge and the MCP server never sees the request: no
-tool runs. The agent rides in the ASGI scope (``server.AGENT_KEY``), where a tool
+tool runs. Only POST is served (405 otherwise: a stateless server has no stream to
+open and no session to end). The agent rides in the ASGI scope (``server.AGENT_KEY``), where a tool
 finds it through ``ctx.request_context.request``. The Host header (and Origin,
 when a browser sends one) must be one of ALLOWED_HOSTS, as for Django's pages.
 
@@ -156,6 +157,12 @@ class MCPMount:
             agent = await database_sync_to_async(agent_by_token)(token.strip())
         if agent is None:
             return await _unauthorized(header)(scope, receive, send)
+        if scope["method"] != "POST":
+            # Stateless: no session to delete (DELETE) and no stream of server-sent
+            # events to open (GET): the transport's spec says 405 for both.
+            detail = f"{scope['method']} is not allowed here; allowed: POST"
+            refusal = _error(405, "method_not_allowed", detail, headers={"Allow": "POST"})
+            return await refusal(scope, receive, send)
         manager = await self.manager.get()
         await manager.handle_request({**scope, AGENT_KEY: agent}, receive, send)
 

@@ -5,6 +5,7 @@ human approval, and what an agent may ask about itself."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx2
@@ -314,3 +315,32 @@ def test_an_agent_of_another_team_is_refused_and_leaves_nothing_written(live, ag
     res = Resource.objects.get(name="doc")
     assert (res.value, res.version, res.fence) == ("ours", 0, 0)
     assert not Conflict.objects.exists()
+
+
+def test_nothing_a_client_can_send_gets_a_server_error(live, agents):
+    _, token = agents.make("prodder")
+    url = f"{live}/mcp/"
+    accept = "application/json, text/event-stream"
+    auth = {"Authorization": f"Bearer {token}", "Accept": accept}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
+    sent = [
+        ("GET", {}, None),
+        ("DELETE", {}, None),
+        ("PUT", {}, b"{}"),
+        ("POST", {"Content-Type": "application/json"}, b"{not json"),
+        ("POST", {"Content-Type": "text/plain"}, b"hello"),
+        ("POST", {"Content-Type": "application/json"}, b"[1, 2]"),
+        ("POST", {"Content-Type": "application/json"}, b'"a string"'),
+        ("POST", {}, json.dumps({**call, "params": {"name": "nope"}}).encode()),
+        ("POST", {}, json.dumps({**call, "params": {"name": "read", "arguments": 5}}).encode()),
+        ("POST", {}, json.dumps({**call, "params": {"name": "read"}}).encode()),
+        ("POST", {}, json.dumps({"jsonrpc": "2.0", "id": 2, "method": "no/such"}).encode()),
+        ("POST", {"Host": "evil.example"}, json.dumps({**call, "params": {}}).encode()),
+        ("POST", {"Origin": "http://evil.example"}, json.dumps(call).encode()),
+    ]
+    for method, headers, body in sent:
+        headers = {"Content-Type": "application/json", **auth, **headers}
+        response = httpx2.request(method, url, headers=headers, content=body, timeout=10)
+        assert response.status_code < 500, (method, headers, body, response.text)
+        if method != "POST":  # stateless: no event stream to open, no session to end
+            assert response.status_code == 405 and response.headers["Allow"] == "POST"
