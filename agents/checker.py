@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.core.models import Event, Lock, LockMode, Resource, ResourceVersion, Run, Step
+from orchestrator.core.tenancy import split_name
 
 KINDS = ("double_bookings", "lost_updates", "non_holder_writes", "overlapping_holds")
 # Not needed here, and large: an agent's config holds its whole script, loaded once per
@@ -197,22 +198,26 @@ def check_run(*, run_id: int) -> RunReport:
     )
     agents = {step.agent_id: step.agent.name for step in steps}
     stale, increments, names, finished = _walk_steps(steps)
-    names |= set(Resource.objects.filter(team=run.team_id).values_list("name", flat=True))
-    resources = {res.name: res for res in Resource.objects.filter(name__in=names)}
+    resources = _resources_named(run.team_id, names)
+    name_of = {res.pk: name for name, res in resources.items()}
     start, end = _window(run)
     writes = [
         _Write(
             event.pk,
             event.agent_id,
             agents[event.agent_id],
-            event.payload.get("resource"),
+            name_of[event.subject_id],
             event.payload.get("version"),
             bool(event.payload.get("unguarded")),
         )
         for event in Event.objects.filter(
-            kind="resource.written", agent_id__in=list(agents), id__gt=start
+            kind="resource.written",
+            agent_id__in=list(agents),
+            subject_type="resource",
+            subject_id__in=list(name_of),
+            id__gt=start,
         ).order_by("id")
-        if event.pk < end and event.payload.get("resource") in resources
+        if event.pk < end
     ]
     report = RunReport(
         run=run.pk,
@@ -230,6 +235,20 @@ def check_run(*, run_id: int) -> RunReport:
     report.anomalies += _non_holder_writes(writes, intervals)
     report.anomalies += _overlapping_holds(intervals)
     return report
+
+
+def _resources_named(team_id: int, names: set[str]) -> dict[str, Resource]:
+    """The run team's resources, and those its agents named, keyed by the names the
+    agents use (core/tenancy.py): a resource of their team by its name, another
+    team's (shared with theirs) as ``owner::name``."""
+    found = {res.name: res for res in Resource.objects.filter(team_id=team_id)}
+    for name in names - set(found):
+        owner, plain = split_name(name)
+        if owner is not None:
+            res = Resource.objects.filter(team__name=owner, name=plain).first()
+            if res is not None:
+                found[name] = res
+    return found
 
 
 def _double_bookings(resources: dict[str, Resource], writes: list[_Write]) -> list[Anomaly]:
@@ -259,12 +278,16 @@ def _counter_deficits(
     counted = defaultdict(int)
     for anomaly in stale:
         counted[anomaly.resource] += 1
-    initial = dict(
-        ResourceVersion.objects.filter(resource__name__in=list(increments), version=0).values_list(
-            "resource__name", "value"
-        )
-    )
+    name_of = {resources[name].pk: name for name in increments if name in resources}
+    initial = {
+        name_of[resource_id]: value
+        for resource_id, value in ResourceVersion.objects.filter(
+            resource_id__in=list(name_of), version=0
+        ).values_list("resource_id", "value")
+    }
     for name, added in sorted(increments.items()):
+        if name not in resources:  # a name that matched nothing: its calls failed
+            continue
         start, final = initial.get(name), resources[name].value
         if not (_is_int(start) and _is_int(final)):
             continue

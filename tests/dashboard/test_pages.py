@@ -129,10 +129,10 @@ def test_agent_text_is_escaped_in_every_server_rendered_page(operator_client: Cl
 
 
 def test_the_snapshot_derives_waiting_for_a_lock_and_for_a_human() -> None:
-    contested = scenes.contested_write()
+    scenes.contested_write()  # a write waiting for an approval
     scene = scenes.deadlock()
-    waiter = factories.agent(team_=contested.team, name="queued")
     lock = scenes.held_lock("fax", "fax-holder")
+    waiter = factories.agent(team_=lock.agent.team, name="queued")
     lock_acquire(agent=waiter, resource="fax")
     paused = factories.agent(name="sleepy")
     agents_set_paused(agents=[paused], paused=True)

@@ -85,7 +85,14 @@ def build(plan: Plan) -> Built:
     first steps are enqueued on commit)."""
     from agents.runtime import run_start
     from agents.scenarios import booking_script, increment_script
-    from orchestrator.core.models import Agent, Team
+    from orchestrator.core.models import (
+        TEAM_SEPARATOR,
+        Agent,
+        GrantAccess,
+        Resource,
+        ResourceGrant,
+        Team,
+    )
     from orchestrator.core.resources import resource_create
 
     rng = random.Random(plan.seed)  # a simulation, seeded
@@ -111,9 +118,18 @@ def build(plan: Plan) -> Built:
         script = [call for slot in wanted for call in booking_script(slot)]
         agent(main, f"{plan.prefix}-guest-{i}", script, plan.think)
         longest = max(longest, len(script))
+    # The zombies' team works on the main team's counters, shared with it (core/tenancy.py).
+    for name in counters:
+        ResourceGrant.objects.create(
+            owner=main,
+            team=zombies,
+            resource=Resource.objects.get(team=main, name=name),
+            access=GrantAccess.READ_WRITE,
+        )
     zombie_ids = []
     for i in range(plan.zombie_agents):
-        script = increment_script(counters[i % plan.counters]) * plan.zombie_rounds
+        shared = f"{main.name}{TEAM_SEPARATOR}{counters[i % plan.counters]}"
+        script = increment_script(shared) * plan.zombie_rounds
         zombie_ids.append(agent(zombies, f"{plan.prefix}-zombie-{i}", script, plan.zombie_think).pk)
         longest = max(longest, len(script))
     max_steps = longest * STEP_MARGIN + 100
