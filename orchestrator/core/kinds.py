@@ -185,6 +185,13 @@ KINDS: dict[str, EventKind] = _kinds(
         {"kind": TEXT, "resource": TEXT, "detail": TEXT, "status": TEXT},
         frozenset({GRAPH, COUNTS}),
     ),
+    # A refusal that repeats a recent one (same kind, agent and resource): counted on
+    # that conflict, whose row is not added again.
+    EventKind(
+        "conflict.repeated",
+        "conflict",
+        {"kind": TEXT, "resource": TEXT, "detail": TEXT, "occurrences": NUMBER},
+    ),
     EventKind(
         "conflict.resolved",
         "conflict",

@@ -480,6 +480,9 @@ class Conflict(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
     )
     resolution = models.TextField(blank=True)
+    # How many times it happened: a refusal repeated by the same agent on the same
+    # resource soon after counts here instead of adding a row (core/conflicts.py).
+    occurrences = models.PositiveIntegerField(default=1)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -498,6 +501,12 @@ class Conflict(models.Model):
         indexes = [
             models.Index(fields=["status", "kind"], name="conflict_status_kind"),
             models.Index(fields=["team", "status"], name="conflict_team_status"),
+            # The last refusal of a kind in one situation (conflicts.conflict_open).
+            models.Index(
+                fields=["kind", "key", "created_at"],
+                condition=Q(status="resolved") & ~Q(key=""),
+                name="conflict_refusal_repeats",
+            ),
         ]
 
     def __str__(self) -> str:

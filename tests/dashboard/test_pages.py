@@ -52,6 +52,22 @@ def test_conflicts_show_how_and_by_whom_they_were_resolved(operator_client: Clie
     assert b"<td>olivia</td>" in html
 
 
+def test_conflicts_show_how_many_times_a_refusal_repeated(viewer_client: Client) -> None:
+    agent = factories.agent(name=f"retrier {XSS}")
+    resource_create(name="doc", value="v0", agent=agent)
+    for _ in range(3):
+        assert resource_write(agent=agent, resource="doc", value=1, fence=9).status == "stale_fence"
+    conflict = Conflict.objects.get()
+
+    html = viewer_client.get(reverse("dashboard:conflicts")).content.decode()
+
+    row = re.search(rf'<tr data-conflict-id="{conflict.pk}">(.*?)</tr>', html, re.S)
+    assert row is not None
+    assert '<td class="occurrences">3</td>' in row.group(1)
+    assert "<script>" not in html.split("<main", 1)[1]
+    assert "retrier &lt;img" in row.group(1)
+
+
 def test_bad_filters_are_form_errors_not_500(viewer_client: Client) -> None:
     for url, query in [
         (reverse("dashboard:conflicts"), {"kind": "nope", "team": "x", "agent": "99999"}),
