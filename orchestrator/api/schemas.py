@@ -161,7 +161,10 @@ class ApprovalStatusOut(Schema):
 
 
 class ResourceSummaryOut(Schema):
-    name: str
+    name: str = Field(description="As you name it: `name`, or `owner::name` for another team's.")
+    access: Literal["own", "read", "read_write"] = Field(
+        description="Your team's (`own`), or shared with it read-only or read-write."
+    )
     version: int
     requires_approval: bool
     updated_at: datetime

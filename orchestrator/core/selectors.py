@@ -6,11 +6,12 @@ import time
 from typing import Any
 
 from django.db import connection
-from django.db.models import DateTimeField, Exists, F, Func, OuterRef, Q, QuerySet
+from django.db.models import Case, DateTimeField, Exists, F, Func, OuterRef, Q, QuerySet, When
 
-from orchestrator.core import sql, wakeups
+from orchestrator.core import sql, tenancy, wakeups
 from orchestrator.core.errors import Forbidden, NotFound
 from orchestrator.core.models import (
+    TEAM_SEPARATOR,
     Agent,
     Approval,
     ApprovalStatus,
@@ -18,7 +19,6 @@ from orchestrator.core.models import (
     Lock,
     LockRequest,
     RequestStatus,
-    Resource,
     Switchboard,
 )
 
@@ -103,16 +103,21 @@ def _db_clock() -> Func:
 def resources_visible(
     *, agent: Agent, prefix: str = "", limit: int = RESOURCES_LIMIT
 ) -> dict[str, Any]:
-    """The resources ``agent`` may use whose names start with ``prefix``, by name: at
-    most ``limit`` of them (``truncated`` says there are more), each with its version,
-    whether it requires approval, and the agents holding a live lock on it now.
-
-    The one place that says which resources an agent sees: for now its own team's.
-    """
+    """The resources ``agent`` may use whose names, as it names them, start with
+    ``prefix``: its team's by name, then those other teams share with its team as
+    ``owner::name`` (core/tenancy.py); at most ``limit`` of them (``truncated`` says
+    there are more), each with its version, whether it requires approval, the access
+    the agent has (``own``, ``read`` or ``read_write``), and the agents holding a live
+    lock on it now."""
+    owner, name_prefix = tenancy.split_name(prefix)
+    queryset = tenancy.visible_resources(agent).filter(name__startswith=name_prefix)
+    if owner is not None:
+        queryset = queryset.filter(team__name=owner)
+    own_first = Case(When(team_id=agent.team_id, then=0), default=1)
     rows = list(
-        Resource.objects.filter(team_id=agent.team_id, name__startswith=prefix)
-        .order_by("name")
-        .values("pk", "name", "version", "requires_approval", "updated_at")[: limit + 1]
+        queryset.order_by(own_first, "team__name", "name").values(
+            "pk", "name", "team_id", "team__name", "version", "requires_approval", "updated_at"
+        )[: limit + 1]
     )
     truncated = len(rows) > limit
     rows = rows[:limit]
@@ -124,9 +129,15 @@ def resources_visible(
     ).order_by("agent__name")
     for resource_id, name in live.values_list("resource_id", "agent__name"):
         holders.setdefault(resource_id, []).append(name)
+    shared = tenancy.shared_with(agent)
     resources = [
         {
-            "name": row["name"],
+            "name": row["name"]
+            if row["team_id"] == agent.team_id
+            else f"{row['team__name']}{TEAM_SEPARATOR}{row['name']}",
+            "access": "own"
+            if row["team_id"] == agent.team_id
+            else tenancy.access_to(shared, row["pk"], row["team_id"], row["name"]),
             "version": row["version"],
             "requires_approval": row["requires_approval"],
             "updated_at": row["updated_at"],
@@ -148,7 +159,7 @@ def approval_for_agent(*, approval_id: int, agent: Agent) -> dict[str, Any]:
     agent learns nothing of other agents' approvals.
     """
     mine = Approval.objects.filter(pk=approval_id, agent_id=agent.pk)
-    approval = mine.select_related("resource").first()
+    approval = mine.select_related("resource__team").first()
     if approval is None:
         raise NotFound("approval_not_found", f"no approval of yours with id {approval_id}")
     status = approval.status
@@ -162,7 +173,7 @@ def approval_for_agent(*, approval_id: int, agent: Agent) -> dict[str, Any]:
         )
     return {
         "approval_id": approval.pk,
-        "resource": approval.resource.name,
+        "resource": tenancy.qualified_name(agent, approval.resource),
         "status": status,
         "reason": reason,
         "version": approval.applied_version,
@@ -184,12 +195,12 @@ def agent_overview(agent: Agent) -> dict[str, Any]:
         Lock.objects.filter(agent_id=agent.pk, released_at__isnull=True)
         .annotate(now=_db_clock())
         .filter(expires_at__gt=F("now"))
-        .select_related("resource")
+        .select_related("resource__team")
         .order_by("acquired_at", "pk")
     )
     waits = (
         LockRequest.objects.filter(agent_id=agent.pk, status=RequestStatus.WAITING)
-        .select_related("resource")
+        .select_related("resource__team")
         .order_by("requested_at", "pk")
     )
     return {
@@ -208,7 +219,7 @@ def agent_overview(agent: Agent) -> dict[str, Any]:
         "locks": [
             {
                 "lock_id": lock.pk,
-                "resource": lock.resource.name,
+                "resource": tenancy.qualified_name(agent, lock.resource),
                 "mode": lock.mode,
                 "fence": lock.token,
                 "expires_at": lock.expires_at,
@@ -219,7 +230,7 @@ def agent_overview(agent: Agent) -> dict[str, Any]:
         "waits": [
             {
                 "request_id": request.pk,
-                "resource": request.resource.name,
+                "resource": tenancy.qualified_name(agent, request.resource),
                 "mode": request.mode,
                 "since": request.requested_at,
             }

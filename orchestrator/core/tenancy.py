@@ -72,6 +72,30 @@ def _covers(grant: dict[str, Any], name: str) -> bool:
     return grant["resource_id"] is not None or name.startswith(grant["prefix"])
 
 
+def shared_with(agent: Agent) -> list[dict[str, Any]]:
+    """The grants other teams gave ``agent``'s team (for :func:`access_to`)."""
+    return list(
+        ResourceGrant.objects.filter(team_id=agent.team_id).values(
+            "owner_id", "resource_id", "prefix", "access"
+        )
+    )
+
+
+def access_to(grants: list[dict[str, Any]], resource_id: int, team_id: int, name: str) -> str:
+    """The widest access ``grants`` (:func:`shared_with`) give on a resource: ``read``,
+    ``read_write``, or ``""`` for none."""
+    found = {
+        grant["access"]
+        for grant in grants
+        if grant["owner_id"] == team_id
+        and (grant["resource_id"] == resource_id or grant["resource_id"] is None)
+        and _covers(grant, name)
+    }
+    if GrantAccess.READ_WRITE in found:
+        return GrantAccess.READ_WRITE
+    return GrantAccess.READ if found else ""
+
+
 def grants_for(agent: Agent, resource: Resource) -> list[str]:
     """The accesses the grants of ``resource``'s team give ``agent``'s team on it."""
     rows = ResourceGrant.objects.filter(team_id=agent.team_id, owner_id=resource.team_id).filter(

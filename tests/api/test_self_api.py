@@ -131,3 +131,32 @@ def test_whoami_says_who_paused_it(alice) -> None:
 def test_without_a_token_both_are_401(client) -> None:
     for path in ("/api/v1/resources", "/api/v1/whoami", "/api/v1/approvals/1"):
         assert client.get(path).status_code == 401
+
+
+def test_shared_resources_are_listed_and_held_under_their_qualified_names(
+    alice, make_client
+) -> None:
+    from orchestrator.core.models import GrantAccess, ResourceGrant
+
+    owner = make_client("owner", team_=factories.team(name="library"))
+    for name in ("books/a", "books/b", "private"):
+        owner.create(name)
+    ResourceGrant.objects.create(
+        owner=owner.agent.team, team=alice.agent.team, prefix="books/", access=GrantAccess.READ
+    )
+    alice.create("ours")
+
+    listed = listing(alice).json()["resources"]
+    shared_only = listing(alice, "library::books/b").json()["resources"]
+    held = alice.acquire("library::books/a", mode="shared").json()
+
+    assert [(r["name"], r["access"]) for r in listed] == [
+        ("ours", "own"),
+        ("library::books/a", "read"),
+        ("library::books/b", "read"),
+    ]
+    assert [r["name"] for r in shared_only] == ["library::books/b"]
+    assert held["resource"] == "library::books/a"
+    assert [lock["resource"] for lock in alice.get("/whoami").json()["locks"]] == [
+        "library::books/a"
+    ]
