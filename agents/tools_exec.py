@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import QuerySet
+
 from agents.tools import TOOL_MODELS
 from orchestrator.core.locks import lock_acquire, lock_release
-from orchestrator.core.models import Agent, Lock, LockEnd, LockMode, Run, Step
+from orchestrator.core.models import Agent, Lock, LockEnd, LockMode, Resource, Run, Step
 from orchestrator.core.operations import (
     Acquire,
     Finish,
@@ -31,7 +33,7 @@ from orchestrator.core.operations import (
     Write,
     parsed,
 )
-from orchestrator.core.queue import holder_dict
+from orchestrator.core.queue import holder_dict, resources_named
 from orchestrator.core.resources import (
     WriteResult,
     approval_request,
@@ -58,21 +60,24 @@ def _held(
     granted = getattr(step, "_granted", {}).get(resource)
     if granted is not None and (granted[2] == LockMode.EXCLUSIVE or not exclusive):
         return granted[0], granted[1]
-    locks = Lock.objects.filter(agent=agent, resource__name=resource, released_at__isnull=True)
+    named = resources_named(agent, resource)
+    if named is None:  # a name no resource can have: nothing is held
+        return None
+    locks = Lock.objects.filter(agent=agent, resource__in=named, released_at__isnull=True)
     if exclusive:
         locks = locks.filter(mode=LockMode.EXCLUSIVE)
     found = locks.values_list("pk", "token").first()
     if found is None and exclusive:
-        found = _lost_lock(agent, step, resource)
+        found = _lost_lock(agent, step, named)
     return (found[0], found[1]) if found else None
 
 
-def _lost_lock(agent: Agent, step: Step, resource: str) -> tuple[int, int] | None:
-    """(lock id, fence) of the agent's latest lock on ``resource`` in this run, if it
-    was exclusive and ended other than by the agent's release; else None."""
+def _lost_lock(agent: Agent, step: Step, named: QuerySet[Resource]) -> tuple[int, int] | None:
+    """(lock id, fence) of the agent's latest lock on the resource ``named`` selects in
+    this run, if it was exclusive and ended other than by the agent's release; else None."""
     started = Run.objects.filter(pk=step.run_id).values("started_at")[:1]
     latest = (
-        Lock.objects.filter(agent=agent, resource__name=resource, acquired_at__gte=started)
+        Lock.objects.filter(agent=agent, resource__in=named, acquired_at__gte=started)
         .order_by("-pk")
         .values_list("pk", "token", "mode", "end")
         .first()

@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 
 from orchestrator.core import sql, tenancy, wakeups
 from orchestrator.core.errors import Invalid, NotFound
@@ -102,6 +102,17 @@ def lookup_filter(lookup: dict[str, Any]) -> Q:
     if key == "owner_name":
         return Q(team__name=value[0], name=value[1])
     return Q(**lookup)
+
+
+def resources_named(agent: Agent, resource: str) -> QuerySet[Resource] | None:
+    """The resource ``agent`` names ``resource`` (its team's, or ``owner::name``), as a
+    queryset to filter other rows by (``lock__resource__in=``); None for a name no
+    resource can have. Never the resource of another team with the same plain name."""
+    try:
+        lookup = resource_lookup(resource, agent)
+    except NotFound:
+        return None
+    return Resource.objects.filter(lookup_filter(lookup)).values("pk")
 
 
 def resource_for_update(

@@ -140,3 +140,30 @@ def test_conflicts_are_listed_for_the_agents_team_only(alice, stranger, doc) -> 
 
     assert [c["kind"] for c in alice.get("/conflicts").json()] == ["stale_fence"]
     assert stranger.get("/conflicts").json() == []
+
+
+def test_the_runtime_sends_the_fence_of_the_lock_on_the_resource_it_names(
+    alice, stranger, doc
+) -> None:
+    """A runtime agent's write carries the fence of its lock on the resource it names,
+    found by the tenancy's lookup: a shared one by owner::name, never the resource of
+    the same plain name in another team."""
+    ResourceGrant.objects.create(
+        owner=alice.agent.team, team=stranger.agent.team, access=GrantAccess.READ_WRITE
+    )
+    theirs = qualified(alice, doc)
+    run = factories.run(team=stranger.agent.team)
+
+    def step(number: int) -> Step:  # a new step: nothing remembered from the last one
+        return Step.objects.create(run=run, agent=stranger.agent, number=number, attempts=1)
+
+    granted = run_tool(stranger.agent, step(1), "acquire", {"resource": theirs})
+    written = run_tool(stranger.agent, step(2), "write", {"resource": theirs, "value": "x"})
+    assert (written["ok"], written["version"]) == (True, 1)
+    assert ResourceVersion.objects.get(resource__name=doc, version=1).fence == granted["fence"]
+
+    # Its own "doc" is free: a write to it goes unfenced, not with the other doc's fence.
+    stranger.create(doc, "own")
+    own = run_tool(stranger.agent, step(3), "write", {"resource": doc, "value": "y"})
+    assert (own["ok"], own["version"]) == (True, 1)
+    assert alice.read(doc).json()["value"] == "x"
