@@ -12,7 +12,14 @@ from typing import Any
 from django import forms
 
 from orchestrator.core.deadlocks import BreakAction
-from orchestrator.core.models import Agent, ConflictKind, ConflictStatus, Team
+from orchestrator.core.models import (
+    NAME_MAX_LENGTH,
+    TEAM_SEPARATOR,
+    Agent,
+    ConflictKind,
+    ConflictStatus,
+    Team,
+)
 
 NOTE_MAX = 5000
 EDITED_VALUE_MAX = 1_000_000
@@ -160,8 +167,11 @@ WINDOWS = {"fit": None, "10m": 600, "1h": 3600, "24h": 86400}
 
 
 class GanttForm(forms.Form):
+    # team::name, or a name only one team has (timeline.resource_by_name).
     resource = forms.CharField(
-        required=False, max_length=200, widget=forms.TextInput(attrs={"list": "resource-names"})
+        required=False,
+        max_length=2 * NAME_MAX_LENGTH + len(TEAM_SEPARATOR),
+        widget=forms.TextInput(attrs={"list": "resource-names"}),
     )
     window = forms.ChoiceField(
         choices=[

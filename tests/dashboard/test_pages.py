@@ -113,6 +113,13 @@ def test_the_gantt_chart_draws_each_hold_of_a_resource(viewer_client: Client) ->
     assert "end-released" in html and "end-live" in html
     missing = viewer_client.get(reverse("dashboard:timeline"), {"resource": "nope"})
     assert b"No resource has that name." in missing.content
+    # Names are unique within a team only: the picker offers team::name.
+    resource_create(name="slot", team=factories.team(name="elsewhere"))
+    page = viewer_client.get(reverse("dashboard:timeline"), {"resource": f"{team.name}::slot"})
+    assert page.content.decode().count('<rect class="bar') == 2
+    assert f'<option value="{team.name}::slot">' in page.content.decode()
+    ambiguous = viewer_client.get(reverse("dashboard:timeline"), {"resource": "slot"})
+    assert b"No resource has that name." in ambiguous.content
 
 
 def test_agent_text_is_escaped_in_every_server_rendered_page(operator_client: Client) -> None:

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from django.db.models import QuerySet
 
 from orchestrator.core.events import last_event_id
-from orchestrator.core.models import Agent, Event, Lock, Resource, Team
+from orchestrator.core.models import TEAM_SEPARATOR, Agent, Event, Lock, Resource, Team
+from orchestrator.core.tenancy import split_name
 
 EVENTS_LIMIT = 200
 GANTT_LOCKS_LIMIT = 500
@@ -93,9 +94,17 @@ def lock_history(*, resource: Resource, now: datetime, window: timedelta | None)
 
 
 def resource_names(*, limit: int = 2000) -> list[str]:
-    """Resource names for the Gantt chart's picker."""
-    return list(Resource.objects.order_by("name").values_list("name", flat=True)[:limit])
+    """Resource names for the Gantt chart's picker, as ``team::name`` (names are
+    unique within a team only)."""
+    rows = Resource.objects.order_by("team__name", "name").values_list("team__name", "name")
+    return [f"{team}{TEAM_SEPARATOR}{name}" for team, name in rows[:limit]]
 
 
 def resource_by_name(*, name: str) -> Resource | None:
-    return Resource.objects.filter(name=name).first()
+    """The resource ``team::name`` names, or a plain name that only one team has."""
+    team, plain = split_name(name)
+    found = Resource.objects.filter(name=plain)
+    if team is not None:
+        return found.filter(team__name=team).first()
+    matches = list(found[:2])
+    return matches[0] if len(matches) == 1 else None
