@@ -39,8 +39,14 @@ from orchestrator.api.schemas import (
     WriteRejectedOut,
 )
 from orchestrator.core.errors import Gone
-from orchestrator.core.locks import LockOutcome, lock_acquire, lock_release, lock_renew
-from orchestrator.core.models import Lock
+from orchestrator.core.locks import (
+    LockOutcome,
+    lock_acquire,
+    lock_release,
+    lock_renew,
+    lock_request_cancel,
+)
+from orchestrator.core.models import Lock, LockRequest
 from orchestrator.core.operations import MAX_ID
 from orchestrator.core.resources import (
     ResourceState,
@@ -272,15 +278,36 @@ def read_lock_request(
     request_id: int = Path(..., ge=1, le=MAX_ID),
     wait: float = Query(0, ge=0, le=MAX_POLL_WAIT, description="long poll: seconds to wait"),
 ) -> dict[str, Any]:
-    lock_request = lock_request_when_decided(
-        request_id=request_id, agent=request.auth, timeout=wait
+    return _request_out(
+        lock_request_when_decided(request_id=request_id, agent=request.auth, timeout=wait)
     )
+
+
+def _request_out(lock_request: LockRequest) -> dict[str, Any]:
     lock = lock_request.lock
     return {
         "status": lock_request.status,
         "lock": _lock_out(lock, lock.resource.name) if lock is not None else None,
         "reason": lock_request.reason,
     }
+
+
+@api.delete(
+    "/lock-requests/{request_id}",
+    response={200: LockRequestOut, **_errors(403, 404)},
+    tags=["locks"],
+    summary="Cancel a queued lock request",
+    description=(
+        "Takes a waiting request out of its queue, so that the agents behind it go first "
+        "(`status` becomes `cancelled`). A request that was already granted or ended is "
+        "answered as it stands: a granted one holds its lock (release it). Only its "
+        "agent may cancel it."
+    ),
+)
+def cancel_lock_request(
+    request: HttpRequest, request_id: int = Path(..., ge=1, le=MAX_ID)
+) -> dict[str, Any]:
+    return _request_out(lock_request_cancel(request_id=request_id, agent=request.auth))
 
 
 @api.post(

@@ -36,10 +36,15 @@ class AcquireArgs(Acquire):
     wait_seconds: Seconds = 0
 
 
-class WaitArgs(Operation):
-    """Wait for a queued lock request to be granted or to end."""
+class RequestArgs(Operation):
+    """Name a lock request the caller queued."""
 
     request_id: ObjectId = Field(description="The request_id that acquire returned.")
+
+
+class WaitArgs(RequestArgs):
+    """Wait for a queued lock request to be granted or to end."""
+
     wait_seconds: Seconds = 20
 
 

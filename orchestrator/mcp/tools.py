@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.errors import Conflicting, Gone
-from orchestrator.core.locks import LockOutcome, lock_acquire, lock_release, lock_renew
+from orchestrator.core.locks import (
+    LockOutcome,
+    lock_acquire,
+    lock_release,
+    lock_renew,
+    lock_request_cancel,
+)
 from orchestrator.core.models import Agent, Lock, LockRequest, RequestStatus, Resource
 from orchestrator.core.operations import (
     AskApproval,
@@ -38,6 +44,7 @@ from orchestrator.mcp.arguments import (
     AcquireArgs,
     LockArgs,
     RenewArgs,
+    RequestArgs,
     WaitArgs,
     WriteArgs,
     capped,
@@ -110,6 +117,10 @@ def acquire(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
         request_id=result.request.pk, agent=agent, timeout=capped(args.wait_seconds)
     )
     return _request(request)
+
+
+def cancel(agent: Agent, args: RequestArgs) -> dict[str, Any]:
+    return _request(lock_request_cancel(request_id=args.request_id, agent=agent))
 
 
 def wait(agent: Agent, args: WaitArgs) -> dict[str, Any]:
@@ -225,6 +236,14 @@ TOOLS: dict[str, ToolSpec] = {
         "your other locks and start over). Errors: request_not_found, not_your_request.",
         wait,
         read_only=True,
+    ),
+    "cancel": ToolSpec(
+        RequestArgs,
+        "Give up a queued lock request (the request_id from `acquire`) that you no "
+        "longer want, so that the agents behind you in the queue are not held up. "
+        "Returns status 'cancelled'; or the grant, if it was granted first (then you "
+        "hold the lock: release it). Errors: request_not_found, not_your_request.",
+        cancel,
     ),
     "read": ToolSpec(
         Read,

@@ -386,3 +386,25 @@ def test_a_grant_to_an_http_agent_pushes_its_wake_up(alice, bob, doc) -> None:
 
     assert wakeups.wait_for_wake(bob.agent.pk, 0.01) is True
     assert wakeups.wait_for_wake(bob.agent.pk, 0.01) is False  # one grant, one wake-up
+
+
+def test_a_cancelled_request_leaves_the_queue(make_client, alice, bob, doc) -> None:
+    carol = make_client("carol")
+    held = alice.acquire(doc).json()
+    bobs = bob.acquire(doc, wait=True).json()["request_id"]
+    carols = carol.acquire(doc, wait=True).json()["request_id"]
+
+    assert carol.delete(f"/lock-requests/{bobs}").json()["error"] == "not_your_request"
+    cancelled = bob.delete(f"/lock-requests/{bobs}")
+    again = bob.delete(f"/lock-requests/{bobs}")
+    alice.delete(f"/locks/{held['id']}")
+
+    assert cancelled.status_code == again.status_code == 200
+    assert cancelled.json() == {
+        "status": "cancelled",
+        "lock": None,
+        "reason": "cancelled by its agent",
+    }
+    assert again.json() == cancelled.json()  # idempotent
+    assert carol.get(f"/lock-requests/{carols}").json()["status"] == "granted"
+    assert bob.delete("/lock-requests/999999").status_code == 404

@@ -12,7 +12,7 @@ import httpx2
 import pytest
 
 from orchestrator.core.approvals import approval_decide
-from orchestrator.core.models import Approval, ApprovalStatus, Conflict, Resource
+from orchestrator.core.models import Approval, ApprovalStatus, Conflict, Lock, Resource
 from orchestrator.core.resources import resource_create
 from orchestrator.core.tokens import agent_token_reset
 from orchestrator.mcp.tools import TOOLS
@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 TOOL_NAMES = {
     "acquire",
+    "cancel",
     "wait",
     "read",
     "write",
@@ -344,3 +345,35 @@ def test_nothing_a_client_can_send_gets_a_server_error(live, agents):
         assert response.status_code < 500, (method, headers, body, response.text)
         if method != "POST":  # stateless: no event stream to open, no session to end
             assert response.status_code == 405 and response.headers["Allow"] == "POST"
+
+
+def test_a_cancelled_request_leaves_the_queue_and_the_next_one_goes_first(live, agents):
+    """An agent that gives up a queued request takes it out of the queue: when the
+    holder releases, the agent queued behind it is granted, not the one that left."""
+    _, alice_token = agents.make("alice")
+    _, bob_token = agents.make("bob")
+    carol, carol_token = agents.make("carol")
+    resource_create(name="doc", value=0, team=agents.team)
+
+    async def scenario():
+        async with (
+            mcp_session(live, alice_token) as a,
+            mcp_session(live, bob_token) as b,
+            mcp_session(live, carol_token) as c,
+        ):
+            held = await call(a, "acquire", resource="doc")
+            bobs = await call(b, "acquire", resource="doc")
+            carols = await call(c, "acquire", resource="doc")
+            cancelled = await call(b, "cancel", request_id=bobs["request_id"])
+            others, _ = await refused(c, "cancel", request_id=carols["request_id"] + 1000)
+            not_hers, _ = await refused(c, "cancel", request_id=bobs["request_id"])
+            await call(a, "release", lock_id=held["lock_id"])
+            granted = await call(c, "wait", request_id=carols["request_id"])
+            return cancelled, others, not_hers, granted
+
+    cancelled, others, not_hers, granted = run(scenario())
+    assert (cancelled["status"], cancelled["reason"]) == ("cancelled", "cancelled by its agent")
+    assert others.startswith("request_not_found:")
+    assert not_hers.startswith("not_your_request:")
+    assert granted["status"] == "granted"
+    assert Lock.objects.get(released_at__isnull=True).agent == carol
