@@ -39,6 +39,7 @@ from orchestrator.core.selectors import (
     lock_request_when_decided,
     resources_visible,
 )
+from orchestrator.core.tenancy import qualified_name
 from orchestrator.mcp.arguments import (
     MAX_WAIT_SECONDS,
     AcquireArgs,
@@ -66,7 +67,7 @@ def _grant(lock: Lock, resource: Resource) -> dict[str, Any]:
     return {
         "status": "granted",
         "lock_id": lock.pk,
-        "resource": resource.name,
+        "resource": qualified_name(lock.agent, resource),
         "mode": lock.mode,
         "fence": lock.token,
         "expires_at": lock.expires_at,
@@ -79,7 +80,11 @@ def _request(request: LockRequest) -> dict[str, Any]:
     """A lock request as it stands: granted (the grant), waiting, or ended."""
     if request.status == RequestStatus.GRANTED and request.lock is not None:
         return {**_grant(request.lock, request.resource), "request_id": request.pk}
-    answer = {"status": request.status, "request_id": request.pk, "resource": request.resource.name}
+    answer = {
+        "status": request.status,
+        "request_id": request.pk,
+        "resource": qualified_name(request.agent, request.resource),
+    }
     if request.status == RequestStatus.WAITING:
         return {**answer, "detail": "still queued: call wait with this request_id"}
     return {**answer, "reason": request.reason}
@@ -134,7 +139,7 @@ def read(agent: Agent, args: Read) -> dict[str, Any]:
     state = resource_read(resource=args.resource, agent=agent)
     res = state.resource
     return {
-        "resource": res.name,
+        "resource": qualified_name(agent, res),
         "value": res.value,
         "version": res.version,
         "fence": res.fence,

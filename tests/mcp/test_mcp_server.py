@@ -318,6 +318,35 @@ def test_an_agent_of_another_team_is_refused_and_leaves_nothing_written(live, ag
     assert not Conflict.objects.exists()
 
 
+def test_a_shared_resource_is_named_owner_name_and_a_read_share_refuses_writes(live, agents):
+    from orchestrator.core.models import GrantAccess, ResourceGrant
+
+    resource_create(name="doc", value="ours", team=agents.team)
+    outsider = factories.agent(team_=factories.team(), name="outsider")
+    ResourceGrant.objects.create(
+        owner=agents.team, team=outsider.team, prefix="", access=GrantAccess.READ
+    )
+    token = agent_token_reset(agent=outsider)
+    name = f"{agents.team.name}::doc"
+
+    async def scenario():
+        async with mcp_session(live, token) as session:
+            read = await call(session, "read", resource=name)
+            shared = await call(session, "acquire", resource=name, mode="shared")
+            await call(session, "release", lock_id=shared["lock_id"])
+            exclusive, _ = await refused(session, "acquire", resource=name)
+            write, _ = await refused(session, "write", resource=name, value="theirs")
+            return read, shared, exclusive, write, await call(session, "list_resources")
+
+    read, shared, exclusive, write, listed = run(scenario())
+    assert (read["resource"], read["value"]) == (name, "ours")
+    assert shared["resource"] == name
+    assert exclusive.startswith("forbidden: ") and write.startswith("forbidden: ")
+    assert [(r["name"], r["access"]) for r in listed["resources"]] == [(name, "read")]
+    assert Resource.objects.get(name="doc").version == 0
+    assert not Conflict.objects.exists()
+
+
 def test_nothing_a_client_can_send_gets_a_server_error(live, agents):
     _, token = agents.make("prodder")
     url = f"{live}/mcp/"
