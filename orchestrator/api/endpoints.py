@@ -46,7 +46,7 @@ from orchestrator.core.locks import (
     lock_renew,
     lock_request_cancel,
 )
-from orchestrator.core.models import Lock, LockRequest
+from orchestrator.core.models import Agent, Lock, LockRequest
 from orchestrator.core.operations import MAX_ID
 from orchestrator.core.resources import (
     ResourceState,
@@ -65,6 +65,7 @@ from orchestrator.core.selectors import (
     lock_request_when_decided,
     resources_visible,
 )
+from orchestrator.core.tenancy import qualified_name
 
 api = AgentAPI(
     title="Orchestrator agent API",
@@ -92,10 +93,11 @@ def _errors(*codes: int) -> dict[int, Any]:
     return {**COMMON_ERRORS, **dict.fromkeys(codes, ErrorOut)}
 
 
-def _resource_out(state: ResourceState) -> dict[str, Any]:
+def _resource_out(state: ResourceState, agent: Agent) -> dict[str, Any]:
+    """The resource as ``agent`` names it: another team's as owner::name."""
     res = state.resource
     return {
-        "name": res.name,
+        "name": qualified_name(agent, res),
         "value": res.value,
         "version": res.version,
         "fence": res.fence,
@@ -149,7 +151,7 @@ def create_resource(request: HttpRequest, payload: ResourceCreateIn) -> Status:
         requires_approval=payload.requires_approval,
         agent=request.auth,
     )
-    return Status(201, _resource_out(ResourceState(resource, holders=[], waiters=[])))
+    return Status(201, _resource_out(ResourceState(resource, holders=[], waiters=[]), request.auth))
 
 
 @api.get(
@@ -178,7 +180,7 @@ def list_resources(request: HttpRequest, filters: Query[ResourceFilters]) -> dic
     ),
 )
 def read_resource(request: HttpRequest, name: str) -> dict[str, Any]:
-    return _resource_out(resource_read(resource=name, agent=request.auth))
+    return _resource_out(resource_read(resource=name, agent=request.auth), request.auth)
 
 
 @api.put(
@@ -287,7 +289,9 @@ def _request_out(lock_request: LockRequest) -> dict[str, Any]:
     lock = lock_request.lock
     return {
         "status": lock_request.status,
-        "lock": _lock_out(lock, lock.resource.name) if lock is not None else None,
+        "lock": _lock_out(lock, qualified_name(lock_request.agent, lock.resource))
+        if lock is not None
+        else None,
         "reason": lock_request.reason,
     }
 

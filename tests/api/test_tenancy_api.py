@@ -97,7 +97,7 @@ def test_a_read_share_reads_and_refuses_writes_with_403(alice, stranger, doc, st
     name = qualified(alice, doc)
 
     read = stranger.get(f"/resources/{quote(name)}")
-    assert (read.status_code, read.json()["value"]) == (200, "v0")
+    assert (read.status_code, read.json()["value"], read.json()["name"]) == (200, "v0", name)
     shared = stranger.post("/locks", {"resource": qualified(alice, doc), "mode": "shared"})
     assert shared.status_code == 201
     stranger.delete(f"/locks/{shared.json()['id']}")
