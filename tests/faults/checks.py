@@ -110,12 +110,19 @@ def _runs_ended(report: Report, built: Built, steps: list[dict]) -> None:
 
 
 def _calls(steps: list[dict], tool: str, resource: str) -> list[tuple[dict, dict]]:
-    """(step, call) of every journaled ``tool`` call on ``resource``, in step order."""
+    """(step, call) of every journaled ``tool`` call on ``resource``, in step order: by
+    its name, or as owner::name (the zombies' team names the main team's counters so)."""
+    from orchestrator.core.tenancy import split_name
+
+    def names_it(call: dict) -> bool:
+        named = (call.get("arguments") or {}).get("resource")
+        return isinstance(named, str) and split_name(named)[1] == resource
+
     return [
         (step, call)
         for step in steps
         for call in step["tool_calls"] or []
-        if call["tool"] == tool and (call.get("arguments") or {}).get("resource") == resource
+        if call["tool"] == tool and names_it(call)
     ]
 
 
