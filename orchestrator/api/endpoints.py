@@ -362,8 +362,11 @@ def list_conflicts(request: HttpRequest, filters: Query[ConflictFilters]) -> lis
             "kind": conflict.kind,
             "status": conflict.status,
             "agents": sorted(agent.name for agent in conflict.agents.all()),
-            "resources": sorted(res.name for res in conflict.resources.all()),
+            "resources": sorted(
+                qualified_name(request.auth, res) for res in conflict.resources.all()
+            ),
             "detail": conflict.detail,
+            "occurrences": conflict.occurrences,
             "created_at": conflict.created_at,
         }
         for conflict in conflicts_recent(

@@ -109,8 +109,12 @@ class ConflictOut(Schema):
     kind: ConflictKind
     status: ConflictStatus
     agents: list[str]
-    resources: list[str]
+    resources: list[str] = Field(description="As you name them: another team's as owner::name.")
     detail: str
+    occurrences: int = Field(
+        description="How many times it happened: the same refusal repeated by one agent on "
+        "one resource soon after counts here instead of adding a conflict."
+    )
     created_at: datetime
 
 

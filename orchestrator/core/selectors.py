@@ -76,7 +76,8 @@ def conflicts_recent(
     """The newest ``limit`` conflicts, newest first, optionally of one kind and status;
     for ``agent``, only those its team may see: its team's, and those its agents are in.
 
-    Agents and resources are prefetched, so reading their names costs two queries.
+    Agents and resources (with their teams) are prefetched: reading their names costs
+    three queries.
     """
     queryset = Conflict.objects.all()
     if agent is not None:
@@ -88,7 +89,9 @@ def conflicts_recent(
         queryset = queryset.filter(kind=kind)
     if status:
         queryset = queryset.filter(status=status)
-    return queryset.order_by("-created_at", "-pk").prefetch_related("agents", "resources")[:limit]
+    return queryset.order_by("-created_at", "-pk").prefetch_related("agents", "resources__team")[
+        :limit
+    ]
 
 
 # --- what an agent outside the runtime may ask about itself (the API, the MCP server) ---

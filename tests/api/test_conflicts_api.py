@@ -36,9 +36,10 @@ def test_lists_conflicts_newest_first_with_names(alice, conflicts) -> None:
         "agents",
         "resources",
         "detail",
+        "occurrences",
         "created_at",
     }
-    assert (first["kind"], first["status"]) == ("stale_fence", "resolved")
+    assert (first["kind"], first["status"], first["occurrences"]) == ("stale_fence", "resolved", 1)
     assert (first["agents"], first["resources"]) == (["alice"], ["other"])
     assert "fencing token 7" in first["detail"]
     assert parse_datetime(first["created_at"]) is not None
@@ -91,3 +92,15 @@ def test_selector_limits_and_filters(conflicts) -> None:
         conflicts["version"]
     ]
     assert list(conflicts_recent(status=ConflictStatus.OPEN)) == []
+
+
+def test_a_repeated_refusal_is_one_conflict_with_its_count(alice) -> None:
+    doc = "counted"
+    alice.create(doc, 0)
+    fence = alice.acquire(doc).json()["fence"]
+    for _ in range(3):
+        assert alice.write(doc, value="stale", fence=fence + 1).json()["error"] == "stale_fence"
+
+    (conflict,) = alice.get("/conflicts").json()
+
+    assert (conflict["kind"], conflict["occurrences"]) == ("stale_fence", 3)
