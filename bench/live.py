@@ -260,6 +260,7 @@ def build_board(seed: int = 5) -> dict[str, int]:
         Team,
     )
     from orchestrator.core.resources import resource_write
+    from orchestrator.core.tenancy import qualify
 
     rng = random.Random(seed)
     teams = Team.objects.bulk_create(
@@ -315,7 +316,7 @@ def build_board(seed: int = 5) -> dict[str, int]:
             ResourceGrant.objects.get_or_create(
                 owner_id=res.team_id, team_id=by.team_id, resource=res, access="read_write"
             )
-            name = f"{team_names[res.team_id]}::{res.name}"
+            name = qualify(team_names[res.team_id], res.name)
         lock_acquire(agent=by, resource=name, ttl=86400)
 
     for a in range(120):  # held: agent a holds res a and a + 120 (same team)

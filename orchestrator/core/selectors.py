@@ -11,7 +11,6 @@ from django.db.models import Case, DateTimeField, Exists, F, Func, OuterRef, Q, 
 from orchestrator.core import sql, tenancy, wakeups
 from orchestrator.core.errors import Forbidden, NotFound
 from orchestrator.core.models import (
-    TEAM_SEPARATOR,
     Agent,
     Approval,
     ApprovalStatus,
@@ -137,7 +136,7 @@ def resources_visible(
         {
             "name": row["name"]
             if row["team_id"] == agent.team_id
-            else f"{row['team__name']}{TEAM_SEPARATOR}{row['name']}",
+            else tenancy.qualify(row["team__name"], row["name"]),
             "access": "own"
             if row["team_id"] == agent.team_id
             else tenancy.access_to(shared, row["pk"], row["team_id"], row["name"]),

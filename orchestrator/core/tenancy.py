@@ -14,8 +14,10 @@ two apart would tell another tenant's names. A resource shared read-only that
 the agent tries to change is ``forbidden`` (403): the grant says it exists.
 
 The check runs on the resource row the service has read or locked, before the
-service changes anything (``queue.open_queue``, ``resources.resource_read``): a
-refused call writes nothing, and records no Conflict on the other team's resource.
+service decides anything (``queue.open_queue``, ``resources.resource_read``); a
+refusal rolls the service's transaction back (with the leases that reading the
+queue found expired), so a refused call writes nothing, and records no Conflict
+on the other team's resource.
 An agent's own resources cost no query; another team's cost one (the grants).
 Calls without an agent (operators, the runtime's own bookkeeping) are not scoped.
 """
@@ -68,44 +70,36 @@ def not_found(name: object) -> NotFound:
     return NotFound("resource_not_found", f"no resource named {name!s:.200}")
 
 
-def _covers(grant: dict[str, Any], name: str) -> bool:
-    return grant["resource_id"] is not None or name.startswith(grant["prefix"])
+def qualify(team: str, name: str) -> str:
+    """``team::name``: how another team's resource is named."""
+    return f"{team}{TEAM_SEPARATOR}{name}"
 
 
-def shared_with(agent: Agent) -> list[dict[str, Any]]:
-    """The grants other teams gave ``agent``'s team (for :func:`access_to`)."""
-    return list(
-        ResourceGrant.objects.filter(team_id=agent.team_id).values(
-            "owner_id", "resource_id", "prefix", "access"
-        )
-    )
+def shared_with(agent: Agent, *, owner_id: int | None = None) -> list[dict[str, Any]]:
+    """The grants other teams (or the team ``owner_id``) gave ``agent``'s team, for
+    :func:`access_to`."""
+    grants = ResourceGrant.objects.filter(team_id=agent.team_id)
+    if owner_id is not None:
+        grants = grants.filter(owner_id=owner_id)
+    return list(grants.values("owner_id", "resource_id", "prefix", "access"))
 
 
 def access_to(grants: list[dict[str, Any]], resource_id: int, team_id: int, name: str) -> str:
     """The widest access ``grants`` (:func:`shared_with`) give on a resource: ``read``,
-    ``read_write``, or ``""`` for none."""
+    ``read_write``, or ``""`` for none. A grant covers its resource, or, without one,
+    the names that start with its prefix."""
     found = {
         grant["access"]
         for grant in grants
         if grant["owner_id"] == team_id
-        and (grant["resource_id"] == resource_id or grant["resource_id"] is None)
-        and _covers(grant, name)
+        and (
+            grant["resource_id"] == resource_id
+            or (grant["resource_id"] is None and name.startswith(grant["prefix"]))
+        )
     }
     if GrantAccess.READ_WRITE in found:
         return GrantAccess.READ_WRITE
     return GrantAccess.READ if found else ""
-
-
-def grants_for(agent: Agent, resource: Resource) -> list[str]:
-    """The accesses the grants of ``resource``'s team give ``agent``'s team on it."""
-    rows = ResourceGrant.objects.filter(team_id=agent.team_id, owner_id=resource.team_id).filter(
-        Q(resource_id=resource.pk) | Q(resource__isnull=True)
-    )
-    return [
-        row["access"]
-        for row in rows.values("access", "resource_id", "prefix")
-        if _covers(row, resource.name)
-    ]
 
 
 def authorize(agent: Agent | None, resource: Resource, need: str, *, asked: object = None) -> None:
@@ -115,10 +109,11 @@ def authorize(agent: Agent | None, resource: Resource, need: str, *, asked: obje
     """
     if agent is None or resource.team_id == agent.team_id:
         return
-    accesses = grants_for(agent, resource)
-    if not accesses:
+    grants = shared_with(agent, owner_id=resource.team_id)
+    access = access_to(grants, resource.pk, resource.team_id, resource.name)
+    if not access:
         raise not_found(resource.name if asked is None else asked)
-    if need == WRITE and GrantAccess.READ_WRITE not in accesses:
+    if need == WRITE and access != GrantAccess.READ_WRITE:
         raise Forbidden(
             "forbidden",
             f"{qualified_name(agent, resource)} is shared with your team read-only: "
@@ -130,7 +125,7 @@ def qualified_name(agent: Agent | None, resource: Resource) -> str:
     """How ``agent`` names ``resource``: its name, or ``owner::name`` for another team's."""
     if agent is None or resource.team_id == agent.team_id:
         return resource.name
-    return f"{resource.team.name}{TEAM_SEPARATOR}{resource.name}"
+    return qualify(resource.team.name, resource.name)
 
 
 def visible_resources(agent: Agent) -> QuerySet[Resource]:

@@ -8,7 +8,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
-from orchestrator.core.errors import Forbidden, Invalid, NotFound
+from orchestrator.core.errors import Conflicting, Forbidden, Invalid, NotFound
 from orchestrator.core.locks import lock_acquire, lock_release
 from orchestrator.core.models import (
     Approval,
@@ -76,7 +76,7 @@ def test_a_name_is_unique_within_a_team_and_each_team_has_its_own(ann, bob, red,
     # Both granted at once: they are two resources.
     assert lock_acquire(agent=ann, resource="calendar").status == "granted"
     assert lock_acquire(agent=bob, resource="calendar").status == "granted"
-    with pytest.raises(Exception, match="already has a resource named"):
+    with pytest.raises(Conflicting, match="already has a resource named"):
         resource_create(agent=ann, name="calendar")
 
 

@@ -86,7 +86,6 @@ def build(plan: Plan) -> Built:
     from agents.runtime import run_start
     from agents.scenarios import booking_script, increment_script
     from orchestrator.core.models import (
-        TEAM_SEPARATOR,
         Agent,
         GrantAccess,
         Resource,
@@ -94,6 +93,7 @@ def build(plan: Plan) -> Built:
         Team,
     )
     from orchestrator.core.resources import resource_create
+    from orchestrator.core.tenancy import qualify
 
     rng = random.Random(plan.seed)  # a simulation, seeded
     main = Team.objects.create(name=f"{plan.prefix}-main", default_lease_ttl=plan.lease_ttl)
@@ -128,7 +128,7 @@ def build(plan: Plan) -> Built:
         )
     zombie_ids = []
     for i in range(plan.zombie_agents):
-        shared = f"{main.name}{TEAM_SEPARATOR}{counters[i % plan.counters]}"
+        shared = qualify(main.name, counters[i % plan.counters])
         script = increment_script(shared) * plan.zombie_rounds
         zombie_ids.append(agent(zombies, f"{plan.prefix}-zombie-{i}", script, plan.zombie_think).pk)
         longest = max(longest, len(script))

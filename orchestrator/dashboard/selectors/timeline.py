@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 
 from django.db.models import QuerySet
 
+from orchestrator.core.errors import Invalid, NotFound
 from orchestrator.core.events import last_event_id
-from orchestrator.core.models import TEAM_SEPARATOR, Agent, Event, Lock, Resource, Team
-from orchestrator.core.tenancy import split_name
+from orchestrator.core.models import Agent, Event, Lock, Resource, Team
+from orchestrator.core.queue import lookup_filter, resource_lookup
+from orchestrator.core.tenancy import qualify
 
 EVENTS_LIMIT = 200
 GANTT_LOCKS_LIMIT = 500
@@ -97,14 +99,14 @@ def resource_names(*, limit: int = 2000) -> list[str]:
     """Resource names for the Gantt chart's picker, as ``team::name`` (names are
     unique within a team only)."""
     rows = Resource.objects.order_by("team__name", "name").values_list("team__name", "name")
-    return [f"{team}{TEAM_SEPARATOR}{name}" for team, name in rows[:limit]]
+    return [qualify(team, name) for team, name in rows[:limit]]
 
 
 def resource_by_name(*, name: str) -> Resource | None:
-    """The resource ``team::name`` names, or a plain name that only one team has."""
-    team, plain = split_name(name)
-    found = Resource.objects.filter(name=plain)
-    if team is not None:
-        return found.filter(team__name=team).first()
-    matches = list(found[:2])
-    return matches[0] if len(matches) == 1 else None
+    """The resource ``team::name`` names, or a plain name that only one team has (the
+    core's lookup without an agent)."""
+    try:
+        lookup = resource_lookup(name)
+    except (NotFound, Invalid):  # no such name, or several teams have it
+        return None
+    return Resource.objects.filter(lookup_filter(lookup)).first()
