@@ -13,7 +13,8 @@ class CoreConfig(AppConfig):
         # The wait-for graph's module imports networkx, about 0.3 s of CPU: paid at
         # start, not by the first request that queues in each process (measured in
         # bench/locks.py, where it was a tenth of a 3-second measurement).
-        import orchestrator.core.deadlocks  # noqa: F401
+        import orchestrator.core.deadlocks
+        import orchestrator.core.lock_sets  # noqa: F401  (lock sets go on after commit)
         from orchestrator.core import wakeups
 
         # Agents of the HTTP API long-poll their lock requests (wakeups.wait_for_wake).

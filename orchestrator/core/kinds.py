@@ -147,8 +147,13 @@ KINDS: dict[str, EventKind] = _kinds(
             "mode": TEXT,
             "holders": NAMES,
             "ahead": NUMBER,
+            # The lock set this request is of (core/lock_sets.py), if any.
+            "lock_set": Field((int,), optional=True),
         },
     ),
+    # Lock sets (core/lock_sets.py): granted as a whole, or ended while waiting.
+    EventKind("lockset.granted", "lockset", {"resources": NAMES, "mode": TEXT, "expires_at": TEXT}),
+    EventKind("lockset.ended", "lockset", {"resources": NAMES, "status": TEXT, "reason": TEXT}),
     EventKind("request.cancelled", "lockrequest", _REQUEST_END),
     EventKind("request.aborted", "lockrequest", _REQUEST_END),
     # Resources and writes (core/resources.py, core/writes.py).

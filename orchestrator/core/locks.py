@@ -75,7 +75,7 @@ class LockOutcome:
     conflict: Conflict | None = None
 
 
-def _open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
+def open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
     # Everyone holding or queued on this resource: every wait-for path out of
     # the new request runs through them (not only through the incompatible ones:
     # a queued writer ahead of a reader waits for the shared holders).
@@ -138,7 +138,7 @@ def lock_acquire(
             "ahead": len(queue.waiting),
         },
     )
-    deadlock = _open_deadlock_check(agent, queue)
+    deadlock = open_deadlock_check(agent, queue)
     queue.waiting.append(request)
     return AcquireResult("waiting", request=request, holders=holders, deadlock=deadlock)
 

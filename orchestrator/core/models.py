@@ -261,6 +261,9 @@ class Lock(models.Model):
     expires_at = models.DateTimeField()
     released_at = models.DateTimeField(null=True, blank=True)
     end = models.CharField(max_length=16, choices=LockEnd.choices, blank=True)
+    lock_set = models.ForeignKey(
+        "LockSet", on_delete=models.SET_NULL, null=True, blank=True, related_name="locks"
+    )
 
     class Meta:
         ordering = ["-acquired_at"]
@@ -413,6 +416,9 @@ class LockRequest(models.Model):
     reason = models.TextField(blank=True)
     requested_at = models.DateTimeField()
     resolved_at = models.DateTimeField(null=True, blank=True)
+    lock_set = models.ForeignKey(
+        "LockSet", on_delete=models.SET_NULL, null=True, blank=True, related_name="requests"
+    )
 
     class Meta:
         ordering = ["requested_at", "pk"]
@@ -446,6 +452,51 @@ class LockRequest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.mode} request #{self.pk} on {self.resource_id} by {self.agent_id}"
+
+
+class LockSet(models.Model):
+    """Several resources locked all or nothing (core/lock_sets.py).
+
+    Its locks are taken one by one in ascending resource id, the one global order
+    of every lock set, so lock-set users cannot deadlock among themselves. While
+    it waits the set holds a prefix of its resources and has one waiting
+    LockRequest, on the first resource it does not hold; it is ``granted`` once
+    it holds them all. Cancelled or aborted (a deadlock victim), it releases what
+    it held.
+    """
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="lock_sets")
+    resources = models.ManyToManyField(Resource, related_name="lock_sets")
+    mode = models.CharField(max_length=16, choices=LockMode.choices)
+    ttl = models.PositiveIntegerField(help_text="Lease seconds of each lock.")
+    status = models.CharField(
+        max_length=16, choices=RequestStatus.choices, default=RequestStatus.WAITING
+    )
+    step = models.ForeignKey(
+        Step, on_delete=models.SET_NULL, null=True, blank=True, related_name="lock_sets"
+    )
+    reason = models.TextField(blank=True)
+    requested_at = models.DateTimeField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["requested_at", "pk"]
+        constraints = [
+            models.CheckConstraint(condition=Q(ttl__gte=1), name="lockset_ttl_positive"),
+            models.CheckConstraint(
+                condition=Q(status="waiting", resolved_at__isnull=True)
+                | ~Q(status="waiting") & Q(resolved_at__isnull=False),
+                name="lockset_resolution_consistent",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["agent"], condition=Q(status="waiting"), name="lockset_waiting_agent"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.mode} lock set #{self.pk} by {self.agent_id}"
 
 
 class ConflictKind(models.TextChoices):

@@ -17,6 +17,7 @@ from django.db.models import Q
 from orchestrator.core.deadlocks import auto_break_pending, deadlock_sweep
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.events import service
+from orchestrator.core.lock_sets import continue_lock_set, lock_sets_to_continue
 from orchestrator.core.locks import lock_renew
 from orchestrator.core.models import Lock, LockRequest, RequestStatus, Switchboard
 from orchestrator.core.queue import db_now, lock_queue
@@ -32,6 +33,7 @@ class SweepReport:
     dissolved: list[int] = field(default_factory=list)
     auto_broken: int = 0
     renewed: int = 0
+    lock_sets: int = 0
 
     def __bool__(self) -> bool:
         return bool(self.expired or self.granted or self.deadlocks or self.dissolved)
@@ -102,6 +104,10 @@ def monitor_sweep() -> SweepReport:
         expired, granted = _sweep_resource(resource_id)
         report.expired += expired
         report.granted += granted
+    # Lock sets whose after-commit continuation was lost (its process died) go on here.
+    for lock_set_id in lock_sets_to_continue():
+        continue_lock_set(lock_set_id)
+        report.lock_sets += 1
     result = deadlock_sweep()
     report.deadlocks = result.detected
     report.dissolved = result.dissolved

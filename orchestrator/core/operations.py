@@ -174,6 +174,21 @@ class Acquire(OnResource):
     ttl: Ttl | None = Field(None, description="Lease seconds (default: the team's lease TTL).")
 
 
+MAX_LOCK_SET = 64  # resources in one lock set
+
+
+class AcquireSet(Operation):
+    """Lock several resources all or nothing (core/lock_sets.py)."""
+
+    resources: list[ResourceRef] = Field(
+        min_length=1,
+        max_length=MAX_LOCK_SET,
+        description=f"The resources' names (1 to {MAX_LOCK_SET}), in any order.",
+    )
+    mode: Mode = "exclusive"
+    ttl: Ttl | None = Field(None, description="Lease seconds of each lock (default: team's).")
+
+
 class Read(OnResource):
     """Read a resource: value, version, fence, holders, waiters."""
 

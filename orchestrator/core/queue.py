@@ -26,6 +26,7 @@ from orchestrator.core.models import (
     LockEnd,
     LockMode,
     LockRequest,
+    LockSet,
     RequestStatus,
     Resource,
 )
@@ -173,11 +174,22 @@ class Queue:
             return not self.live
         return all(lock.mode == LockMode.SHARED for lock in self.live)
 
-    def grant(self, agent: Agent, mode: str, ttl: int, *, actor: str | None = None) -> Lock:
-        """Create a live lock. Caller checked compatibility."""
+    def grant(
+        self,
+        agent: Agent,
+        mode: str,
+        ttl: int,
+        *,
+        actor: str | None = None,
+        lock_set: int | None = None,
+    ) -> Lock:
+        """Create a live lock (of the lock set ``lock_set``, if any). Caller checked
+        compatibility."""
         res = self.resource
         if mode == LockMode.EXCLUSIVE:  # the fence bumped in the same statement
-            lock = sql.grant_exclusive(res, agent_id=agent.pk, ttl=ttl, now=self.now)
+            lock = sql.grant_exclusive(
+                res, agent_id=agent.pk, ttl=ttl, now=self.now, lock_set_id=lock_set
+            )
         else:
             lock = Lock.objects.create(
                 resource=res,
@@ -186,6 +198,7 @@ class Queue:
                 token=res.fence,
                 acquired_at=self.now,
                 expires_at=self.now + timedelta(seconds=ttl),
+                lock_set_id=lock_set,
             )
         lock.agent, lock.resource = agent, res
         self.live.append(lock)
@@ -209,11 +222,15 @@ class Queue:
         }[end]
         event_emit(kind, subject=lock, payload=self._payload(lock), **emit)
 
-    def withdraw(self, request: LockRequest, status: str, reason: str, **emit: Any) -> LockRequest:
+    def withdraw(
+        self, request: LockRequest, status: str, reason: str, *, ends_set: bool = True, **emit: Any
+    ) -> LockRequest:
         """End a waiting request (cancelled, or aborted as a deadlock victim).
 
         The caller grants the waiters that can go afterwards (``grant_waiters``):
-        a withdrawn head may have been blocking them.
+        a withdrawn head may have been blocking them. The request of a lock set ends
+        the set too (:func:`end_lock_set`), unless the set itself lets it go
+        (``ends_set=False``: it queues elsewhere instead).
         """
         request.status, request.resolved_at, request.reason = status, self.now, reason[:500]
         LockRequest.objects.filter(pk=request.pk).update(
@@ -230,6 +247,8 @@ class Queue:
             },
             **emit,
         )
+        if request.lock_set_id is not None and ends_set:
+            end_lock_set(request.lock_set_id, status, request.reason, **emit)
         return request
 
     def bump_fence(self) -> None:
@@ -246,7 +265,10 @@ class Queue:
         for request in list(self.waiting):
             if not self.compatible(request.mode):
                 break
-            lock = self.grant(request.agent, request.mode, request.ttl, actor="system")
+            lock = self.grant(
+                request.agent, request.mode, request.ttl, actor="system",
+                lock_set=request.lock_set_id,
+            )  # fmt: skip
             request.status = RequestStatus.GRANTED
             request.lock = lock
             request.resolved_at = self.now
@@ -255,7 +277,10 @@ class Queue:
             )
             self.waiting.remove(request)
             granted.append(request)
-            wakeups.schedule(agent_id=request.agent_id, step_id=request.step_id, reason="lock")
+            if request.lock_set_id is not None:  # the set goes on (its agent waits for all)
+                wakeups.schedule_lock_set(request.lock_set_id)
+            else:
+                wakeups.schedule(agent_id=request.agent_id, step_id=request.step_id, reason="lock")
         return granted
 
     def settle(self) -> list[LockRequest]:
@@ -284,6 +309,30 @@ def open_queue(
     tenancy.authorize(agent, queue.resource, need, asked=resource)
     queue.settle()
     return queue
+
+
+def end_lock_set(lock_set_id: int, status: str, reason: str, **emit: Any) -> bool:
+    """Mark a waiting lock set ended (cancelled, aborted), wake its agent, and release
+    what it holds after commit (core/lock_sets.py). Called where its request is
+    withdrawn, under that resource's row lock, or after the last Resource row lock a
+    transaction takes. True if it was waiting."""
+    ended = LockSet.objects.filter(pk=lock_set_id, status=RequestStatus.WAITING).update(
+        status=status, resolved_at=db_now(), reason=reason[:500]
+    )
+    if not ended:
+        return False
+    lock_set = LockSet.objects.select_related("agent").get(pk=lock_set_id)
+    names = lock_set.resources.order_by("pk").values_list("name", flat=True)
+    emit.setdefault("agent", lock_set.agent)
+    event_emit(
+        "lockset.ended",
+        subject=lock_set,
+        payload={"resources": list(names), "status": status, "reason": lock_set.reason},
+        **emit,
+    )
+    wakeups.schedule(agent_id=lock_set.agent_id, step_id=lock_set.step_id, reason=status)
+    wakeups.schedule_lock_set(lock_set_id)
+    return True
 
 
 def revoke(queue: Queue, lock: Lock, *, user: User = None) -> None:

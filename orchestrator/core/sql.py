@@ -203,11 +203,11 @@ def step_in_context(step_id: int) -> Step | None:
 
 _LOCK_FIELDS = [
     "id", "resource_id", "agent_id", "mode", "token", "acquired_at", "expires_at",
-    "released_at", "end",
+    "released_at", "end", "lock_set_id",
 ]  # fmt: skip
 _REQUEST_FIELDS = [
     "id", "resource_id", "agent_id", "mode", "ttl", "status", "step_id", "lock_id", "reason",
-    "requested_at", "resolved_at",
+    "requested_at", "resolved_at", "lock_set_id",
 ]  # fmt: skip
 # One statement, hence one snapshot, for both lists: live locks, then waiting requests,
 # each with whether its agent also waits on another resource (the deadlock check's
@@ -216,14 +216,16 @@ QUEUE = """
 SELECT 0, l.id, l.agent_id, l.mode, l.token, l.acquired_at, l.expires_at,
        NULL::integer, NULL::bigint, NULL::timestamptz, a.name, a.team_id,
        EXISTS (SELECT 1 FROM core_lockrequest o WHERE o.agent_id = l.agent_id
-                  AND o.status = 'waiting' AND o.resource_id <> {resource_id})
+                  AND o.status = 'waiting' AND o.resource_id <> {resource_id}),
+       l.lock_set_id
   FROM core_lock l JOIN core_agent a ON a.id = l.agent_id
  WHERE l.resource_id = {resource_id} AND l.released_at IS NULL
 UNION ALL
 SELECT 1, r.id, r.agent_id, r.mode, NULL, NULL, NULL,
        r.ttl, r.step_id, r.requested_at, a.name, a.team_id,
        EXISTS (SELECT 1 FROM core_lockrequest o WHERE o.agent_id = r.agent_id
-                  AND o.status = 'waiting' AND o.resource_id <> {resource_id})
+                  AND o.status = 'waiting' AND o.resource_id <> {resource_id}),
+       r.lock_set_id
   FROM core_lockrequest r JOIN core_agent a ON a.id = r.agent_id
  WHERE r.resource_id = {resource_id} AND r.status = 'waiting'
  ORDER BY 1, 2
@@ -250,7 +252,7 @@ def load_queue(resource: Resource, rows: list[tuple] | None = None) -> QueueRows
     agents: dict[int, Agent] = {}
     locks, waiting, elsewhere = [], [], set()
     for (kind, pk, agent_id, mode, token, acquired, expires, ttl, step, since, name, team,
-         waits_elsewhere) in rows:  # fmt: skip
+         waits_elsewhere, lock_set) in rows:  # fmt: skip
         agent = agents.get(agent_id)
         if agent is None:
             # from_db takes values in the model's field order (id, team, name).
@@ -259,12 +261,14 @@ def load_queue(resource: Resource, rows: list[tuple] | None = None) -> QueueRows
         if waits_elsewhere:
             elsewhere.add(agent_id)
         if kind == 0:
-            values = [pk, resource.pk, agent_id, mode, token, acquired, expires, None, ""]
+            values = [pk, resource.pk, agent_id, mode, token, acquired, expires, None, "",
+                      lock_set]  # fmt: skip
             lock = Lock.from_db("default", _LOCK_FIELDS, values)
             lock.agent, lock.resource = agent, resource
             locks.append(lock)
         else:
-            values = [pk, resource.pk, agent_id, mode, ttl, "waiting", step, None, "", since, None]
+            values = [pk, resource.pk, agent_id, mode, ttl, "waiting", step, None, "", since, None,
+                      lock_set]  # fmt: skip
             request = LockRequest.from_db("default", _REQUEST_FIELDS, values)
             request.agent, request.resource = agent, resource
             waiting.append(request)
@@ -277,22 +281,27 @@ _GRANT_EXCLUSIVE = """
 WITH bumped AS (
     UPDATE core_resource SET fence = fence + 1 WHERE id = %s RETURNING fence
 )
-INSERT INTO core_lock (resource_id, agent_id, mode, token, acquired_at, expires_at, "end")
-SELECT %s, %s, 'exclusive', bumped.fence, %s, %s, '' FROM bumped
+INSERT INTO core_lock
+       (resource_id, agent_id, mode, token, acquired_at, expires_at, "end", lock_set_id)
+SELECT %s, %s, 'exclusive', bumped.fence, %s, %s, '', %s FROM bumped
 RETURNING id, token
 """
 
 
-def grant_exclusive(resource: Resource, *, agent_id: int, ttl: int, now: datetime) -> Lock:
+def grant_exclusive(
+    resource: Resource, *, agent_id: int, ttl: int, now: datetime, lock_set_id: int | None = None
+) -> Lock:
     """Bump the resource's fence and insert a live exclusive lock holding it as its
     token, in one statement. Updates ``resource.fence`` in memory to match the row.
     Caller holds the Resource row lock."""
     expires = now + timedelta(seconds=ttl)
+    params = [resource.pk, resource.pk, agent_id, now, expires, lock_set_id]
     with connection.cursor() as cursor:
-        cursor.execute(_GRANT_EXCLUSIVE, [resource.pk, resource.pk, agent_id, now, expires])
+        cursor.execute(_GRANT_EXCLUSIVE, params)
         lock_id, token = cursor.fetchone()
     resource.fence = token
-    values = [lock_id, resource.pk, agent_id, "exclusive", token, now, expires, None, ""]
+    values = [lock_id, resource.pk, agent_id, "exclusive", token, now, expires, None, "",
+              lock_set_id]  # fmt: skip
     return Lock.from_db("default", _LOCK_FIELDS, values)
 
 

@@ -46,6 +46,28 @@ def schedule(*, agent_id: int, step_id: int | None, reason: str) -> None:
     transaction.on_commit(run)
 
 
+# --- lock sets going on -----------------------------------------------------------
+# A lock set's request granted, or the set ended: the set goes on in a transaction of
+# its own after this one commits (core/lock_sets.py registers how).
+_lock_set_handlers: list[Callable[[int], None]] = []
+
+
+def on_lock_set(handler: Callable[[int], None]) -> None:
+    """Call ``handler(lock_set_id)`` after each committed ``schedule_lock_set``."""
+    if handler not in _lock_set_handlers:
+        _lock_set_handlers.append(handler)
+
+
+def schedule_lock_set(lock_set_id: int) -> None:
+    """Go on with lock set ``lock_set_id`` once the current transaction commits."""
+
+    def run() -> None:
+        for handler in list(_lock_set_handlers):
+            handler(lock_set_id)
+
+    transaction.on_commit(run)
+
+
 # --- waking agents that wait over HTTP ----------------------------------------------
 # An agent of the HTTP API has no step to continue: it long-polls its lock request
 # (GET /api/v1/lock-requests/{id}?wait=...). Each wake-up of an agent without a step
