@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.core.operations import (
     Acquire,
+    AcquireSet,
     Finish,
     Operation,
     Read,
@@ -33,6 +34,14 @@ TOOLS: dict[str, tuple[type[Operation], str]] = {
         Acquire,
         "Lock a shared resource before changing it. Exclusive for writing, shared for "
         "reading. If someone else holds it you wait; the result arrives in a later turn.",
+    ),
+    "acquire_all": (
+        AcquireSet,
+        "Lock several resources at once, all or nothing: you get every lock or none. "
+        "Use it when you change more than one resource together. They are taken in one "
+        "order for everybody, so agents that lock with acquire_all never deadlock with "
+        "each other. If one is busy you wait; the result, with every lock, arrives in a "
+        "later turn. Release each resource with release when you are done.",
     ),
     "read": (Read, "Read a resource: its JSON value, version, holders and waiters."),
     "write": (
@@ -54,9 +63,11 @@ def _property(schema: dict[str, Any]) -> dict[str, Any]:
     """One property of a model's JSON schema as function calling wants it."""
     schema = {key: value for key, value in schema.items() if key != "title"}
     options = schema.pop("anyOf", None)
+    kept = [option for option in options or [] if option != {"type": "null"}]
+    if len(kept) > 1:  # ``X | Y`` (a name or a list of names): each as a property
+        return {**schema, "anyOf": [_property(option) for option in kept]}
     if options is not None:  # ``X | None`` with default None: an optional X
-        (kept,) = [option for option in options if option != {"type": "null"}]
-        schema = {**kept, **schema}
+        schema = {**kept[0], **schema}
         if schema.get("default", ...) is None:
             del schema["default"]
     if not {"type", "enum", "const"} & schema.keys():  # any JSON value

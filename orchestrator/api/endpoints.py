@@ -27,6 +27,8 @@ from orchestrator.api.schemas import (
     LockOut,
     LockRenewIn,
     LockRequestOut,
+    LockSetIn,
+    LockSetOut,
     LockWaitingOut,
     RenewOut,
     ResourceCreateIn,
@@ -34,11 +36,19 @@ from orchestrator.api.schemas import (
     ResourceListOut,
     ResourceOut,
     ResourceWriteIn,
+    SetBusyOut,
     VersionOut,
     WhoAmIOut,
     WriteRejectedOut,
 )
 from orchestrator.core.errors import Gone
+from orchestrator.core.lock_sets import (
+    LockSetResult,
+    lock_set_acquire,
+    lock_set_release,
+    lock_set_resources,
+    lock_set_when_decided,
+)
 from orchestrator.core.locks import (
     LockOutcome,
     lock_acquire,
@@ -86,6 +96,7 @@ MAX_POLL_WAIT = 30  # seconds a GET /lock-requests/{id}?wait= may block
 # Every operation can refuse a malformed request, a missing token and an oversized body.
 COMMON_ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 413: ErrorOut}
 LockId = Path(..., ge=1, le=MAX_ID, description="A lock id, as returned by POST /locks.")
+LockSetId = Path(..., ge=1, le=MAX_ID, description="A lock set id, from POST /lock-sets.")
 ApprovalId = Path(..., ge=1, le=MAX_ID, description="An approval id, from POST /approvals.")
 
 
@@ -312,6 +323,97 @@ def cancel_lock_request(
     request: HttpRequest, request_id: int = Path(..., ge=1, le=MAX_ID)
 ) -> dict[str, Any]:
     return _request_out(lock_request_cancel(request_id=request_id, agent=request.auth))
+
+
+def _lock_set_out(result: LockSetResult, agent: Agent) -> dict[str, Any]:
+    lock_set = result.lock_set
+    return {
+        "id": lock_set.pk,
+        "status": result.status,
+        "mode": lock_set.mode,
+        "resources": [qualified_name(agent, res) for res in lock_set_resources(lock_set)],
+        "locks": [_lock_out(lock, qualified_name(agent, lock.resource)) for lock in result.locks],
+        "waiting_on": qualified_name(agent, result.waiting_on) if result.waiting_on else None,
+        "held": result.held,
+        "reason": lock_set.reason,
+    }
+
+
+@api.post(
+    "/lock-sets",
+    response={201: LockSetOut, 202: LockSetOut, 409: SetBusyOut, **_errors(403, 404)},
+    tags=["locks"],
+    summary="Acquire a lock set",
+    description=(
+        "Locks several resources all or nothing, with one mode and lease. They are taken "
+        "in one global order (ascending resource id), so agents that lock with sets never "
+        "deadlock among themselves. Every lock granted now (201); or, when one is busy, "
+        "with `wait` the set queues as one request (202: poll GET /lock-sets/{id}; "
+        "meanwhile it holds the resources before the busy one, and each poll renews "
+        "them) or answers 409 `busy` with the holders of each busy resource, having "
+        "taken nothing. Asking again for the same waiting set returns it; a lock you "
+        "hold already on one of them becomes the set's. 409 `already_waiting` when you "
+        "already wait for one of them; 404 and 403 as for POST /locks, before anything "
+        "is taken."
+    ),
+)
+def acquire_lock_set(request: HttpRequest, payload: LockSetIn) -> Status:
+    result = lock_set_acquire(
+        agent=request.auth,
+        resources=payload.resources,
+        mode=payload.mode,
+        ttl=payload.ttl,
+        wait=payload.wait,
+    )
+    if result.status == "busy":
+        busy = {
+            name: [{key: holder[key] for key in ("agent", "mode", "fence", "expires_at")}
+                   for holder in holders]
+            for name, holders in result.busy.items()
+        }  # fmt: skip
+        return Status(
+            409,
+            {"error": "busy", "detail": f"busy: {', '.join(busy)}", "busy": busy},
+        )
+    return Status(201 if result.status == "granted" else 202, _lock_set_out(result, request.auth))
+
+
+@api.get(
+    "/lock-sets/{lock_set_id}",
+    response={200: LockSetOut, **_errors(403, 404)},
+    tags=["locks"],
+    summary="Poll a lock set",
+    description=(
+        "How a lock set stands: `granted` with every lock, `waiting`, or ended "
+        "(`cancelled`, `aborted` as a deadlock victim: it released what it held). Each "
+        "poll of a waiting set renews the leases of what it holds. With `wait` (seconds, "
+        "up to 30) the answer waits while the set is still waiting. Only its agent may "
+        "read it."
+    ),
+)
+def read_lock_set(
+    request: HttpRequest,
+    lock_set_id: int = LockSetId,
+    wait: float = Query(0, ge=0, le=MAX_POLL_WAIT, description="long poll: seconds to wait"),
+) -> dict[str, Any]:
+    result = lock_set_when_decided(lock_set_id=lock_set_id, agent=request.auth, timeout=wait)
+    return _lock_set_out(result, request.auth)
+
+
+@api.delete(
+    "/lock-sets/{lock_set_id}",
+    response={200: LockSetOut, **_errors(403, 404)},
+    tags=["locks"],
+    summary="Cancel or release a lock set",
+    description=(
+        "A waiting set is cancelled (`cancelled`), a granted one's live locks are "
+        "released; either way its resources go to the agents queued behind. Idempotent. "
+        "Only its agent may."
+    ),
+)
+def release_lock_set(request: HttpRequest, lock_set_id: int = LockSetId) -> dict[str, Any]:
+    result = lock_set_release(lock_set_id=lock_set_id, agent=request.auth)
+    return _lock_set_out(result, request.auth)
 
 
 @api.post(

@@ -17,6 +17,7 @@ from pydantic import ConfigDict, StrictBool, field_validator
 from orchestrator.core.models import ConflictKind, ConflictStatus, RequestStatus
 from orchestrator.core.operations import (
     Acquire,
+    AcquireSet,
     AskApproval,
     CreateResource,
     FencedWriteBody,
@@ -36,6 +37,12 @@ class ResourceWriteIn(FencedWriteBody):
 class LockAcquireIn(Acquire):
     wait: StrictBool = Field(
         False, description="Queue when busy (202) instead of answering 409 busy."
+    )
+
+
+class LockSetIn(AcquireSet):
+    wait: StrictBool = Field(
+        False, description="Queue as one request when busy (202) instead of answering 409 busy."
     )
 
 
@@ -100,6 +107,20 @@ class LockRequestOut(Schema):
     reason: str
 
 
+class LockSetOut(Schema):
+    id: int
+    status: RequestStatus = Field(
+        description="`granted` (every lock is in `locks`), `waiting`, or ended: `cancelled`, "
+        "`aborted` (a deadlock victim; `reason` says why)."
+    )
+    mode: str
+    resources: list[str] = Field(description="Its resources, in the order they are taken.")
+    locks: list[LockOut] = Field(description="Granted: one lock per resource, in that order.")
+    waiting_on: str | None = Field(description="Waiting: the resource it is queued for.")
+    held: int = Field(description="Waiting: how many of its resources it holds meanwhile.")
+    reason: str
+
+
 class RenewOut(Schema):
     expires_at: datetime
 
@@ -139,6 +160,10 @@ class ErrorOut(Schema):
 
 class BusyOut(ErrorOut):
     holders: list[HolderOut]
+
+
+class SetBusyOut(ErrorOut):
+    busy: dict[str, list[HolderOut]] = Field(description="Each busy resource's holders.")
 
 
 class WriteRejectedOut(ErrorOut):
@@ -199,6 +224,7 @@ class OwnLockOut(Schema):
     fence: int
     expires_at: datetime
     lease_seconds_left: float
+    lock_set_id: int | None = Field(description="The lock set this lock was taken with, if any.")
 
 
 class OwnWaitOut(Schema):
@@ -206,6 +232,9 @@ class OwnWaitOut(Schema):
     resource: str
     mode: str
     since: datetime
+    lock_set_id: int | None = Field(
+        description="The lock set waiting here (poll GET /lock-sets/{id}), if any."
+    )
 
 
 class WhoAmIOut(Schema):

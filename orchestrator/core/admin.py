@@ -23,6 +23,7 @@ from orchestrator.core.models import (
     Event,
     Lock,
     LockRequest,
+    LockSet,
     Resource,
     ResourceGrant,
     ResourceVersion,
@@ -153,6 +154,14 @@ class LockRequestAdmin(ReadOnlyAdmin):
     list_filter = ["status", "mode"]
     search_fields = ["resource__name", "agent__name", "reason"]
     list_select_related = ["resource", "agent"]
+
+
+@admin.register(LockSet)
+class LockSetAdmin(ReadOnlyAdmin):
+    list_display = ["id", "agent", "mode", "status", "requested_at", "resolved_at"]
+    list_filter = ["status", "mode"]
+    search_fields = ["resources__name", "agent__name", "reason"]
+    list_select_related = ["agent"]
 
 
 class StepInline(admin.TabularInline):

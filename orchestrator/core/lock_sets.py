@@ -39,11 +39,14 @@ global order"):
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import reduce
 from operator import or_
 from typing import Any
+
+from django.db import connection
 
 from orchestrator.core import tenancy, wakeups
 from orchestrator.core.errors import Conflicting, Forbidden, Invalid, NotFound
@@ -249,10 +252,17 @@ def _advance(
         if request is None and queue.compatible(lock_set.mode) and not queue.waiting:
             held.append((queue, _take(queue, lock_set)))
             continue
-        return _wait_here(lock_set, queue, request, held, ids[index + 1 :], by_agent=by_agent)
+        return _wait_here(lock_set, queue, request, held, ids, index, by_agent=by_agent)
     if not _still_waiting(lock_set):
-        return _ended(lock_set)
+        return _as_it_stands(lock_set, ids)
     return _granted(lock_set, held)
+
+
+def _as_it_stands(lock_set: LockSet, ids: list[int]) -> LockSetResult:
+    """A set that another transaction granted or ended while this one advanced it."""
+    if lock_set.status == RequestStatus.GRANTED:
+        return _as_granted(lock_set, ids)
+    return _ended(lock_set)
 
 
 def _still_waiting(lock_set: LockSet) -> bool:
@@ -273,16 +283,17 @@ def _wait_here(
     queue: Queue,
     request: LockRequest | None,
     held: list[tuple[Queue, Lock]],
-    above: list[int],
+    ids: list[int],
+    index: int,
     *,
     by_agent: bool,
 ) -> LockSetResult:
-    """The set cannot have ``queue``'s resource now: give up what it holds or waits for
-    above it (a lock that ran out below made it so), queue here unless it is queued
-    already, and renew what it holds if its agent is asking."""
-    _let_go_above(lock_set, above)
+    """The set cannot have ``queue``'s resource (``ids[index]``) now: give up what it
+    holds or waits for above it (a lock that ran out below made it so), queue here
+    unless it is queued already, and renew what it holds if its agent is asking."""
+    _let_go_above(lock_set, ids[index + 1 :])
     if not _still_waiting(lock_set):
-        return _ended(lock_set)
+        return _as_it_stands(lock_set, ids)
     agent = lock_set.agent
     deadlock = None
     if request is None:
@@ -518,3 +529,29 @@ def lock_sets_to_continue() -> list[int]:
         "pk", flat=True
     )
     return sorted(set(stuck.values_list("pk", flat=True)) | set(holding))
+
+
+def lock_set_resources(lock_set: LockSet) -> list[Resource]:
+    """The set's resources in the order they are taken (ascending id), with their teams
+    (for naming them as its agent does: tenancy.qualified_name)."""
+    return list(lock_set.resources.select_related("team").defer("value").order_by("pk"))
+
+
+def lock_set_when_decided(*, lock_set_id: int, agent: Agent, timeout: float) -> LockSetResult:
+    """:func:`lock_set_advance` as ``agent`` (its held leases renewed), then, while the
+    set still waits, wait up to ``timeout`` seconds for it to be granted or to end (a
+    long poll, as ``selectors.lock_request_when_decided``: on the agent's wake-up list,
+    the connection back in the pool meanwhile, the status read at least every second)."""
+    deadline = time.monotonic() + timeout
+    result = lock_set_advance(lock_set_id=lock_set_id, agent=agent)
+    while result.status == RequestStatus.WAITING:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not connection.in_atomic_block:
+            connection.close()  # back to the pool (web) while this thread waits
+        woken = wakeups.wait_for_wake(agent.pk, min(left, 1.0))
+        moved = LockSet.objects.filter(pk=lock_set_id).exclude(status=RequestStatus.WAITING)
+        if woken or moved.exists():
+            result = lock_set_advance(lock_set_id=lock_set_id)
+    return result

@@ -226,6 +226,7 @@ def agent_overview(agent: Agent) -> dict[str, Any]:
                 "fence": lock.token,
                 "expires_at": lock.expires_at,
                 "lease_seconds_left": round((lock.expires_at - lock.now).total_seconds(), 3),
+                "lock_set_id": lock.lock_set_id,
             }
             for lock in locks
         ],
@@ -235,6 +236,7 @@ def agent_overview(agent: Agent) -> dict[str, Any]:
                 "resource": tenancy.qualified_name(agent, request.resource),
                 "mode": request.mode,
                 "since": request.requested_at,
+                "lock_set_id": request.lock_set_id,
             }
             for request in waits
         ],

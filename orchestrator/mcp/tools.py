@@ -16,6 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.errors import Conflicting, Gone
+from orchestrator.core.lock_sets import (
+    LockSetResult,
+    lock_set_acquire,
+    lock_set_release,
+    lock_set_resources,
+    lock_set_when_decided,
+)
 from orchestrator.core.locks import (
     LockOutcome,
     lock_acquire,
@@ -43,7 +50,7 @@ from orchestrator.core.tenancy import qualified_name
 from orchestrator.mcp.arguments import (
     MAX_WAIT_SECONDS,
     AcquireArgs,
-    LockArgs,
+    ReleaseArgs,
     RenewArgs,
     RequestArgs,
     WaitArgs,
@@ -90,6 +97,26 @@ def _request(request: LockRequest) -> dict[str, Any]:
     return {**answer, "reason": request.reason}
 
 
+def _lock_set(agent: Agent, result: LockSetResult) -> dict[str, Any]:
+    """A lock set as it stands: granted (every grant), waiting, or ended."""
+    lock_set = result.lock_set
+    answer: dict[str, Any] = {
+        "status": result.status,
+        "lock_set_id": lock_set.pk,
+        "resources": [qualified_name(agent, res) for res in lock_set_resources(lock_set)],
+    }
+    if result.status == RequestStatus.GRANTED:
+        return {**answer, "locks": [_grant(lock, lock.resource) for lock in result.locks]}
+    if result.status == RequestStatus.WAITING:
+        return {
+            **answer,
+            "waiting_on": qualified_name(agent, result.waiting_on),
+            "held": result.held,
+            "detail": "still queued: call wait with this lock_set_id",
+        }
+    return {**answer, "reason": lock_set.reason}
+
+
 def _rejected(result: WriteResult) -> Conflicting:
     extra: dict[str, Any] = {"conflict_id": result.conflict.pk if result.conflict else None}
     if result.status == "version_conflict":
@@ -110,7 +137,8 @@ def _lost(outcome: LockOutcome) -> Gone:
 
 
 def acquire(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
-    # Lock sets (a list of names in ``resource``) will be taken here, all or nothing.
+    if isinstance(args.resource, list):
+        return _acquire_set(agent, args)
     result = lock_acquire(
         agent=agent, resource=args.resource, mode=args.mode, ttl=args.ttl, wait=True
     )
@@ -124,14 +152,27 @@ def acquire(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
     return _request(request)
 
 
+def _acquire_set(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
+    result = lock_set_acquire(agent=agent, resources=args.resource, mode=args.mode, ttl=args.ttl)
+    if result.status == RequestStatus.WAITING and args.wait_seconds > 0:
+        result = lock_set_when_decided(
+            lock_set_id=result.lock_set.pk, agent=agent, timeout=capped(args.wait_seconds)
+        )
+    return _lock_set(agent, result)
+
+
 def cancel(agent: Agent, args: RequestArgs) -> dict[str, Any]:
+    if args.lock_set_id is not None:
+        return _lock_set(agent, lock_set_release(lock_set_id=args.lock_set_id, agent=agent))
     return _request(lock_request_cancel(request_id=args.request_id, agent=agent))
 
 
 def wait(agent: Agent, args: WaitArgs) -> dict[str, Any]:
-    request = lock_request_when_decided(
-        request_id=args.request_id, agent=agent, timeout=capped(args.wait_seconds)
-    )
+    timeout = capped(args.wait_seconds)
+    if args.lock_set_id is not None:
+        result = lock_set_when_decided(lock_set_id=args.lock_set_id, agent=agent, timeout=timeout)
+        return _lock_set(agent, result)
+    request = lock_request_when_decided(request_id=args.request_id, agent=agent, timeout=timeout)
     return _request(request)
 
 
@@ -171,7 +212,12 @@ def write(agent: Agent, args: WriteArgs) -> dict[str, Any]:
     raise _rejected(result)
 
 
-def release(agent: Agent, args: LockArgs) -> dict[str, Any]:
+def release(agent: Agent, args: ReleaseArgs) -> dict[str, Any]:
+    if args.lock_set_id is not None:
+        result = lock_set_release(lock_set_id=args.lock_set_id, agent=agent)
+        # A granted set's locks are released; a waiting one is cancelled instead.
+        status = "released" if result.status == RequestStatus.GRANTED else result.status
+        return {"status": status, "lock_set_id": result.lock_set.pk}
     outcome = lock_release(lock_id=args.lock_id, agent=agent)
     if outcome.status == "lost":
         raise _lost(outcome)
@@ -227,27 +273,41 @@ TOOLS: dict[str, ToolSpec] = {
         "victim): release what you hold, then start over. Keep the fence for `write`, "
         "and the lock_id for `release` and `renew`; the lease lasts ttl seconds (default "
         "the team's lease): renew it before expires_at if you need longer. Acquiring a "
-        "lock you already hold returns it again. Errors: resource_not_found (check the "
-        "name with list_resources), invalid_request (fix the arguments).",
+        "lock you already hold returns it again. "
+        "To lock SEVERAL resources (e.g. every file a change touches), pass a list of "
+        "names as resource: you get all of them or none, taken in one global order, so "
+        "agents that lock this way never deadlock each other. Prefer that to several "
+        "acquire calls. The answer is {status: 'granted', lock_set_id, locks: [one grant "
+        "per resource]}, or {status: 'waiting', lock_set_id, waiting_on}: then call "
+        "`wait` with that lock_set_id. Release the whole set with `release` and its "
+        "lock_set_id (or each lock by its lock_id). Errors: resource_not_found (check "
+        "the name with list_resources), forbidden (not shared with your team for this), "
+        "already_waiting (you already wait for one of the resources), invalid_request "
+        "(fix the arguments).",
         acquire,
     ),
     "wait": ToolSpec(
         WaitArgs,
-        "Wait for a queued lock request (the request_id from `acquire`) for up to "
+        "Wait for a queued lock request (the request_id from `acquire`), or a lock set "
+        "(its lock_set_id), for up to "
         f"wait_seconds (at most {MAX_WAIT_SECONDS}). Returns the grant (status "
-        "'granted', with lock_id, fence, expires_at, version and value), or status "
+        "'granted', with lock_id, fence, expires_at, version and value; for a lock set, "
+        "locks: one grant per resource), or status "
         "'waiting' (not yet: call wait again), or status 'aborted' / 'cancelled' with "
         "a reason (the request ended, e.g. as a deadlock victim: do not write; release "
-        "your other locks and start over). Errors: request_not_found, not_your_request.",
+        "your other locks and start over). Errors: request_not_found, not_your_request, "
+        "lock_set_not_found, not_your_lock_set.",
         wait,
         read_only=True,
     ),
     "cancel": ToolSpec(
         RequestArgs,
-        "Give up a queued lock request (the request_id from `acquire`) that you no "
-        "longer want, so that the agents behind you in the queue are not held up. "
+        "Give up a queued lock request (the request_id from `acquire`) or lock set (its "
+        "lock_set_id) that you no longer want, so that the agents behind you in the "
+        "queue are not held up (a waiting lock set also lets go of what it held). "
         "Returns status 'cancelled'; or the grant, if it was granted first (then you "
-        "hold the lock: release it). Errors: request_not_found, not_your_request.",
+        "hold the lock: release it). Errors: request_not_found, not_your_request, "
+        "lock_set_not_found, not_your_lock_set.",
         cancel,
     ),
     "read": ToolSpec(
@@ -273,8 +333,9 @@ TOOLS: dict[str, ToolSpec] = {
         write,
     ),
     "release": ToolSpec(
-        LockArgs,
-        "Release a lock you hold (the lock_id from `acquire`) as soon as you are done, "
+        ReleaseArgs,
+        "Release a lock you hold (the lock_id from `acquire`), or every lock of a lock "
+        "set (its lock_set_id), as soon as you are done, "
         "so that the next agent in the queue gets it. Releasing twice is harmless. "
         "Errors: lease_lost (the lock had already ended, e.g. its lease expired: "
         "someone else may have written since, so re-read before trusting what you "

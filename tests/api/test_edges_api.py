@@ -35,6 +35,8 @@ OPENAPI_PATHS = {
     f"{API}/approvals",
     f"{API}/approvals/{{approval_id}}",
     f"{API}/whoami",
+    f"{API}/lock-sets",
+    f"{API}/lock-sets/{{lock_set_id}}",
 }
 
 

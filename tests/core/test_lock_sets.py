@@ -8,8 +8,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from orchestrator.core import lock_sets
 from orchestrator.core.deadlocks import deadlock_break
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
+from orchestrator.core.events import service
 from orchestrator.core.lock_sets import (
     lock_set_acquire,
     lock_set_advance,
@@ -235,3 +237,18 @@ def test_a_set_chosen_as_deadlock_victim_ends_and_releases(agents, names) -> Non
     assert live(a) == set()  # released after the break committed
     assert LockRequest.objects.get(pk=blocked.request.pk).status == RequestStatus.GRANTED
     assert lock_sets_to_continue() == []
+
+
+def test_an_advance_that_finds_the_set_granted_meanwhile_answers_its_locks(agents, names) -> None:
+    """Two advances of one set race (its agent's poll, the after-commit continuation):
+    the one that locks the rows second finds the set granted, and answers with the
+    locks rather than as ended."""
+    a = agents[0]
+    granted = lock_set_acquire(agent=a, resources=names)
+    stale = LockSet.objects.get(pk=granted.lock_set.pk)
+    stale.status = RequestStatus.WAITING  # as the slower advance read it, before the rows
+    ids = sorted(lock.resource_id for lock in granted.locks)
+    again = service(lambda: lock_sets._advance(stale, ids, by_agent=True))()
+    assert again.status == "granted"
+    assert [lock.pk for lock in again.locks] == [lock.pk for lock in granted.locks]
+    assert live(a) == {"a", "b", "c"}

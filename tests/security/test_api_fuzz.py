@@ -63,6 +63,9 @@ def test_no_request_gets_a_server_error_or_an_undocumented_answer(
         "GET /api/v1/approvals/{approval_id}",
         "GET /api/v1/resources",
         "GET /api/v1/whoami",
+        "POST /api/v1/lock-sets",
+        "GET /api/v1/lock-sets/{lock_set_id}",
+        "DELETE /api/v1/lock-sets/{lock_set_id}",
     } <= covered
     for operation in operations:
 
