@@ -64,7 +64,7 @@ from orchestrator.core.models import (
     Resource,
     Step,
 )
-from orchestrator.core.operations import AcquireSet, checked
+from orchestrator.core.operations import MAX_LOCK_SET, AcquireSet, checked
 from orchestrator.core.queue import (
     Queue,
     db_now,
@@ -74,6 +74,7 @@ from orchestrator.core.queue import (
     lookup_filter,
     resource_lookup,
 )
+from orchestrator.core.rowlocks import lock_set_status
 from orchestrator.core.types import User
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,22 @@ def _matches(row: Resource, key: str, value: Any) -> bool:
     return (row.team.name, row.name) == tuple(value)  # owner_name
 
 
+def _references(resources: Any) -> list[Any]:
+    """Rows and ids (from the core's own callers) as they are; names (from the doors)
+    validated as AcquireSet's, with the same refusals."""
+    if (
+        isinstance(resources, list | tuple)
+        and 0 < len(resources) <= MAX_LOCK_SET
+        and all(_is_row_or_id(item) for item in resources)
+    ):
+        return [item.pk if isinstance(item, Resource) else item for item in resources]
+    return checked(AcquireSet, resources=resources)["resources"]
+
+
+def _is_row_or_id(item: Any) -> bool:
+    return isinstance(item, Resource) or (isinstance(item, int) and not isinstance(item, bool))
+
+
 # --- the service -----------------------------------------------------------------------
 
 
@@ -144,10 +161,10 @@ def lock_set_acquire(
     taken. A refusal (a resource not found, not shared for this mode, a wait that
     overlaps one the agent has already) leaves nothing locked or queued.
     """
-    fields = checked(AcquireSet, resources=resources, mode=mode, ttl=ttl)
+    fields = checked(AcquireSet, mode=mode, ttl=ttl)
     mode = fields["mode"]
     ttl = fields["ttl"] or agent.team.default_lease_ttl
-    named = _resolve(agent, fields["resources"], tenancy.need_for_mode(mode))
+    named = _resolve(agent, _references(resources), tenancy.need_for_mode(mode))
     ids = [res.pk for res, _ in named]
     names = {res.pk: name for res, name in named}
     same = _waiting_set(agent, ids, mode)
@@ -205,8 +222,9 @@ def _all_at_once(
     )
     lock_set.resources.set(ids)
     lock_set.agent = agent
-    held = [_take(queue, lock_set) for queue in queues]
-    return _granted(lock_set, list(zip(queues, held, strict=True)))
+    held = [(queue, _take(queue, lock_set)) for queue in queues]
+    _renew(lock_set, held)
+    return _granted(lock_set, held)
 
 
 def _check_upgrade(lock: Lock, mode: str) -> None:
@@ -253,6 +271,7 @@ def _advance(
             held.append((queue, _take(queue, lock_set)))
             continue
         return _wait_here(lock_set, queue, request, held, ids, index, by_agent=by_agent)
+    _renew(lock_set, held)  # every lease from now (the Lock rows before the set's row)
     if not _still_waiting(lock_set):
         return _as_it_stands(lock_set, ids)
     return _granted(lock_set, held)
@@ -268,12 +287,7 @@ def _as_it_stands(lock_set: LockSet, ids: list[int]) -> LockSetResult:
 def _still_waiting(lock_set: LockSet) -> bool:
     """Lock the set's row (after the Resource rows: see the module docstring) and
     read whether it still waits: a withdrawn request may have ended it meanwhile."""
-    status, reason = (
-        LockSet.objects.select_for_update(no_key=True)
-        .filter(pk=lock_set.pk)
-        .values_list("status", "reason")
-        .get()
-    )
+    status, reason = lock_set_status(lock_set.pk)
     lock_set.status, lock_set.reason = status, reason
     return status == RequestStatus.WAITING
 
@@ -292,6 +306,8 @@ def _wait_here(
     holds or waits for above it (a lock that ran out below made it so), queue here
     unless it is queued already, and renew what it holds if its agent is asking."""
     _let_go_above(lock_set, ids[index + 1 :])
+    if by_agent and held:
+        _renew(lock_set, held)
     if not _still_waiting(lock_set):
         return _as_it_stands(lock_set, ids)
     agent = lock_set.agent
@@ -321,8 +337,6 @@ def _wait_here(
         )
         deadlock = open_deadlock_check(agent, queue)
         queue.waiting.append(request)
-    if by_agent and held:
-        _renew(lock_set, held)
     return LockSetResult(
         "waiting",
         lock_set=lock_set,
@@ -373,8 +387,7 @@ def _renew(lock_set: LockSet, held: list[tuple[Queue, Lock]]) -> None:
 
 
 def _granted(lock_set: LockSet, held: list[tuple[Queue, Lock]]) -> LockSetResult:
-    """Every resource is held: the set is granted, every lease from now."""
-    _renew(lock_set, held)
+    """Every resource is held, every lease renewed from now: the set is granted."""
     now = held[-1][0].now
     lock_set.status, lock_set.resolved_at = RequestStatus.GRANTED, now
     LockSet.objects.filter(pk=lock_set.pk).update(status=lock_set.status, resolved_at=now)

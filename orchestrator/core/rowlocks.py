@@ -3,7 +3,7 @@
 Every ``select_for_update`` in the project goes through these helpers, which
 lock rows in primary-key order within a kind, and callers that lock several
 kinds do so in the global order Team -> Agent -> Run -> Step -> Resource -> Lock ->
-LockRequest -> Approval -> Conflict. Two transactions that follow this order
+LockRequest -> LockSet -> Approval -> Conflict. Two transactions that follow this order
 can wait for each other but never deadlock. Three of them lock with a statement
 written by hand (in sql.py, with every other one): a Resource row with the
 clock, that plus the resource's queue in one round trip, and a Step row with
@@ -23,6 +23,7 @@ from orchestrator.core.models import (
     Agent,
     Approval,
     Conflict,
+    LockSet,
     Resource,
     Run,
     Step,
@@ -143,3 +144,15 @@ def lock_approval(approval_id: int) -> Approval:
 def lock_conflicts(ids: Iterable[int]) -> list[Conflict]:
     """Lock and return Conflict rows, after any Resource/Lock rows the caller needs."""
     return list(_locked(Conflict, ids))
+
+
+def lock_set_status(lock_set_id: int) -> tuple[str, str]:
+    """Lock a LockSet row and return its status and reason. FOR NO KEY UPDATE: the
+    inserts of its locks and requests (which reference it) do not wait for it. Taken
+    after the set's Resource rows (core/lock_sets.py)."""
+    return (
+        LockSet.objects.select_for_update(no_key=True)
+        .filter(pk=lock_set_id)
+        .values_list("status", "reason")
+        .get()
+    )

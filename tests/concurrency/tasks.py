@@ -13,11 +13,13 @@ from collections import Counter
 from typing import Any
 
 from orchestrator.core import wakeups
+from orchestrator.core.lock_sets import lock_set_acquire, lock_set_advance, lock_set_release
 from orchestrator.core.locks import lock_acquire, lock_release
 from orchestrator.core.models import (
     Agent,
     Lock,
     LockRequest,
+    LockSet,
     RequestStatus,
     Resource,
     ResourceVersion,
@@ -277,3 +279,80 @@ def acquire_once(*, agent_id: int, resource_id: int, ttl: int) -> dict[str, Any]
         return {"status": acquired.status}
     lock = Lock.objects.get(pk=acquired.lock.pk)
     return {"status": "granted", "acquired_at": lock.acquired_at, "expires_at": lock.expires_at}
+
+
+def lock_set_worker(
+    *,
+    agent_id: int,
+    resource_ids: list[int],
+    cycles: int,
+    seed: str,
+    ttl: int,
+    start: Any = None,
+    wake_events: dict[int, Any] | None = None,
+) -> dict[str, Any]:
+    """Increment a random two or three of the counters together, ``cycles`` times, under
+    one lock set each time, naming them in a random order.
+
+    Each cycle: lock_set_acquire (waiting for the whole set if queued: the set's row
+    re-read after a wake-up or every POLL_INTERVAL, with a deadline), then for each
+    counter read and write value+1 with the version read and its lock's fence, then
+    release the set. Returns what happened, counted per counter, as counter_worker.
+    """
+    signal_wakeups(wake_events)
+    agent = Agent.objects.select_related("team").get(pk=agent_id)
+    wake = (wake_events or {}).get(agent_id)
+    rng = random.Random(seed)
+    picked: Counter[int] = Counter()
+    writes: Counter[int] = Counter()
+    outcomes: Counter[str] = Counter()
+    queued = 0
+    if start is not None:
+        start.wait(timeout=BARRIER_TIMEOUT)
+    for _ in range(cycles):
+        chosen = rng.sample(resource_ids, rng.choice([2, 3]))  # in a random order
+        picked.update(chosen)
+        result = lock_set_acquire(agent=agent, resources=chosen, ttl=ttl, wait=True)
+        if result.status == "waiting":
+            queued += 1
+            lock_set_id = result.lock_set.pk
+
+            def granted(lock_set_id: int = lock_set_id) -> Any:
+                status = LockSet.objects.values_list("status", flat=True).get(pk=lock_set_id)
+                if status not in (RequestStatus.WAITING, RequestStatus.GRANTED):
+                    raise AssertionError(f"lock set {lock_set_id} ended as {status}")
+                if status == RequestStatus.WAITING:
+                    return None
+                return lock_set_advance(lock_set_id=lock_set_id, agent=agent)
+
+            result = wait_until(
+                granted,
+                timeout=GRANT_TIMEOUT,
+                interval=POLL_INTERVAL,
+                wake=wake,
+                what=f"grant of lock set {lock_set_id}",
+            )
+        assert result.status == "granted", result.status
+        assert sorted(lock.resource_id for lock in result.locks) == sorted(chosen)
+        for lock in result.locks:
+            state = resource_read(resource=lock.resource_id)
+            written = resource_write(
+                agent=agent,
+                resource=lock.resource_id,
+                value=state.resource.value + 1,
+                expected_version=state.resource.version,
+                fence=lock.token,
+            )
+            outcomes[f"write_{written.status}"] += 1
+            if written.status == "applied":
+                writes[lock.resource_id] += 1
+        released = lock_set_release(lock_set_id=result.lock_set.pk, agent=agent)
+        outcomes[f"release_{released.status}"] += 1
+    return {
+        "agent_id": agent_id,
+        "cycles": cycles,
+        "queued": queued,
+        "picked": dict(picked),
+        "writes": dict(writes),
+        "outcomes": dict(outcomes),
+    }
