@@ -12,7 +12,14 @@ import httpx2
 import pytest
 
 from orchestrator.core.approvals import approval_decide
-from orchestrator.core.models import Approval, ApprovalStatus, Conflict, Lock, Resource
+from orchestrator.core.models import (
+    Approval,
+    ApprovalStatus,
+    Conflict,
+    Lock,
+    LockSet,
+    Resource,
+)
 from orchestrator.core.resources import resource_create
 from orchestrator.core.tokens import agent_token_reset
 from orchestrator.mcp.tools import TOOLS
@@ -298,24 +305,28 @@ def test_whoami_and_list_resources(live, agents):
 def test_an_agent_of_another_team_is_refused_and_leaves_nothing_written(live, agents):
     resource_create(name="doc", value="ours", team=agents.team)
     outsider = factories.agent(team_=factories.team(), name="outsider")
+    resource_create(name="mine", value=0, team=outsider.team)
     token = agent_token_reset(agent=outsider)
 
     async def scenario():
         async with mcp_session(live, token) as session:
             return [
                 await refused(session, "acquire", resource="doc"),
+                await refused(session, "acquire", resource=["mine", f"{agents.team.name}::doc"]),
                 await refused(session, "write", resource="doc", value="theirs"),
                 await refused(session, "read", resource="doc"),
                 await call(session, "list_resources"),
             ]
 
-    (acquire, _), (write, _), (read, _), listed = run(scenario())
-    for text in (acquire, write, read):
+    (acquire, _), (acquire_set, _), (write, _), (read, _), listed = run(scenario())
+    for text in (acquire, acquire_set, write, read):
         assert text.startswith("resource_not_found: ")
-    assert listed["resources"] == []
+    assert [res["name"] for res in listed["resources"]] == ["mine"]
     res = Resource.objects.get(name="doc")
     assert (res.value, res.version, res.fence) == ("ours", 0, 0)
     assert not Conflict.objects.exists()
+    # The set took nothing, not even its own team's resource.
+    assert not Lock.objects.exists() and not LockSet.objects.exists()
 
 
 def test_a_shared_resource_is_named_owner_name_and_a_read_share_refuses_writes(live, agents):
