@@ -172,14 +172,16 @@ def lock_set_acquire(
         return _advance(same, ids, by_agent=True)
     if not wait:
         return _all_at_once(agent, ids, names, mode, ttl, step)
-    overlap = LockRequest.objects.filter(
-        agent=agent, status=RequestStatus.WAITING, resource_id__in=ids
-    ).exists()
+    waits = LockRequest.objects.filter(agent=agent, status=RequestStatus.WAITING)
+    other_sets = LockSet.objects.filter(agent=agent, status=RequestStatus.WAITING)
+    overlap = (
+        waits.filter(resource_id__in=ids).exists() or other_sets.filter(resources__in=ids).exists()
+    )
     if overlap:
         raise Conflicting(
             "already_waiting",
-            "you already wait for one of these resources: wait for that request, or cancel "
-            "it, before asking for a lock set with it",
+            "you already wait for one of these resources (a lock request or another lock "
+            "set): wait for it, or cancel it, before asking for a lock set with it",
         )
     lock_set = LockSet.objects.create(
         agent=agent, mode=mode, ttl=ttl, step=step, requested_at=db_now()
@@ -266,7 +268,7 @@ def _advance(
                 return _end_here(lock_set, f"holds a shared lock on {queue.resource.name}")
             held.append((queue, _take(queue, lock_set)))
             continue
-        request = next((r for r in queue.waiting if r.lock_set_id == lock_set.pk), None)
+        request = _own_request(queue, lock_set)
         if request is None and queue.compatible(lock_set.mode) and not queue.waiting:
             held.append((queue, _take(queue, lock_set)))
             continue
@@ -275,6 +277,17 @@ def _advance(
     if not _still_waiting(lock_set):
         return _as_it_stands(lock_set, ids)
     return _granted(lock_set, held)
+
+
+def _own_request(queue: Queue, lock_set: LockSet) -> LockRequest | None:
+    """The set's waiting request on the queue's resource, if any. A request its agent
+    queued there alone, while the set waited below, becomes the set's (an agent waits
+    at most once per resource)."""
+    request = next((r for r in queue.waiting if r.agent_id == lock_set.agent_id), None)
+    if request is not None and request.lock_set_id != lock_set.pk:
+        request.lock_set_id = lock_set.pk
+        LockRequest.objects.filter(pk=request.pk).update(lock_set=lock_set.pk)
+    return request
 
 
 def _as_it_stands(lock_set: LockSet, ids: list[int]) -> LockSetResult:

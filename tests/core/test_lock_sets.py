@@ -252,3 +252,32 @@ def test_an_advance_that_finds_the_set_granted_meanwhile_answers_its_locks(agent
     assert again.status == "granted"
     assert [lock.pk for lock in again.locks] == [lock.pk for lock in granted.locks]
     assert live(a) == {"a", "b", "c"}
+
+
+def test_a_request_queued_alone_inside_a_waiting_set_becomes_the_sets(agents, names) -> None:
+    """The set waits below (for c, the lowest id); meanwhile its agent queues alone for
+    a (the highest): when the set gets there, that request is the set's."""
+    a, b = agents[:2]
+    held_c = lock_acquire(agent=b, resource="c").lock
+    lock_acquire(agent=b, resource="a")
+    result = lock_set_acquire(agent=a, resources=names)
+    assert result.waiting_on.name == "c"
+    alone = lock_acquire(agent=a, resource="a")
+    assert alone.status == "waiting"
+    lock_release(lock_id=held_c.pk, agent=b)  # the set takes c and b, then waits for a
+    waits = LockRequest.objects.filter(agent=a, status=RequestStatus.WAITING)
+    assert list(waits.values_list("pk", "lock_set_id")) == [(alone.request.pk, result.lock_set.pk)]
+    assert LockSet.objects.get(pk=result.lock_set.pk).status == RequestStatus.WAITING
+    held_a = Lock.objects.get(agent=b, resource__name="a", released_at__isnull=True)
+    lock_release(lock_id=held_a.pk, agent=b)
+    assert LockSet.objects.get(pk=result.lock_set.pk).status == RequestStatus.GRANTED
+    assert live(a) == {"a", "b", "c"}
+
+
+def test_a_set_overlapping_another_waiting_set_is_refused(agents, names) -> None:
+    a, b = agents[:2]
+    lock_acquire(agent=b, resource="c")
+    lock_set_acquire(agent=a, resources=names)  # waits for c, the lowest
+    with pytest.raises(Conflicting) as overlap:
+        lock_set_acquire(agent=a, resources=["a"])
+    assert overlap.value.code == "already_waiting"
