@@ -17,9 +17,18 @@ Shape (collections are maps keyed by id, as strings once on the wire)::
     resources  {id: {id, name, team, value, version, fence, holders: [...], waiters: [...]}}
     deadlocks  {id: {id, team, policy, agent_ids, resource_ids, cycle, edges, detail}}
 
+An agent's ``waits`` are its waiting lock requests, except that a waiting lock set
+(core/lock_sets.py) is one wait of its own, whatever it holds and wherever it is
+queued: ``{lock_set, mode, since, request_id, resource, resource_name, resources}``
+where ``resource`` is where it is queued (None between a grant and its next step)
+and ``resources`` lists every resource of the set in the order it takes them, each
+``{id, name, state}`` with state ``held``, ``queued`` or ``later``. A lock of a set
+(``holds``, ``holders``) names it in ``lock_set``; a waiter of a resource queued for a
+set carries the set (``{id, size, resources: [names]}``) in ``lock_set``.
+
 ``agents[..].status`` is derived: done, failed, paused, waiting_human (a
 pending approval, or a deadlock that waits for an operator), waiting_lock (a
-waiting lock request), running or idle. Everything agents wrote (names,
+waiting lock request or lock set), running or idle. Everything agents wrote (names,
 values, details) is data for ``textContent``, never markup.
 """
 
@@ -46,6 +55,7 @@ from orchestrator.core.models import (
     DeadlockPolicy,
     Lock,
     LockRequest,
+    LockSet,
     RequestStatus,
     Resource,
     ResourceGrant,
@@ -146,31 +156,42 @@ def _of_either(queryset: Any, agent_ids: Ids, resource_ids: Ids) -> Any:
     return queryset.filter(Q(agent_id__in=agent_ids or []) | Q(resource_id__in=resource_ids or []))
 
 
+# The fields a live lock and a waiting request share, and how the board names them.
+_LIVE_FIELDS = (
+    "id",
+    "agent_id",
+    "agent__name",
+    "resource_id",
+    "resource__name",
+    "mode",
+    "lock_set_id",
+)
+
+
+def _live_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "agent": row["agent_id"],
+        "agent_name": row["agent__name"],
+        "resource": row["resource_id"],
+        "resource_name": row["resource__name"],
+        "mode": row["mode"],
+        "lock_set": row["lock_set_id"],
+    }
+
+
 def _live_locks(*, agent_ids: Ids = None, resource_ids: Ids = None) -> list[dict[str, Any]]:
     """Unreleased locks (a lease that ran out shows until the protocol marks it expired)."""
     queryset = _of_either(Lock.objects.filter(released_at__isnull=True), agent_ids, resource_ids)
     return [
         {
             "lock_id": row["id"],
-            "agent": row["agent_id"],
-            "agent_name": row["agent__name"],
-            "resource": row["resource_id"],
-            "resource_name": row["resource__name"],
-            "mode": row["mode"],
+            **_live_row(row),
             "fence": row["token"],
             "acquired_at": _iso(row["acquired_at"]),
             "expires_at": _iso(row["expires_at"]),
         }
         for row in queryset.order_by("pk").values(
-            "id",
-            "agent_id",
-            "agent__name",
-            "resource_id",
-            "resource__name",
-            "mode",
-            "token",
-            "acquired_at",
-            "expires_at",
+            *_LIVE_FIELDS, "token", "acquired_at", "expires_at"
         )
     ]
 
@@ -181,29 +202,64 @@ def _waits(*, agent_ids: Ids = None, resource_ids: Ids = None) -> list[dict[str,
         LockRequest.objects.filter(status=RequestStatus.WAITING), agent_ids, resource_ids
     )
     return [
-        {
-            "request_id": row["id"],
-            "agent": row["agent_id"],
-            "agent_name": row["agent__name"],
-            "resource": row["resource_id"],
-            "resource_name": row["resource__name"],
-            "mode": row["mode"],
-            "requested_at": _iso(row["requested_at"]),
-        }
-        for row in queryset.order_by("pk").values(
-            "id", "agent_id", "agent__name", "resource_id", "resource__name", "mode", "requested_at"
-        )
+        {"request_id": row["id"], **_live_row(row), "requested_at": _iso(row["requested_at"])}
+        for row in queryset.order_by("pk").values(*_LIVE_FIELDS, "requested_at")
     ]
+
+
+def _waiting_sets(*, agent_ids: list[int], ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The waiting lock sets of ``agent_ids`` and those of ``ids``, each with its
+    resources in the order it takes them (ascending id), in one query."""
+    members = LockSet.resources.through.objects.filter(
+        Q(lockset__agent_id__in=agent_ids) | Q(lockset_id__in=ids),
+        lockset__status=RequestStatus.WAITING,
+    )
+    sets: dict[int, dict[str, Any]] = {}
+    for row in members.order_by("lockset_id", "resource_id").values(
+        "lockset_id",
+        "lockset__agent_id",
+        "lockset__mode",
+        "lockset__requested_at",
+        "resource_id",
+        "resource__name",
+    ):
+        lock_set = sets.setdefault(
+            row["lockset_id"],
+            {
+                "lock_set": row["lockset_id"],
+                "agent": row["lockset__agent_id"],
+                "mode": row["lockset__mode"],
+                "since": _iso(row["lockset__requested_at"]),
+                "resources": [],
+            },
+        )
+        lock_set["resources"].append({"id": row["resource_id"], "name": row["resource__name"]})
+    return sets
 
 
 class LiveRows:
     """The live locks and the waiting requests of some agents and resources (all of
     them: None), read once for the agents' rows and the resources' rows of a patch or
-    a snapshot: two queries instead of four."""
+    a snapshot: two queries instead of four. The waiting lock sets they need are read
+    on demand (:meth:`waiting_sets`): no query while nobody waits for a set."""
 
     def __init__(self, *, agent_ids: Ids = None, resource_ids: Ids = None) -> None:
         self.locks = _live_locks(agent_ids=agent_ids, resource_ids=resource_ids)
         self.waits = _waits(agent_ids=agent_ids, resource_ids=resource_ids)
+        self._sets: dict[int, dict[str, Any]] = {}
+        self._asked_agents: set[int] = set()
+        self._asked_sets: set[int] = set()
+
+    def waiting_sets(self, agent_ids: Iterable[int] = ()) -> dict[int, dict[str, Any]]:
+        """The waiting lock sets of ``agent_ids`` and of every waiting request read here,
+        by id; one query for those not read yet, none when there are none."""
+        agents = set(agent_ids) - self._asked_agents
+        ids = {wait["lock_set"] for wait in self.waits if wait["lock_set"]} - self._asked_sets
+        if agents or ids:
+            self._sets.update(_waiting_sets(agent_ids=sorted(agents), ids=sorted(ids)))
+            self._asked_agents |= agents
+            self._asked_sets |= ids | set(self._sets)
+        return self._sets
 
     def by(self, key: str, ids: Ids) -> tuple[dict[int, list], dict[int, list]]:
         """The locks and the waits of each of ``ids`` (all: None), by ``key``
@@ -232,6 +288,47 @@ def _waits_for_human() -> Exists:
     return Exists(approvals) | Exists(deadlocks)
 
 
+def _agent_waits(
+    waits: list[dict[str, Any]], holds: list[dict[str, Any]], sets: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """An agent's waits: its requests, then each of its waiting lock ``sets`` as one
+    wait (with the request it is queued with folded into it)."""
+    ids = {lock_set["lock_set"] for lock_set in sets}
+    of_set = {wait["lock_set"]: wait for wait in waits if wait["lock_set"] in ids}
+    plain = [
+        {k: wait[k] for k in ("request_id", "resource", "resource_name", "mode")}
+        for wait in waits
+        if wait["lock_set"] not in ids
+    ]
+    return plain + [
+        _set_wait(lock_set, of_set.get(lock_set["lock_set"]), holds) for lock_set in sets
+    ]
+
+
+def _set_wait(
+    lock_set: dict[str, Any], queued: dict[str, Any] | None, holds: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One waiting lock set as a wait: where it is queued (``queued``, its request, if
+    any), and the state of each of its resources (its locks among ``holds``)."""
+    held = {lock["resource"] for lock in holds if lock["lock_set"] == lock_set["lock_set"]}
+    at = queued["resource"] if queued else None
+    return {
+        "lock_set": lock_set["lock_set"],
+        "mode": lock_set["mode"],
+        "since": lock_set["since"],
+        "request_id": queued["request_id"] if queued else None,
+        "resource": at,
+        "resource_name": queued["resource_name"] if queued else None,
+        "resources": [
+            {
+                **res,
+                "state": "held" if res["id"] in held else "queued" if res["id"] == at else "later",
+            }
+            for res in lock_set["resources"]
+        ],
+    }
+
+
 def derive_status(*, status: str, paused: bool, waits_for_human: bool, waits_for_lock: bool) -> str:
     """One status per agent, the same on every page (and so the same colour)."""
     if status in (AgentStatus.DONE, AgentStatus.FAILED):
@@ -251,19 +348,33 @@ def _agents(
     """The agents ``ids`` (all: None); ``live`` holds at least their locks and waits."""
     id_list = None if ids is None else list(ids)
     queryset = Agent.objects.all() if id_list is None else Agent.objects.filter(pk__in=id_list)
+    waiting_set = LockSet.objects.filter(agent_id=OuterRef("pk"), status=RequestStatus.WAITING)
     rows = list(
-        queryset.annotate(waits_for_human=_waits_for_human()).values(
-            "id", "name", "team_id", "status", "paused", "team__paused", "waits_for_human"
+        queryset.annotate(
+            waits_for_human=_waits_for_human(), waits_for_set=Exists(waiting_set)
+        ).values(
+            "id",
+            "name",
+            "team_id",
+            "status",
+            "paused",
+            "team__paused",
+            "waits_for_human",
+            "waits_for_set",
         )
     )
     id_list_for_rest = None if id_list is None else [row["id"] for row in rows]
     if live is None:
         live = LiveRows(agent_ids=id_list_for_rest)
     holds, waits = live.by("agent", id_list_for_rest)
+    sets: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for lock_set in live.waiting_sets(row["id"] for row in rows if row["waits_for_set"]).values():
+        sets[lock_set["agent"]].append(lock_set)
     result = {}
     for row in rows:
         pk = row["id"]
         paused = row["paused"] or row["team__paused"]
+        agent_waits = _agent_waits(waits[pk], holds[pk], sets[pk])
         result[pk] = {
             "id": pk,
             "name": row["name"],
@@ -272,19 +383,16 @@ def _agents(
                 status=row["status"],
                 paused=paused,
                 waits_for_human=row["waits_for_human"],
-                waits_for_lock=bool(waits[pk]),
+                waits_for_lock=bool(agent_waits),
             ),
             "paused": row["paused"],
             "team_paused": row["team__paused"],
             "holds": [
                 {k: lock[k] for k in ("lock_id", "resource", "resource_name", "mode", "fence")}
-                | {"expires_at": lock["expires_at"]}
+                | {"expires_at": lock["expires_at"], "lock_set": lock["lock_set"]}
                 for lock in holds[pk]
             ],
-            "waits": [
-                {k: wait[k] for k in ("request_id", "resource", "resource_name", "mode")}
-                for wait in waits[pk]
-            ],
+            "waits": agent_waits,
         }
     return result
 
@@ -304,9 +412,10 @@ def _resources(
     if live is None:
         live = LiveRows(resource_ids=scope)
     locks, waits = live.by("resource", scope)
+    sets = live.waiting_sets()
     holders = {
         pk: [
-            {k: lock[k] for k in ("lock_id", "agent", "agent_name", "mode", "fence")}
+            {k: lock[k] for k in ("lock_id", "agent", "agent_name", "mode", "fence", "lock_set")}
             | {"acquired_at": lock["acquired_at"], "expires_at": lock["expires_at"]}
             for lock in rows_
         ]
@@ -315,6 +424,7 @@ def _resources(
     waiters = {
         pk: [
             {k: wait[k] for k in ("request_id", "agent", "agent_name", "mode", "requested_at")}
+            | {"lock_set": _set_named(sets.get(wait["lock_set"]))}
             for wait in rows_
         ]
         for pk, rows_ in waits.items()
@@ -333,6 +443,14 @@ def _resources(
         }
         for row in rows
     }
+
+
+def _set_named(lock_set: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A waiter's lock set as its resource's row shows it: which set, and its resources."""
+    if lock_set is None:
+        return None
+    names = [res["name"] for res in lock_set["resources"]]
+    return {"id": lock_set["lock_set"], "size": len(names), "resources": names}
 
 
 def _deadlocks() -> dict[int, dict[str, Any]]:
@@ -461,6 +579,14 @@ class Touched:
                 ):
                     self.agents.add(agent_id)
                     self.resources.add(resource_id)
+        if subjects.get("lockset"):
+            # A set granted renews the lease of every lock it holds (no lock.renewed):
+            # its resources change too, and an operator's end of a set may name no agent.
+            for agent_id, resource_id in LockSet.resources.through.objects.filter(
+                lockset_id__in=subjects["lockset"]
+            ).values_list("lockset__agent_id", "resource_id"):
+                self.agents.add(agent_id)
+                self.resources.add(resource_id)
         if subjects.get("step"):
             for agent_id, run_id in Step.objects.filter(pk__in=subjects["step"]).values_list(
                 "agent_id", "run_id"
