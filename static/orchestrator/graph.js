@@ -1,13 +1,17 @@
 // The wait-for graph as SVG: agents on the left, resources on the right; green
 // "holds" edges (resource -> agent), dashed amber "waits for" edges (agent ->
 // resource); deadlock cycles in red, each with a form to break it by choosing the victim.
+// A waiting lock set's one edge goes to where it is queued; the list under the graph
+// names every resource of each waiting set.
 import { canOperate, csrfToken } from "./actions.js";
 import { clear, h, s } from "./dom.js";
 import { byName } from "./format.js";
 import { board, redrawOnChange } from "./live.js";
+import { lockSetWait } from "./locksets.js";
 
 const container = document.getElementById("graph");
 const deadlocksBox = document.getElementById("deadlocks");
+const lockSetsBox = document.getElementById("lock-sets");
 const teamSelect = document.getElementById("graph-team");
 const ROW = 38;
 const NODE_H = 26;
@@ -97,12 +101,13 @@ function drawGraph(state, teamId) {
       if (!agentY.has(waiter.agent)) continue;
       const ay = agentY.get(waiter.agent) + NODE_H / 2 + 5;
       const cycle = sameCycle(waiter.agent, r.id);
+      const set = waiter.lock_set;
       edges.append(s("path", {
-        class: `edge wait${cycle ? " in-cycle" : ""}`,
+        class: `edge wait${set ? " set" : ""}${cycle ? " in-cycle" : ""}`,
         d: `M ${AGENT_X + AGENT_W} ${ay} C ${AGENT_X + AGENT_W + 150} ${ay}, ${RES_X - 150} ${ry + 5}, ${RES_X} ${ry + 5}`,
         "marker-end": `url(#${cycle ? "arrow-cycle" : "arrow-wait"})`,
-        dataset: { edge: "wait", agent: waiter.agent, resource: r.id },
-      }, s("title", {}, `${waiter.agent_name} waits for ${r.name} (${waiter.mode})`)));
+        dataset: { edge: "wait", agent: waiter.agent, resource: r.id, ...(set ? { lockSet: set.id } : {}) },
+      }, s("title", {}, `${waiter.agent_name} waits for ${r.name} (${waiter.mode})${set ? `, for a lock set of ${set.size}: ${set.resources.join(", ")}` : ""}`)));
     }
   }
   for (const agent of agents) {
@@ -172,6 +177,25 @@ function deadlockPanel(state, deadlock) {
   return panel;
 }
 
+// The waiting lock sets of the agents shown (one team's, or all), by agent name.
+function waitingSets(state, teamId) {
+  const found = [];
+  for (const agent of Object.values(state.agents).sort(byName)) {
+    if (teamId && String(agent.team) !== teamId) continue;
+    for (const wait of agent.waits) if (wait.lock_set) found.push({ agent: { id: agent.id, name: agent.name }, wait });
+  }
+  return found;
+}
+
+function lockSetList(sets) {
+  if (!sets.length) return [];
+  return [h("h2", {}, "Waiting lock sets"),
+    h("p", { class: "muted" }, "A lock set takes its resources all or nothing, one at a time in one global order: it holds the first ones and waits, drawn above as one edge, for the next."),
+    h("ul", { class: "locksets" }, sets.map(({ agent, wait }) =>
+      h("li", { dataset: { agentId: agent.id, lockSet: wait.lock_set } },
+        h("span", { class: "agent-name" }, agent.name), " waits for ", lockSetWait(wait))))];
+}
+
 function renderTeams(state) {
   const current = teamSelect.value;
   const options = [h("option", { value: "" }, "all teams"),
@@ -180,6 +204,7 @@ function renderTeams(state) {
 }
 
 let lastPanels = "";
+let lastSets = "";
 function render() {
   const state = board.state;
   if (!state) return;
@@ -191,6 +216,12 @@ function render() {
   if (key !== lastPanels) {
     lastPanels = key;
     deadlocksBox.replaceChildren(...deadlocks.map((deadlock) => deadlockPanel(state, deadlock)));
+  }
+  const sets = waitingSets(state, teamId);
+  const setsKey = JSON.stringify(sets);
+  if (setsKey !== lastSets) {
+    lastSets = setsKey;
+    lockSetsBox.replaceChildren(...lockSetList(sets));
   }
   const focused = document.activeElement && document.activeElement.closest ? document.activeElement.closest("[data-agent-id]") : null;
   const focusedId = focused ? focused.dataset.agentId : null;

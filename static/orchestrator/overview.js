@@ -3,6 +3,7 @@ import { actionForm, canOperate } from "./actions.js";
 import { h } from "./dom.js";
 import { byName, statusLabel } from "./format.js";
 import { board, redrawOnChange } from "./live.js";
+import { lockSetWait } from "./locksets.js";
 
 const agentsBody = document.querySelector("#agents-table tbody");
 const runsBody = document.querySelector("#runs-table tbody");
@@ -30,8 +31,14 @@ function agentRow(agent, teams) {
     h("td", {}, agent.name),
     h("td", {}, team ? team.name : ""),
     h("td", {}, statusChip(agent.status)),
-    h("td", {}, agent.holds.map((hold) => h("span", { class: "chip hold", title: `${hold.mode}, fence ${hold.fence}` }, hold.resource_name))),
-    h("td", {}, agent.waits.map((wait) => h("span", { class: "chip wait", title: wait.mode }, wait.resource_name))),
+    h("td", { class: "holds" }, agent.holds.map((hold) => h("span", {
+      class: "chip hold",
+      title: `${hold.mode}, fence ${hold.fence}${hold.lock_set ? `, in lock set #${hold.lock_set}` : ""}`,
+      dataset: hold.lock_set ? { lockSet: hold.lock_set } : {},
+    }, hold.resource_name))),
+    h("td", { class: "waits" }, agent.waits.map((wait) => (wait.lock_set
+      ? lockSetWait(wait)
+      : h("span", { class: "chip wait", title: wait.mode }, wait.resource_name)))),
     h("td", {}, canOperate ? pauseForm(`/actions/agents/${agent.id}/pause`, agent.paused, `agent ${agent.name}`) : null),
   );
 }

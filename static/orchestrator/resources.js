@@ -4,6 +4,7 @@ import { actionForm, canOperate } from "./actions.js";
 import { h } from "./dom.js";
 import { byName, seconds } from "./format.js";
 import { board, redrawOnChange } from "./live.js";
+import { waiterSetNote } from "./locksets.js";
 
 const body = document.querySelector("#resources-table tbody");
 const filterInput = document.getElementById("resource-filter");
@@ -17,7 +18,7 @@ function countdown(expiresAt) {
 function holderLine(resource, holder) {
   return h("div", { class: "holder", dataset: { lockId: holder.lock_id } },
     h("span", { class: "chip hold" }, holder.agent_name),
-    h("span", { class: "muted" }, `${holder.mode}, fence ${holder.fence}, lease `),
+    h("span", { class: "muted" }, `${holder.mode}, fence ${holder.fence}${holder.lock_set ? `, in lock set #${holder.lock_set}` : ""}, lease `),
     countdown(holder.expires_at),
     canOperate
       ? actionForm(`/actions/locks/${holder.lock_id}/release`, { reason: "" }, "Force release", {
@@ -37,8 +38,18 @@ function resourceRow(resource, teams) {
     h("td", { class: "num" }, String(resource.version)),
     h("td", { class: "num" }, String(resource.fence)),
     h("td", { class: "holders" }, resource.holders.length ? resource.holders.map((holder) => holderLine(resource, holder)) : h("span", { class: "muted" }, "free")),
-    h("td", { class: "queue" }, resource.waiters.map((waiter, i) =>
-      h("span", { class: "chip wait", title: `${waiter.mode}, waiting since ${waiter.requested_at}` }, `${i + 1}. ${waiter.agent_name}`))));
+    h("td", { class: "queue" }, resource.waiters.map((waiter, i) => waiterChip(waiter, i))));
+}
+
+function waiterChip(waiter, i) {
+  const set = waiter.lock_set;
+  const title = `${waiter.mode}, waiting since ${waiter.requested_at}`;
+  if (!set) return h("span", { class: "chip wait", title }, `${i + 1}. ${waiter.agent_name}`);
+  return h("span", {
+    class: "chip wait in-set",
+    title: `${title}, for lock set #${set.id} of ${set.size}: ${set.resources.join(", ")}`,
+    dataset: { lockSet: set.id },
+  }, `${i + 1}. ${waiter.agent_name}`, h("span", { class: "set-note" }, waiterSetNote(set)));
 }
 
 function render() {

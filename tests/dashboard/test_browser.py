@@ -262,6 +262,61 @@ def test_a_contested_write_is_approved_from_the_page(app: str, page: Any) -> Non
     assert Resource.objects.get(name="minutes").value == {"text": "agreed", "by": "writer 2"}
 
 
+def test_a_waiting_lock_set_is_one_wait_and_changes_live_when_granted(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.lock_sets import lock_set_acquire
+    from orchestrator.core.locks import lock_acquire, lock_release
+
+    builders.operator("olivia")
+    team = factories.team(name="planning")
+    waiter = factories.agent(team_=team, name="planner")
+    blocker = factories.agent(team_=team, name="editor")
+    for part in ("a", "b", "c"):  # ascending id: the order the set takes them
+        resource_create(team=team, name=f"plan-{part}", value=0)
+    blocking = lock_acquire(agent=blocker, resource="plan-b", ttl=600).lock
+    asked = lock_set_acquire(agent=waiter, resources=["plan-c", "plan-b", "plan-a"], ttl=600)
+    assert asked.status == "waiting", asked
+    log_in(page, "olivia")
+    waits = page.locator(f'#agents-table tr[data-agent-id="{waiter.pk}"] td.waits')
+    wait = waits.locator(".lockset")
+    expect(wait).to_have_count(1)  # one wait, not one per resource
+    expect(wait.locator(".lockset-label")).to_have_text("lock set of 3:")
+    expect(wait.locator(".chip")).to_have_text(["plan-a", "plan-b", "plan-c"])
+    expect(wait.locator('.chip[data-state="held"]')).to_have_text("plan-a")
+    expect(wait.locator('.chip[data-state="queued"]')).to_have_text("plan-b")
+    expect(wait.locator(".lockset-state")).to_have_text("holds plan-a · queued at plan-b")
+    screenshot(page, "lock-set-waiting")
+    graph = page.context.new_page()
+    graph.goto("/graph/")
+    expect(graph.locator("#live-status")).to_have_text("live", timeout=10_000)
+    listed = graph.locator(f'#lock-sets li[data-agent-id="{waiter.pk}"]')
+    expect(listed).to_contain_text("planner waits for lock set of 3:")
+    expect(listed.locator(".lockset-state")).to_have_text("holds plan-a · queued at plan-b")
+    expect(graph.locator("svg.graph .edge.wait.set")).to_have_count(1)
+    screenshot(graph, "lock-set-graph")
+    graph.goto("/resources/")
+    queued = graph.locator('tr[data-resource-name="plan-b"] td.queue .chip.in-set')
+    expect(queued).to_have_text("1. planner · lock set of 3: plan-a, plan-b, plan-c")
+    screenshot(graph, "lock-set-resources")
+    graph.goto("/graph/")
+    expect(listed).to_have_count(1, timeout=10_000)
+
+    lock_release(lock_id=blocking.pk, agent=blocker)  # the set goes on and is granted
+
+    # No reload: both pages follow the deltas.
+    expect(wait).to_have_count(0, timeout=5000)
+    holds = page.locator(f'#agents-table tr[data-agent-id="{waiter.pk}"] td.holds .chip.hold')
+    expect(holds).to_have_text(["plan-a", "plan-b", "plan-c"])
+    expect(holds.first).to_have_attribute("data-lock-set", str(asked.lock_set.pk))
+    expect(page.locator(f'#agents-table tr[data-agent-id="{waiter.pk}"] .status')).to_have_text(
+        "idle"
+    )
+    expect(graph.locator("#lock-sets li")).to_have_count(0, timeout=5000)
+    expect(graph.locator("svg.graph .edge.wait")).to_have_count(0)
+    graph.close()
+
+
 def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -280,12 +335,21 @@ def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
     from orchestrator.core.locks import lock_acquire
 
     held = lock_acquire(agent=agent, resource=f"doc {XSS}").lock
+    # A lock set waiting behind it, named by agent text too (locksets.js).
+    from orchestrator.core.lock_sets import lock_set_acquire
+
+    resource_create(name=f"more {XSS}", team=team)
+    setter = factories.agent(team_=team, name=f"setter {XSS}")
+    asked = lock_set_acquire(agent=setter, resources=[f"doc {XSS}", f"more {XSS}"])
+    assert asked.status == "waiting", asked
     log_in(page, "olivia")
     pages = ["/", "/resources/", "/graph/", "/conflicts/", "/timeline/", f"/runs/{run.pk}/"]
     for path in [*pages, f"/runs/new/?team={team.pk}"]:
         page.goto(path)
         expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
         expect(page.locator("main")).to_contain_text("<script>window.__pwned=2</script>")
+        if path in ("/", "/graph/"):
+            expect(page.locator("main .lockset")).to_contain_text(f"more {XSS}")
         assert page.evaluate("window.__pwned") is None, path
         # (The timeline's own filter travels as a JSON script element: data, never run.)
         assert page.locator('main script:not([type="application/json"]), main img').count() == 0
