@@ -391,12 +391,25 @@ def _let_go(queue: Queue, lock_set: LockSet, reason: str) -> None:
 
 
 def _renew(lock_set: LockSet, held: list[tuple[Queue, Lock]]) -> None:
-    """Every held lock's lease runs ``ttl`` from now (each row is locked)."""
-    now = held[-1][0].now
+    """Every held lock's lease runs ``ttl`` from now (each row is locked); those granted
+    before this transaction say so in a lock.renewed event (the dashboard shows leases)."""
+    began, now = held[0][0].now, held[-1][0].now
     expires = now + timedelta(seconds=lock_set.ttl)
-    for _queue, lock in held:
-        lock.expires_at = expires
     Lock.objects.filter(pk__in=[lock.pk for _, lock in held]).update(expires_at=expires)
+    for queue, lock in held:
+        lock.expires_at = expires
+        if lock.acquired_at >= began:
+            continue  # granted just now: its lock.granted event says when it expires
+        event_emit(
+            "lock.renewed",
+            agent=lock_set.agent,
+            subject=lock,
+            payload={
+                "resource": queue.resource.name,
+                "resource_id": queue.resource.pk,
+                "expires_at": expires.isoformat(),
+            },
+        )
 
 
 def _granted(lock_set: LockSet, held: list[tuple[Queue, Lock]]) -> LockSetResult:
@@ -466,8 +479,8 @@ def lock_set_advance(
     ids = list(lock_set.resources.order_by("pk").values_list("pk", flat=True))
     if lock_set.status == RequestStatus.WAITING:
         return _advance(lock_set, ids, by_agent=agent is not None)
-    if lock_set.status in ENDED:
-        _release_held(lock_set, ids, user=user)
+    if lock_set.status in ENDED:  # a request it still has is withdrawn too
+        _release_held(lock_set, ids, user=user, withdraw=f"the lock set was {lock_set.status}")
         return LockSetResult(lock_set.status, lock_set=lock_set)
     return _as_granted(lock_set, ids)
 
