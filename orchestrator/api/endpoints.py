@@ -75,7 +75,7 @@ from orchestrator.core.selectors import (
     lock_request_when_decided,
     resources_visible,
 )
-from orchestrator.core.tenancy import qualified_name
+from orchestrator.core.tenancy import qualified_name, split_name
 
 api = AgentAPI(
     title="Orchestrator agent API",
@@ -92,6 +92,7 @@ api = AgentAPI(
 )
 install_error_handlers(api)
 MAX_POLL_WAIT = 30  # seconds a GET /lock-requests/{id}?wait= may block
+BLOCKER_FIELDS = ("agent", "mode", "fence", "expires_at", "resource")  # of a busy answer
 
 # Every operation can refuse a malformed request, a missing token and an oversized body.
 COMMON_ERRORS: dict[int, Any] = {400: ErrorOut, 401: ErrorOut, 413: ErrorOut}
@@ -259,11 +260,15 @@ def acquire_lock(request: HttpRequest, payload: LockAcquireIn) -> Status:
         return Status(201, _lock_out(result.lock, payload.resource))
     if result.status == "waiting":
         return Status(202, {"request_id": result.request.pk, "status": "waiting"})
-    holders = [
-        {key: holder[key] for key in ("agent", "mode", "fence", "expires_at")}
-        for holder in result.holders
-    ]
-    names = ", ".join(holder["agent"] for holder in holders) or "queued agents"
+    holders = [{key: holder[key] for key in BLOCKER_FIELDS} for holder in result.holders]
+    _team, asked = split_name(payload.resource)
+    names = ", ".join(
+        holder["agent"]
+        if holder["resource"] == asked
+        else f"{holder['agent']} ({holder['resource']})"
+        for holder in holders
+    )
+    names = names or "queued agents"
     return Status(
         409,
         {
@@ -367,7 +372,7 @@ def acquire_lock_set(request: HttpRequest, payload: LockSetIn) -> Status:
     )
     if result.status == "busy":
         busy = {
-            name: [{key: holder[key] for key in ("agent", "mode", "fence", "expires_at")}
+            name: [{key: holder[key] for key in BLOCKER_FIELDS}
                    for holder in holders]
             for name, holders in result.busy.items()
         }  # fmt: skip

@@ -158,12 +158,18 @@ class ErrorOut(Schema):
     detail: str
 
 
+class BlockerOut(HolderOut):
+    resource: str = Field(
+        description="What it holds: this resource, or a folder above it, or a path under it."
+    )
+
+
 class BusyOut(ErrorOut):
-    holders: list[HolderOut]
+    holders: list[BlockerOut]
 
 
 class SetBusyOut(ErrorOut):
-    busy: dict[str, list[HolderOut]] = Field(description="Each busy resource's holders.")
+    busy: dict[str, list[BlockerOut]] = Field(description="Each busy resource's holders.")
 
 
 class WriteRejectedOut(ErrorOut):

@@ -26,7 +26,7 @@ import networkx as nx
 from django.db import transaction
 from django.db.models import Count, Q
 
-from orchestrator.core import wakeups
+from orchestrator.core import paths, wakeups
 from orchestrator.core.conflicts import deadlock_open
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
@@ -74,6 +74,7 @@ def wait_for_graph(now: datetime | None = None) -> nx.DiGraph:
         resource_id__in=resource_ids, released_at__isnull=True, expires_at__gt=now
     ).values("pk", "agent_id", "resource_id", "mode"):
         holders.setdefault(lock["resource_id"], []).append(lock)
+    covering = _covering_holders(resource_ids, now)
     queues: dict[int, list[dict[str, Any]]] = {}
     for request in waiting:
         graph.add_node(request["agent_id"])
@@ -84,6 +85,11 @@ def wait_for_graph(now: datetime | None = None) -> nx.DiGraph:
                 exclusive or lock["mode"] == LockMode.EXCLUSIVE
             ):
                 _edge(graph, request["agent_id"], lock["agent_id"], rid, "hold")
+        for lock in covering.get(rid, []):  # a folder above, or a path under it
+            if lock.agent_id != request["agent_id"] and (
+                exclusive or lock.mode == LockMode.EXCLUSIVE
+            ):
+                _edge(graph, request["agent_id"], lock.agent_id, lock.resource_id, "hold")
         for ahead in queues.get(rid, []):
             if ahead["agent_id"] != request["agent_id"] and (
                 exclusive or ahead["mode"] == LockMode.EXCLUSIVE
@@ -91,6 +97,15 @@ def wait_for_graph(now: datetime | None = None) -> nx.DiGraph:
                 _edge(graph, request["agent_id"], ahead["agent_id"], rid, "queue")
         queues.setdefault(rid, []).append(request)
     return graph
+
+
+def _covering_holders(resource_ids: set[int], now: datetime) -> dict[int, list[Lock]]:
+    """For each path among ``resource_ids``, the live locks that cover it (core/paths.py):
+    one query per waited-for path, none for other names."""
+    waited_paths = Resource.objects.filter(pk__in=resource_ids, name__contains=paths.SEPARATOR)
+    return {
+        res.pk: paths.covering_locks(res, now) for res in waited_paths.only("pk", "team_id", "name")
+    }
 
 
 def _edge(graph: nx.DiGraph, waiter: int, blocker: int, resource_id: int, kind: str) -> None:
@@ -336,6 +351,7 @@ def deadlock_break(
             agent_id=victim_id, released_at__isnull=True, resource_id__in=cycle_resources
         ).values_list("resource_id", flat=True)
     )
+    paths.lock_paths_of(sorted(wait_resources | held_resources))  # before the rows
     resources = lock_resources(wait_resources | held_resources)
     (conflict,) = lock_conflicts([conflict_id]) or [None]
     if conflict is None or conflict.status != ConflictStatus.OPEN:

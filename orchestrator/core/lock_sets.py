@@ -48,7 +48,7 @@ from typing import Any
 
 from django.db import connection
 
-from orchestrator.core import tenancy, wakeups
+from orchestrator.core import paths, tenancy, wakeups
 from orchestrator.core.errors import Conflicting, Forbidden, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
 from orchestrator.core.locks import open_deadlock_check
@@ -117,6 +117,20 @@ def _resolve(agent: Agent, names: list[Any], need: str) -> list[tuple[Resource, 
     return [found[pk] for pk in sorted(found)]
 
 
+def _refuse_overlaps(named: list[tuple[Resource, str]]) -> None:
+    """Invalid if the set names a folder and a path under it (of one team)."""
+    for team_id in {res.team_id for res, _ in named}:
+        mine = {res.name: asked for res, asked in named if res.team_id == team_id}
+        covered = paths.overlapping(list(mine))
+        if covered is not None:
+            folder, path = covered
+            raise Invalid(
+                "overlapping_paths",
+                f"{mine[path]} is under the folder {mine[folder]}: the folder's lock "
+                "covers it, so name the folder only",
+            )
+
+
 def _matches(row: Resource, key: str, value: Any) -> bool:
     if key == "pk":
         return row.pk == value
@@ -167,6 +181,8 @@ def lock_set_acquire(
     named = _resolve(agent, _references(resources), tenancy.need_for_mode(mode))
     ids = [res.pk for res, _ in named]
     names = {res.pk: name for res, name in named}
+    _refuse_overlaps(named)
+    paths.lock_paths_of(ids)  # before the first row lock (core/paths.py)
     same = _waiting_set(agent, ids, mode)
     if same is not None:  # asked again while waiting: the same set, advanced
         return _advance(same, ids, by_agent=True)
@@ -215,8 +231,8 @@ def _all_at_once(
         mine = queue.holding(agent.pk)
         if mine is not None:
             _check_upgrade(mine, mode)
-        elif not (queue.compatible(mode) and not queue.waiting):
-            busy[names[rid]] = [holder_dict(lock) for lock in queue.live]
+        elif not (queue.compatible(mode, agent.pk) and not queue.waiting):
+            busy[names[rid]] = [holder_dict(lock) for lock in queue.blockers(mode, agent.pk)]
     if busy:
         return LockSetResult("busy", busy=busy)
     lock_set = LockSet.objects.create(
@@ -269,7 +285,11 @@ def _advance(
             held.append((queue, _take(queue, lock_set)))
             continue
         request = _own_request(queue, lock_set)
-        if request is None and queue.compatible(lock_set.mode) and not queue.waiting:
+        if (
+            request is None
+            and queue.compatible(lock_set.mode, lock_set.agent_id)
+            and not queue.waiting
+        ):
             held.append((queue, _take(queue, lock_set)))
             continue
         return _wait_here(lock_set, queue, request, held, ids, index, by_agent=by_agent)
@@ -343,7 +363,7 @@ def _wait_here(
                 "resource": queue.resource.name,
                 "resource_id": queue.resource.pk,
                 "mode": lock_set.mode,
-                "holders": [lock.agent.name for lock in queue.live],
+                "holders": [lock.agent.name for lock in queue.blockers(lock_set.mode, agent.pk)],
                 "ahead": len(queue.waiting),
                 "lock_set": lock_set.pk,
             },
@@ -445,7 +465,7 @@ def _end_here(lock_set: LockSet, why: str) -> LockSetResult:
 
 def _ended(lock_set: LockSet) -> LockSetResult:
     """A set that ended: what it still holds is released after commit."""
-    wakeups.schedule_lock_set(lock_set.pk)
+    wakeups.LOCK_SETS.schedule(lock_set.pk)
     return LockSetResult(lock_set.status, lock_set=lock_set)
 
 
@@ -461,7 +481,7 @@ def continue_lock_set(lock_set_id: int) -> None:
         logger.exception("continuing lock set %s failed", lock_set_id)
 
 
-wakeups.on_lock_set(continue_lock_set)
+wakeups.LOCK_SETS.register(continue_lock_set)
 
 
 @service
@@ -477,6 +497,7 @@ def lock_set_advance(
             raise Forbidden("not_your_lock_set", "this lock set belongs to another agent")
         raise NotFound("lock_set_not_found", f"no lock set with id {lock_set_id}")
     ids = list(lock_set.resources.order_by("pk").values_list("pk", flat=True))
+    paths.lock_paths_of(ids)  # before the first row lock (core/paths.py)
     if lock_set.status == RequestStatus.WAITING:
         return _advance(lock_set, ids, by_agent=agent is not None)
     if lock_set.status in ENDED:  # a request it still has is withdrawn too
@@ -545,6 +566,7 @@ def lock_set_release(*, lock_set_id: int, agent: Agent | None, user: User = None
     if agent is not None and lock_set.agent_id != agent.pk:
         raise Forbidden("not_your_lock_set", "this lock set belongs to another agent")
     ids = list(lock_set.resources.order_by("pk").values_list("pk", flat=True))
+    paths.lock_paths_of(ids)  # before the first row lock (core/paths.py)
     by = "an operator" if user is not None else "its agent"
     _release_held(lock_set, ids, user=user, withdraw=f"lock set cancelled by {by}")
     # The set's row last, after every Resource row (the module docstring says why).

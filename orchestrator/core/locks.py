@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from orchestrator.core import tenancy
+from orchestrator.core import paths, tenancy
 from orchestrator.core.conflicts import conflict_open
 from orchestrator.core.deadlocks import deadlock_check_for
 from orchestrator.core.errors import Forbidden, Gone, Invalid, NotFound
@@ -81,7 +81,8 @@ def open_deadlock_check(agent: Agent, queue: Queue) -> Conflict | None:
     # a queued writer ahead of a reader waits for the shared holders).
     nearby = {lock.agent_id for lock in queue.live} | {req.agent_id for req in queue.waiting}
     nearby.discard(agent.pk)
-    if not nearby & queue.waiting_elsewhere:  # read with the queue: no query needed
+    # A path's covering locks are wait-for edges to other resources: no cheap exit.
+    if not queue.covering and not nearby & queue.waiting_elsewhere:  # no query needed
         return None  # every wait-for edge out of here stays on this resource
     return deadlock_check_for(agent)
 
@@ -118,9 +119,9 @@ def lock_acquire(
     queued = next((req for req in queue.waiting if req.agent_id == agent.pk), None)
     if queued is not None:
         return AcquireResult("waiting", request=queued)
-    if queue.compatible(mode) and not queue.waiting:
+    if queue.compatible(mode, agent.pk) and not queue.waiting:
         return AcquireResult("granted", lock=queue.grant(agent, mode, ttl), resource=res)
-    holders = [holder_dict(lock) for lock in queue.live]
+    holders = [holder_dict(lock) for lock in queue.blockers(mode, agent.pk) or queue.live]
     if not wait:
         return AcquireResult("busy", holders=holders)
     request = LockRequest.objects.create(
@@ -285,6 +286,7 @@ def lock_release_all(*, agent_id: int, reason: str, user: User = None) -> int:
             )
         )
     )
+    paths.lock_paths_of(resource_ids)  # before the first row lock (core/paths.py)
     released = 0
     for resource_id in resource_ids:
         queue = lock_queue(pk=resource_id)

@@ -138,6 +138,14 @@ class Resource(models.Model):
             models.CheckConstraint(condition=Q(version__gte=0), name="resource_version_nonneg"),
             models.CheckConstraint(condition=Q(fence__gte=0), name="resource_fence_nonneg"),
         ]
+        indexes = [
+            # The paths under a folder (core/paths.py): name LIKE 'src/api/%' in a team.
+            models.Index(
+                fields=["team", "name"],
+                name="resource_path_prefix",
+                opclasses=["int8_ops", "varchar_pattern_ops"],
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -10,14 +10,15 @@ after the row lock is granted (``rowlocks.lock_resource_with_clock``).
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db.models import Q, QuerySet
 
-from orchestrator.core import sql, tenancy, wakeups
+from orchestrator.core import paths, sql, tenancy, wakeups
 from orchestrator.core.errors import Invalid, NotFound
-from orchestrator.core.events import event_emit
+from orchestrator.core.events import event_emit, service
 from orchestrator.core.models import (
     NAME_MAX_LENGTH,
     TEAM_SEPARATOR,
@@ -33,6 +34,8 @@ from orchestrator.core.models import (
 from orchestrator.core.rowlocks import lock_resource_then, lock_resource_with_clock
 from orchestrator.core.types import User
 
+logger = logging.getLogger(__name__)
+
 
 def db_now() -> datetime:
     """The database clock, so that leases mean the same on every host."""
@@ -40,12 +43,15 @@ def db_now() -> datetime:
 
 
 def holder_dict(lock: Lock) -> dict[str, Any]:
+    """A live lock as the holder a refusal or a read names: who, how, until when, and on
+    what (the resource itself, or a folder above it or a path under it)."""
     return {
         "lock_id": lock.pk,
         "agent": lock.agent.name,
         "mode": lock.mode,
         "fence": lock.token,
         "expires_at": lock.expires_at.isoformat(),
+        "resource": lock.resource.name,
     }
 
 
@@ -142,8 +148,13 @@ class Queue:
         rows, self._waiting, self.waiting_elsewhere = sql.load_queue(resource, rows)
         self.expired = [lock for lock in rows if lock.expires_at <= now]
         self.live = [lock for lock in rows if lock.expires_at > now]
+        # A path's folders above, or a folder's paths under it (core/paths.py): their live
+        # locks count as this resource's too. Read behind the team's path lock.
+        self.is_path = paths.is_path(resource.name)
+        self.covering = paths.covering_locks(resource, now) if self.is_path else []
         for lock in self.expired:
             sql.end_lock(lock, end=LockEnd.EXPIRED, now=max(now, lock.acquired_at))
+            self._uncovered()
             event_emit(
                 "lock.expired",
                 agent=lock.agent,
@@ -151,6 +162,11 @@ class Queue:
                 subject=lock,
                 payload=self._payload(lock),
             )
+
+    def _uncovered(self) -> None:
+        """A lock of this path ended: the queues it covered may go, after commit."""
+        if self.is_path:
+            wakeups.PATHS.schedule(self.resource.pk)
 
     def _payload(self, lock: Lock) -> dict[str, Any]:
         return {
@@ -169,10 +185,23 @@ class Queue:
     def holding(self, agent_id: int) -> Lock | None:
         return next((lock for lock in self.live if lock.agent_id == agent_id), None)
 
-    def compatible(self, mode: str) -> bool:
+    def compatible(self, mode: str, agent_id: int | None = None) -> bool:
+        """Whether a ``mode`` lock can be granted now beside the live locks, and the
+        covering locks of other agents than ``agent_id`` (a path's folders, a folder's
+        paths: an agent's own folder lock does not block its files)."""
+        covering = [lock for lock in self.covering if lock.agent_id != agent_id]
         if mode == LockMode.EXCLUSIVE:
-            return not self.live
-        return all(lock.mode == LockMode.SHARED for lock in self.live)
+            return not self.live and not covering
+        return all(lock.mode == LockMode.SHARED for lock in [*self.live, *covering])
+
+    def blockers(self, mode: str, agent_id: int) -> list[Lock]:
+        """The locks that keep a ``mode`` lock of ``agent_id`` from being granted now:
+        live ones here, then covering ones of other agents."""
+        covering = [lock for lock in self.covering if lock.agent_id != agent_id]
+        found = [lock for lock in [*self.live, *covering] if lock.agent_id != agent_id]
+        if mode == LockMode.EXCLUSIVE:
+            return found
+        return [lock for lock in found if lock.mode == LockMode.EXCLUSIVE]
 
     def grant(
         self,
@@ -215,6 +244,7 @@ class Queue:
         """End a live lock (released, revoked, force-released)."""
         sql.end_lock(lock, end=end, now=self.now)
         self.live = [other for other in self.live if other.pk != lock.pk]
+        self._uncovered()
         kind = {
             LockEnd.RELEASED: "lock.released",
             LockEnd.REVOKED: "lock.revoked",
@@ -263,7 +293,7 @@ class Queue:
         """
         granted: list[LockRequest] = []
         for request in list(self.waiting):
-            if not self.compatible(request.mode):
+            if not self.compatible(request.mode, request.agent_id):
                 break
             lock = self.grant(
                 request.agent, request.mode, request.ttl, actor="system",
@@ -278,14 +308,15 @@ class Queue:
             self.waiting.remove(request)
             granted.append(request)
             if request.lock_set_id is not None:  # the set goes on (its agent waits for all)
-                wakeups.schedule_lock_set(request.lock_set_id)
+                wakeups.LOCK_SETS.schedule(request.lock_set_id)
             else:
                 wakeups.schedule(agent_id=request.agent_id, step_id=request.step_id, reason="lock")
         return granted
 
     def settle(self) -> list[LockRequest]:
-        """After expiries, grant whoever can go now. Returns the granted requests."""
-        if self.expired or not self.live:
+        """After expiries, grant whoever can go now. Returns the granted requests.
+        (A path's waiters may also go because a covering lock ended.)"""
+        if self.expired or not self.live or self.is_path:
             return self.grant_waiters()
         return []
 
@@ -311,6 +342,29 @@ def open_queue(
     return queue
 
 
+@service
+def _settle_queue(resource_id: int) -> int:
+    """Grant the waiters of one resource that can go now (in a transaction of its own)."""
+    return len(lock_queue(pk=resource_id).grant_waiters())
+
+
+def settle_related(resource_id: int) -> None:
+    """After commit: a path's lock ended, so the queues of the folders above it and of
+    the paths under it may go (core/paths.py). Each in its own transaction; the
+    monitor's sweep retries what fails here."""
+    resource = Resource.objects.filter(pk=resource_id).only("pk", "team_id", "name").first()
+    if resource is None:
+        return
+    for related_id in paths.related_waiting(resource):
+        try:
+            _settle_queue(related_id)
+        except Exception:
+            logger.exception("settling the queue of resource %s failed", related_id)
+
+
+wakeups.PATHS.register(settle_related)
+
+
 def end_lock_set(lock_set_id: int, status: str, reason: str, **emit: Any) -> bool:
     """Mark a waiting lock set ended (cancelled, aborted), wake its agent, and release
     what it holds after commit (core/lock_sets.py). Called where its request is
@@ -331,7 +385,7 @@ def end_lock_set(lock_set_id: int, status: str, reason: str, **emit: Any) -> boo
         **emit,
     )
     wakeups.schedule(agent_id=lock_set.agent_id, step_id=lock_set.step_id, reason=status)
-    wakeups.schedule_lock_set(lock_set_id)
+    wakeups.LOCK_SETS.schedule(lock_set_id)
     return True
 
 

@@ -139,9 +139,37 @@ def _lock_with_clock_sql(key: str) -> str:
     )
 
 
+# The class id of the team path locks (core/paths.py): two-key form, the team's id as
+# the second key (folded into int4; two teams sharing a key only wait for each other).
+PATH_LOCK_CLASS = 0x50415448  # "PATH"
+_PATH_LOCK = f"pg_advisory_xact_lock({PATH_LOCK_CLASS}, (team_id %% 2147483647)::integer)"
+
+
+@functools.cache
+def _path_lock_sql(key: str) -> str:
+    # The lookup comes from _LOCK_WITH_CLOCK; only a name with a '/' takes the lock.
+    return (
+        f"SELECT {_PATH_LOCK} FROM core_resource "  # noqa: S608
+        f"WHERE {_LOCK_WITH_CLOCK[key]} AND strpos(name, '/') > 0"
+    )
+
+
+def lock_team_paths(resource_ids: list[int]) -> None:
+    """Take the path locks (core/paths.py) of the teams that have path resources among
+    ``resource_ids``, in team id order, in one statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {_PATH_LOCK} FROM ("  # noqa: S608
+            "SELECT DISTINCT team_id FROM core_resource WHERE id = ANY(%s) "
+            "AND strpos(name, '/') > 0 ORDER BY team_id) AS teams",
+            [resource_ids],
+        )
+
+
 def lock_resource_then(then: str, **lookup: Any) -> tuple[Resource, datetime, list[tuple] | None]:
-    """The statements of ``rowlocks.lock_resource_then``: the Resource row locked in a
-    subquery and the clock read by the outer query, then ``then`` pipelined behind it.
+    """The statements of ``rowlocks.lock_resource_then``: the team's path lock if the
+    resource is a path (core/paths.py), then the Resource row locked in a subquery and
+    the clock read by the outer query, then ``then``, all pipelined in one round trip.
 
     ``then`` names the locked resource's id as ``{resource_id}`` (it becomes a
     parameter or a subquery by the same lookup) and takes no other parameter.
@@ -150,21 +178,23 @@ def lock_resource_then(then: str, **lookup: Any) -> tuple[Resource, datetime, li
     ((key, value),) = lookup.items()
     params = list(value) if isinstance(value, tuple) else [value]
     rows = None
-    if not then:
-        with connection.cursor() as cursor:
-            cursor.execute(_lock_with_clock_sql(key), params)
-            row = cursor.fetchone()
-    else:
-        where = _LOCK_WITH_CLOCK[key]  # constant SQL, keyed by the lookup
-        resource_id = "%s" if key == "pk" else f"(SELECT id FROM core_resource WHERE {where})"  # noqa: S608
-        sql = then.format(resource_id=resource_id)
-        connection.ensure_connection()
-        with connection.cursor() as locking, connection.cursor() as reading:
-            with connection.wrap_database_errors, connection.connection.pipeline():
-                locking.execute(_lock_with_clock_sql(key), params)
-                reading.execute(sql, params * then.count("{resource_id}"))
-            row = locking.fetchone()
+    connection.ensure_connection()
+    with connection.cursor() as paths, connection.cursor() as locking:
+        with connection.wrap_database_errors, connection.connection.pipeline():
+            paths.execute(_path_lock_sql(key), params)
+            locking.execute(_lock_with_clock_sql(key), params)
+            if then:
+                where = _LOCK_WITH_CLOCK[key]  # constant SQL, keyed by the lookup
+                resource_id = (
+                    "%s" if key == "pk" else f"(SELECT id FROM core_resource WHERE {where})"  # noqa: S608
+                )
+                reading = connection.cursor()
+                reading.execute(then.format(resource_id=resource_id),
+                                params * then.count("{resource_id}"))  # fmt: skip
+        row = locking.fetchone()
+        if then:
             rows = reading.fetchall()
+            reading.close()
     if row is None:
         raise Resource.DoesNotExist(f"no resource with {key}={value!r}")
     return instance(Resource, list(row[:-1])), row[-1], rows

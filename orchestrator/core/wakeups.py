@@ -46,26 +46,32 @@ def schedule(*, agent_id: int, step_id: int | None, reason: str) -> None:
     transaction.on_commit(run)
 
 
-# --- lock sets going on -----------------------------------------------------------
-# A lock set's request granted, or the set ended: the set goes on in a transaction of
-# its own after this one commits (core/lock_sets.py registers how).
-_lock_set_handlers: list[Callable[[int], None]] = []
+# --- work that goes on after commit, by id -------------------------------------------
+# A lock set whose request was granted, or that ended, goes on (core/lock_sets.py);
+# the queues related to a path whose lock ended may go (core/paths.py). Each in a
+# transaction of its own after this one commits; the module doing it registers how.
 
 
-def on_lock_set(handler: Callable[[int], None]) -> None:
-    """Call ``handler(lock_set_id)`` after each committed ``schedule_lock_set``."""
-    if handler not in _lock_set_handlers:
-        _lock_set_handlers.append(handler)
+class AfterCommit:
+    """Handlers of one kind of work, called with an id after the scheduling commits."""
+
+    def __init__(self) -> None:
+        self._handlers: list[Callable[[int], None]] = []
+
+    def register(self, handler: Callable[[int], None]) -> None:
+        if handler not in self._handlers:
+            self._handlers.append(handler)
+
+    def schedule(self, pk: int) -> None:
+        def run() -> None:
+            for handler in list(self._handlers):
+                handler(pk)
+
+        transaction.on_commit(run)
 
 
-def schedule_lock_set(lock_set_id: int) -> None:
-    """Go on with lock set ``lock_set_id`` once the current transaction commits."""
-
-    def run() -> None:
-        for handler in list(_lock_set_handlers):
-            handler(lock_set_id)
-
-    transaction.on_commit(run)
+LOCK_SETS = AfterCommit()  # a lock set's id
+PATHS = AfterCommit()  # a path resource's id whose lock ended
 
 
 # --- waking agents that wait over HTTP ----------------------------------------------

@@ -82,7 +82,13 @@ def test_busy_without_waiting_is_409_with_the_holders(alice, bob, doc) -> None:
     assert body["error"] == "busy"
     assert "alice" in body["detail"]
     assert body["holders"] == [
-        {"agent": "alice", "mode": "exclusive", "fence": 1, "expires_at": held["expires_at"]}
+        {
+            "agent": "alice",
+            "mode": "exclusive",
+            "fence": 1,
+            "expires_at": held["expires_at"],
+            "resource": doc,
+        }
     ]
     assert not Lock.objects.filter(agent=bob.agent).exists()
 
@@ -408,3 +414,16 @@ def test_a_cancelled_request_leaves_the_queue(make_client, alice, bob, doc) -> N
     assert again.json() == cancelled.json()  # idempotent
     assert carol.get(f"/lock-requests/{carols}").json()["status"] == "granted"
     assert bob.delete("/lock-requests/999999").status_code == 404
+
+
+def test_busy_under_a_folder_names_the_folder_and_its_holder(alice, bob) -> None:
+    for name in ("src/", "src/app.py"):
+        assert alice.create(name).status_code == 201
+    assert alice.acquire("src/").status_code == 201
+
+    response = bob.acquire("src/app.py", wait=False)
+
+    assert response.status_code == 409
+    body = response.json()
+    assert [(h["agent"], h["resource"]) for h in body["holders"]] == [("alice", "src/")]
+    assert "alice (src/)" in body["detail"]
