@@ -356,3 +356,42 @@ def lock_set_worker(
         "writes": dict(writes),
         "outcomes": dict(outcomes),
     }
+
+
+def path_worker(
+    *,
+    agent_id: int,
+    folder_id: int,
+    file_ids: list[int],
+    cycles: int,
+    seed: str,
+    ttl: int,
+    start: Any = None,
+    wake_events: dict[int, Any] | None = None,
+) -> dict[str, Any]:
+    """Lock the folder (one time in four) or one of the files under it, exclusively,
+    ``cycles`` times, waiting when queued; under the lock increment what was locked
+    (with its version and fence), then release. Returns the writes per resource."""
+    signal_wakeups(wake_events)
+    agent = Agent.objects.select_related("team").get(pk=agent_id)
+    wake = (wake_events or {}).get(agent_id)
+    rng = random.Random(seed)
+    writes: Counter[int] = Counter()
+    outcomes: Counter[str] = Counter()
+    if start is not None:
+        start.wait(timeout=BARRIER_TIMEOUT)
+    for _ in range(cycles):
+        resource_id = folder_id if rng.random() < 0.25 else rng.choice(file_ids)
+        lock_id, token, _queued = acquire_exclusive(agent, resource_id, ttl=ttl, wake=wake)
+        state = resource_read(resource=resource_id)
+        written = resource_write(
+            agent=agent,
+            resource=resource_id,
+            value=(state.resource.value or 0) + 1,
+            expected_version=state.resource.version,
+            fence=token,
+        )
+        outcomes[f"write_{written.status}"] += 1
+        writes[resource_id] += written.status == "applied"
+        outcomes[f"release_{lock_release(lock_id=lock_id, agent=agent).status}"] += 1
+    return {"writes": dict(writes), "outcomes": dict(outcomes)}
