@@ -71,7 +71,21 @@ def _plain_name(name: str) -> str:
             "invalid_name",
             "name must not contain '::': it separates a team's name from a resource's",
         )
+    if "/" in name:
+        _relative_path(name)
     return name
+
+
+def _relative_path(name: str) -> None:
+    """A name with '/' is a path (core/paths.py): relative, normalized, a folder if it
+    ends with '/'."""
+    parts = (name[:-1] if name.endswith("/") else name).split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise PydanticCustomError(
+            "invalid_name",
+            "a name with '/' is a relative path: no leading '/', no empty, '.' or '..' "
+            "parts (a folder ends with one '/')",
+        )
 
 
 def _storable_value(value: Any) -> Any:

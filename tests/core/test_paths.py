@@ -172,3 +172,15 @@ def test_the_paths_under_a_folder_are_found_through_the_index(team, tree) -> Non
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "resource_path_prefix" in plan, plan
     assert "~>=~" in plan, plan  # the prefix is an index condition, not a filter
+
+
+@pytest.mark.parametrize("name", ["/abs", "a//b", "a/./b", "../x", "a/..", "a//", "/"])
+def test_a_path_name_is_relative_and_normalized(team, name) -> None:
+    with pytest.raises(Invalid) as refused:
+        resource_create(team=team, name=name, value=None)
+    assert refused.value.code == "invalid_name"
+
+
+@pytest.mark.parametrize("name", ["a/", "a/b", "a/b/", "a.b/c.d", "a b/c"])
+def test_relative_paths_and_folders_are_names(team, name) -> None:
+    assert resource_create(team=team, name=name, value=None).name == name
