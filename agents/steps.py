@@ -29,6 +29,7 @@ from agents.jobs import RESUME, create_step, current_job_id, enqueue, resume_que
 from agents.runs import maybe_end_run, step_limit
 from agents.stops import stop_reason
 from agents.tools import TOOL_SPECS
+from agents.tools_exec import granted_lock, lock_set_outcome
 from orchestrator.core import wakeups
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.events import event_emit, service
@@ -347,6 +348,8 @@ def step_fail(*, step_id: int, error: str) -> str:
 def wait_result(call: dict[str, Any]) -> dict[str, Any] | None:
     """The final result of a waiting call, or None if it is still waiting."""
     result = call["result"]
+    if "lock_set_id" in result:  # acquire_all
+        return lock_set_outcome(result["lock_set_id"])
     if "request_id" in result:
         request = lock_request_with_lock(result["request_id"])
         if request is None:
@@ -354,14 +357,8 @@ def wait_result(call: dict[str, Any]) -> dict[str, Any] | None:
         if request.status == RequestStatus.WAITING:
             return None
         if request.status == RequestStatus.GRANTED:
-            return {
-                "ok": True,
-                "status": "granted",
-                "resource": request.resource.name,
-                "mode": request.mode,
-                "fence": request.lock.token,
-                "expires_at": request.lock.expires_at.isoformat(),
-            }
+            return {"ok": True, "status": "granted",
+                    **granted_lock(request.resource.name, request.lock)}  # fmt: skip
         return {"ok": False, "status": request.status, "error": request.status,
                 "detail": request.reason}  # fmt: skip
     approval = Approval.objects.get(pk=result["approval_id"])

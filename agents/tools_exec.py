@@ -1,17 +1,22 @@
 """Executing an agent's tool calls through the coordination services.
 
 Every result is a JSON-safe dict for the model: ``ok`` says whether the call
-did what was asked; ``status`` ``waiting`` (with ``request_id`` or
-``approval_id``) means the step waits and the result is completed when the
-wait ends. Refusals come back as ``{"ok": false, "error", "detail"}``.
+did what was asked; ``status`` ``waiting`` (with ``request_id``, ``lock_set_id``
+or ``approval_id``) means the step waits and the result is completed when the
+wait ends (:func:`agents.steps.wait_result`). Refusals come back as
+``{"ok": false, "error", "detail"}``.
+
+``acquire_all`` takes a lock set (core/lock_sets.py): every lock or none, in one
+global order. Each of its locks is an ordinary lock on its resource: a ``write``
+finds its fence, and ``release`` names the resource, as after ``acquire``.
 
 Arguments are validated with the tool's operation model (agents/tools.py,
 core/operations.py) before anything runs: the same refusal, code and text, as
 the HTTP API gives for the same input.
 
 In an unguarded run (``Run.unguarded``) the protocol is bypassed, to show what
-goes wrong without it: ``acquire`` is granted without locking (fence null),
-``release`` answers released, and ``write`` is applied unconditionally
+goes wrong without it: ``acquire`` and ``acquire_all`` are granted without
+locking (fence null), ``release`` answers released, and ``write`` is applied unconditionally
 (``resource_write_unguarded``, still recorded in the history and the event log).
 """
 
@@ -22,10 +27,22 @@ from typing import Any
 from django.db.models import QuerySet
 
 from agents.tools import TOOL_MODELS
+from orchestrator.core.lock_sets import lock_set_acquire
 from orchestrator.core.locks import lock_acquire, lock_release
-from orchestrator.core.models import Agent, Lock, LockEnd, LockMode, Resource, Run, Step
+from orchestrator.core.models import (
+    Agent,
+    Lock,
+    LockEnd,
+    LockMode,
+    LockSet,
+    RequestStatus,
+    Resource,
+    Run,
+    Step,
+)
 from orchestrator.core.operations import (
     Acquire,
+    AcquireSet,
     Finish,
     Operation,
     Read,
@@ -41,6 +58,7 @@ from orchestrator.core.resources import (
     resource_write,
     resource_write_unguarded,
 )
+from orchestrator.core.tenancy import qualified_name
 
 
 def _held(
@@ -97,6 +115,68 @@ def _remember(step: Step, resource: str, lock: Lock | None) -> None:
         step._granted[resource] = (lock.pk, lock.token, lock.mode)
 
 
+def granted_lock(resource: str, lock: Lock) -> dict[str, Any]:
+    """What a model is told of a lock it was granted on ``resource`` (as it names it)."""
+    return {
+        "resource": resource,
+        "mode": lock.mode,
+        "fence": lock.token,
+        "expires_at": lock.expires_at.isoformat(),
+    }
+
+
+def _set_granted(agent: Agent, locks: list[Lock]) -> dict[str, Any]:
+    """A granted lock set: its locks in the order they were taken (ascending resource
+    id), each resource named as ``agent`` names it."""
+    return {
+        "ok": True,
+        "status": "granted",
+        "locks": [granted_lock(qualified_name(agent, lock.resource), lock) for lock in locks],
+    }
+
+
+def _set_ended(lock_set: LockSet) -> dict[str, Any]:
+    """A lock set that ended without being granted (cancelled, or aborted as a deadlock
+    victim): it released whatever it held."""
+    return {"ok": False, "status": lock_set.status, "error": lock_set.status,
+            "detail": lock_set.reason}  # fmt: skip
+
+
+def lock_set_outcome(lock_set_id: int) -> dict[str, Any] | None:
+    """The final result of a waiting ``acquire_all``: granted with its locks, or ended
+    with the reason; None while the set still waits. Read-only (fit for a service's
+    transaction): the set goes on by itself (after the grant's commit, or the monitor)."""
+    lock_set = LockSet.objects.select_related("agent").get(pk=lock_set_id)
+    if lock_set.status == RequestStatus.WAITING:
+        return None
+    if lock_set.status != RequestStatus.GRANTED:
+        return _set_ended(lock_set)
+    latest: dict[int, Lock] = {}  # a lock that ran out while the set waited was taken again
+    locks = Lock.objects.filter(lock_set=lock_set).select_related("resource__team")
+    for lock in locks.defer("resource__value"):
+        if lock.resource_id not in latest or lock.pk > latest[lock.resource_id].pk:
+            latest[lock.resource_id] = lock
+    return _set_granted(lock_set.agent, [latest[rid] for rid in sorted(latest)])
+
+
+def _acquire_all(agent: Agent, step: Step, args: AcquireSet) -> dict[str, Any]:
+    """``acquire_all``: a lock set, granted now (its locks remembered for the step) or
+    waiting (the step waits for the whole set)."""
+    result = lock_set_acquire(
+        agent=agent, resources=args.resources, mode=args.mode, ttl=args.ttl, wait=True, step=step
+    )
+    if result.status == "granted":
+        answer = _set_granted(agent, result.locks)
+        for lock, said in zip(result.locks, answer["locks"], strict=True):
+            _remember(step, said["resource"], lock)
+        return answer
+    if result.status == "waiting":
+        return {"ok": True, "status": "waiting", "lock_set_id": result.lock_set.pk,
+                "waiting_on": qualified_name(agent, result.waiting_on),
+                "held": result.held}  # fmt: skip
+    return _set_ended(result.lock_set)
+
+
 def _write_result(result: WriteResult) -> dict[str, Any]:
     if result.status == "applied":
         return {"ok": True, "status": "applied", "version": result.version}
@@ -113,11 +193,17 @@ def _unguarded(step: Step) -> bool:
     return step._run_unguarded
 
 
-BYPASSED = ("acquire", "release", "write")
+BYPASSED = ("acquire", "acquire_all", "release", "write")
 
 
 def _execute_unguarded(agent: Agent, args: Operation) -> dict[str, Any]:
-    """The unguarded answer to ``acquire``, ``release`` or ``write``."""
+    """The unguarded answer to ``acquire``, ``acquire_all``, ``release`` or ``write``."""
+    if isinstance(args, AcquireSet):
+        names = list(dict.fromkeys(args.resources))
+        for name in names:  # a missing one is still an error
+            resource_read(resource=name, agent=agent)
+        locks = [{"resource": name, "mode": args.mode, "fence": None} for name in names]
+        return {"ok": True, "status": "granted", "locks": locks, "unguarded": True}
     if isinstance(args, Acquire):
         resource_read(resource=args.resource, agent=agent)  # a missing one is still an error
         return {"ok": True, "status": "granted", "resource": args.resource, "mode": args.mode,
@@ -144,23 +230,18 @@ def execute(
     args = parsed(model, arguments)
     if isinstance(args, Finish):
         return {"ok": True, "status": "finished", "summary": args.summary[:2000]}
-    resource = args.resource
     if name in BYPASSED and _unguarded(step):
         return _execute_unguarded(agent, args)
+    if isinstance(args, AcquireSet):
+        return _acquire_all(agent, step, args)
+    resource = args.resource
     if isinstance(args, Acquire):
         result = lock_acquire(
             agent=agent, resource=resource, mode=args.mode, ttl=args.ttl, wait=True, step=step
         )
         if result.status == "granted":
             _remember(step, resource, result.lock)
-            return {
-                "ok": True,
-                "status": "granted",
-                "resource": resource,
-                "mode": result.lock.mode,
-                "fence": result.lock.token,
-                "expires_at": result.lock.expires_at.isoformat(),
-            }
+            return {"ok": True, "status": "granted", **granted_lock(resource, result.lock)}
         return {"ok": True, "status": "waiting", "request_id": result.request.pk,
                 "holders": [h["agent"] for h in result.holders]}  # fmt: skip
     if isinstance(args, Read):

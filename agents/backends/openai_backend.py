@@ -238,8 +238,9 @@ def system_message(context: StepContext, *, system_prompt: str = "") -> str:
     )
     parts.append(f"The run's goal: {context.goal}")
     parts.append(
-        "Act only through the tools. Lock a resource before you change it, pass the version "
-        "you read when you write, release your locks, and call finish when you are done."
+        "Act only through the tools. Lock a resource before you change it (several at once "
+        "with acquire_all), pass the version you read when you write, release your locks, "
+        "and call finish when you are done."
     )
     return "\n\n".join(parts)
 

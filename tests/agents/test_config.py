@@ -46,8 +46,8 @@ def add_agent(client: Client, backend: str, config: Any) -> tuple[int, str]:
         ("scripted", {}, "'script' is required: a non-empty list of tool calls."),
         ("scripted", {"script": []}, "'script' must be a non-empty list of tool calls."),
         ("scripted", {"script": [{"tool": "fly"}]},
-         "script[0].tool must be one of acquire, read, write, release, request_approval, "
-         "finish."),
+         "script[0].tool must be one of acquire, acquire_all, read, write, release, "
+         "request_approval, finish."),
         ("scripted", {"script": [{"tool": "read", "retries": 21}]},
          "script[0].retries must be a whole number from 0 to 20."),
         ("scripted", {"script": [{"tool": "read", "on_refused": 2}]},

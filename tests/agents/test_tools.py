@@ -10,7 +10,9 @@ import pytest
 
 from agents.tools import ANY_JSON, TOOL_MODELS, TOOL_NAMES, TOOL_SPECS, TOOLS
 from orchestrator.core.operations import (
+    MAX_LOCK_SET,
     Acquire,
+    AcquireSet,
     Finish,
     Read,
     Release,
@@ -27,6 +29,7 @@ def spec(name: str) -> dict[str, Any]:
 def test_each_tool_is_an_operation() -> None:
     assert {
         "acquire": Acquire,
+        "acquire_all": AcquireSet,
         "read": Read,
         "write": Write,
         "release": Release,
@@ -84,3 +87,23 @@ def test_the_models_values_are_typed_and_the_runtime_adds_the_fence() -> None:
         "description": "Lease seconds (default: the team's lease TTL).",
     }
     assert acquire["properties"]["mode"]["enum"] == ["exclusive", "shared"]
+
+
+def test_acquire_all_takes_a_typed_list_of_names() -> None:
+    """An array property needs its ``items`` typed for llama.cpp's grammar; the runtime
+    always waits for a set (no ``wait``), and the mode and lease are those of acquire."""
+    parameters = spec("acquire_all")["parameters"]
+    assert parameters["required"] == ["resources"]
+    assert parameters["properties"]["resources"] == {
+        "type": "array",
+        "items": {"type": "string", "description": "The resource's name."},
+        "minItems": 1,
+        "maxItems": MAX_LOCK_SET,
+        "description": f"The resources' names (1 to {MAX_LOCK_SET}), in any order.",
+    }
+    assert set(parameters["properties"]) == {"resources", "mode", "ttl"}
+    acquire = spec("acquire")["parameters"]["properties"]
+    assert parameters["properties"]["mode"] == acquire["mode"]
+    description = spec("acquire_all")["description"]
+    for promise in ("all or nothing", "never deadlock", "later turn", "release"):
+        assert promise in description
