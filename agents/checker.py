@@ -13,7 +13,8 @@ Anomalies it counts:
 * **lost updates**: an applied write whose base (the ``expected_version`` it
   named, or else the version its agent last read) is not the version just
   before it, so the versions in between were overwritten unseen; or a counter
-  (integer values) that ends below its start plus its applied increments;
+  (integer values) that does not end at its start plus its applied increments
+  (below it, increments were lost; above it, decrements: a transfer's debit);
 * **non-holder writes**: a write by an agent that held no live exclusive lock
   on the resource when it was applied (by event order; unguarded writes count);
 * **overlapping holds**: two locks on one resource, at least one exclusive,
@@ -273,7 +274,8 @@ def _double_bookings(resources: dict[str, Resource], writes: list[_Write]) -> li
 def _counter_deficits(
     resources: dict[str, Resource], increments: dict[str, int], stale: list[Anomaly]
 ) -> list[Anomaly]:
-    """Counters that lost increments beyond the stale-based writes already counted."""
+    """Counters that lost increments (or decrements) beyond the stale-based writes
+    already counted."""
     found = []
     counted = defaultdict(int)
     for anomaly in stale:
@@ -291,7 +293,7 @@ def _counter_deficits(
         start, final = initial.get(name), resources[name].value
         if not (_is_int(start) and _is_int(final)):
             continue
-        missing = start + added - final
+        missing = abs(start + added - final)  # a lost debit leaves the counter above
         for _ in range(max(missing - counted[name], 0)):
             found.append(
                 Anomaly(

@@ -30,6 +30,12 @@ agent books) is drawn here, from the scenario's seed, rather than with
   increment both. Guarded, the deadlock is detected and broken by the team's
   policy (abort the youngest); unguarded, there is no deadlock but the
   increments are lost.
+* ``transfers``: tellers move money between accounts, each transfer naming its
+  two accounts in its own order, as the ``deadlock`` clerks do; but each locks
+  both in one call (``acquire_all``, a lock set taken in one global order), so
+  no deadlock ever forms, and no money is lost or made (the sum of the balances
+  stays what it was). Unguarded, concurrent transfers overwrite each other's
+  balances.
 * ``demo``: what ``make run`` keeps running (``plan_demo``): contention,
   deadlocks and approvals that never stop coming, at a pace a person can follow.
 """
@@ -219,6 +225,57 @@ def plan_deadlock(prefix: str, agents: int, rng: random.Random) -> Plan:
     return plan
 
 
+def transfer_script(source: str, target: str, amount: int) -> list[dict[str, Any]]:
+    """Move ``amount`` from ``source`` to ``target``: both accounts locked in one call
+    (``acquire_all``, all or nothing, whatever order they are named in), both read,
+    the debit and the credit written, both released.
+
+    As with the ``deadlock`` clerks, a write refused for a stale fence (the locks ran
+    out, say under a worker stalled between steps) takes the set again and does the
+    transfer over from its reads: a debit already applied would be applied again."""
+    return [
+        {"tool": "acquire_all", "args": {"resources": [source, target]}},
+        _call("read", source),
+        _call("read", target),
+        _call("write", source, value={"$inc": -amount}, expected_version="$version"),
+        _call("write", target, value={"$inc": amount}, expected_version="$version"),
+        _call("release", source),
+        _call("release", target),
+    ]
+
+
+OPENING_BALANCE = 100
+TRANSFERS_PER_TELLER = 2
+
+
+def plan_transfers(prefix: str, agents: int, rng: random.Random) -> Plan:
+    """Tellers make transfers between a few accounts (about one for three tellers, at
+    least two), each naming its pair in a seeded order: with one ``acquire`` after the
+    other, the orders would cross and deadlock; with ``acquire_all`` they cannot."""
+    accounts = [f"{prefix}-account{k + 1}" for k in range(max(2, (agents + 1) // 3))]
+    plan = Plan(
+        goal="Make your transfers between the accounts; never lose or make money.",
+        resources=dict.fromkeys(accounts, OPENING_BALANCE),
+    )
+    for i in range(agents):
+        transfers = [
+            (*rng.sample(accounts, 2), rng.randint(1, 10)) for _ in range(TRANSFERS_PER_TELLER)
+        ]
+        said = "; ".join(
+            f"{amount} from {source.removeprefix(prefix + '-')} to "
+            f"{target.removeprefix(prefix + '-')}"
+            for source, target, amount in transfers
+        )
+        plan.agents.append(
+            AgentPlan(
+                name=f"{prefix}-teller{i + 1}",
+                role=f"You transfer {said}.",
+                script=[step for transfer in transfers for step in transfer_script(*transfer)],
+            )
+        )
+    return plan
+
+
 DEMO_THINK = [0.5, 2.5]  # seconds a demo agent "thinks" before each turn
 
 
@@ -268,6 +325,7 @@ SCENARIOS: dict[str, Callable[[str, int, random.Random], Plan]] = {
     "booking": plan_booking,
     "pipeline": plan_pipeline,
     "deadlock": plan_deadlock,
+    "transfers": plan_transfers,
     "demo": plan_demo,
 }
 

@@ -6,8 +6,10 @@ Config (agents.config.ScriptedConfig)::
      "seed": 7, "think": [0.0, 0.2], "loop": false,
      "retries": 3, "backoff": [0.05, 1.0]}
 
-One script entry is executed per step. Arguments may use placeholders, so
-that a script behaves like a careful model:
+One script entry is executed per step; ``tool`` is any tool of agents/tools.py
+(``{"tool": "acquire_all", "args": {"resources": ["a", "b"]}}`` locks both, all or
+nothing). Arguments may use placeholders, so that a script behaves like a careful
+model:
 
 * ``"{agent}"`` inside strings: the agent's name;
 * ``{"$choice": [a, b, ...]}``: one of the options, chosen with the seeded RNG;
@@ -24,8 +26,9 @@ the agent backs off: ``base * 2 ** (n - 1)`` seconds for the n-th retry, at most
 * a write refused for a stale version or because the agent holds no lock (or
   approved, but no longer applicable): a fresh read, then the same write;
 * a write refused for a stale fencing token (the agent's lock ended: lease
-  expired, revoked): back to the entry that acquired that lock, to take it again;
-* an aborted wait (deadlock victim): the script starts over;
+  expired, revoked): back to the entry that acquired that lock (an ``acquire`` of
+  it, or an ``acquire_all`` naming it), to take it again;
+* an aborted wait (deadlock victim, a lock set included): the script starts over;
 * anything else: the same entry again.
 
 Some refusals are final, since asking again cannot change the answer: a write
@@ -223,12 +226,18 @@ class ScriptedBackend:
 
     @staticmethod
     def _acquired_at(calls: list[dict[str, Any]], resource: str | None) -> int | None:
-        """The script index of the latest ``acquire`` of ``resource``, or None."""
+        """The script index of the latest ``acquire`` of ``resource``, or of the latest
+        ``acquire_all`` that names it, or None."""
         for call in reversed(calls):
-            if call["name"] == "acquire" and call["args"].get("resource") == resource:
-                kind, at = Position.parse(call["id"].split(":")[0])
-                if kind == "s":
-                    return at.index
+            if call["name"] == "acquire":
+                took = call["args"].get("resource") == resource
+            elif call["name"] == "acquire_all":
+                took = resource in (call["args"].get("resources") or [])
+            else:
+                continue
+            kind, at = Position.parse(call["id"].split(":")[0])
+            if took and kind == "s":
+                return at.index
         return None
 
     def _fill(

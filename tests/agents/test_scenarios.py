@@ -13,7 +13,8 @@ from django.core.management import call_command
 from django.db.models import Count
 from rq import SimpleWorker
 
-from orchestrator.core.models import Conflict, Resource, Run, Step
+from agents.scenarios import OPENING_BALANCE, TRANSFERS_PER_TELLER
+from orchestrator.core.models import Agent, Conflict, LockSet, Resource, Run, Step
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -39,7 +40,7 @@ def check(run: Run) -> dict:
     return json.loads(out.getvalue())
 
 
-@pytest.mark.parametrize("name", ["booking", "pipeline", "deadlock"])
+@pytest.mark.parametrize("name", ["booking", "pipeline", "deadlock", "transfers"])
 def test_a_guarded_scenario_finishes_with_no_anomaly(queue, name: str) -> None:
     run = scenario(name, "--agents", "8", "--seed", "7")
     drain()
@@ -58,6 +59,38 @@ def test_a_guarded_scenario_finishes_with_no_anomaly(queue, name: str) -> None:
     assert len(report["agents"]) == 8
     if name == "deadlock":  # the cycles formed and were broken by the team's policy
         assert Conflict.objects.filter(team=run.team, kind="deadlock", status="resolved").exists()
+    if name == "transfers":  # the same crossing orders, taken as lock sets: no cycle
+        assert not Conflict.objects.filter(team=run.team, kind="deadlock").exists()
+
+
+def test_transfers_lock_both_accounts_at_once_and_keep_every_cent(queue) -> None:
+    """Tellers name their two accounts in crossing orders; each transfer is one lock set,
+    so they queue as sets and never wait on each other in a cycle. No money is lost or
+    made: the balances sum to what they started at, each moved by its transfers."""
+    run = scenario("transfers", "--agents", "9", "--seed", "5")
+    drain()
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+    accounts = Resource.objects.filter(team=run.team)
+    assert accounts.count() == 3
+    assert sum(account.value for account in accounts) == 3 * OPENING_BALANCE
+    # Each transfer of each teller's script applied once: every debit and every credit.
+    expected = dict.fromkeys((account.name for account in accounts), OPENING_BALANCE)
+    orders = set()
+    for agent in Agent.objects.filter(team=run.team):
+        for entry in agent.config["script"]:
+            if entry["tool"] == "acquire_all":
+                orders.add(tuple(entry["args"]["resources"]))
+            if entry["tool"] == "write":
+                expected[entry["args"]["resource"]] += entry["args"]["value"]["$inc"]
+    assert {account.name: account.value for account in accounts} == expected
+    assert any(order[::-1] in orders for order in orders)  # the orders did cross
+    sets = LockSet.objects.filter(agent__team=run.team)
+    assert sets.count() == 9 * TRANSFERS_PER_TELLER
+    assert set(sets.values_list("status", flat=True)) == {"granted"}
+    assert sets.filter(requests__isnull=False).exists()  # some waited for others
+    assert not Conflict.objects.filter(team=run.team, kind="deadlock").exists()
+    assert check(run)["ok"] is True
 
 
 def test_an_unguarded_booking_double_books_and_the_checker_says_so(queue) -> None:
@@ -83,7 +116,7 @@ def test_an_unguarded_booking_double_books_and_the_checker_says_so(queue) -> Non
     assert last_line == f"FAILED: {sum(anomalies.values())} anomalies"
 
 
-@pytest.mark.parametrize("name", ["pipeline", "deadlock"])
+@pytest.mark.parametrize("name", ["pipeline", "deadlock", "transfers"])
 def test_unguarded_shared_documents_lose_updates(queue, name: str) -> None:
     run = scenario(name, "--agents", "8", "--seed", "7", "--unguarded")
     drain()
@@ -154,7 +187,7 @@ def test_the_demo_keeps_a_deadlock_and_an_approval_waiting_for_the_operator(
     monkeypatch.setitem(scenarios.SCENARIOS, "demo", no_thinking)
     call_command("demo", "--once", stdout=StringIO())
     demo = Run.objects.get(team__name__startswith="demo-")
-    assert Run.objects.count() == 4  # booking, pipeline and deadlock ran once beside it
+    assert Run.objects.count() == 5  # booking, pipeline, deadlock, transfers ran once beside it
 
     worker = django_rq.get_worker("steps", worker_class=SimpleWorker)
     for _ in range(20):  # the monitor's sweep, between bursts of agent turns

@@ -16,7 +16,7 @@ from agents.backends import scripted
 from agents.backends.base import StepContext
 from agents.backends.scripted import ScriptedBackend
 from agents.config import ScriptedConfig, config_messages
-from agents.scenarios import booking_script, guest_script, increment_script
+from agents.scenarios import booking_script, guest_script, increment_script, transfer_script
 
 Answer = Callable[[str, dict[str, Any]], dict[str, Any]]
 OK_READ = {"ok": True, "value": [], "version": 0}
@@ -191,6 +191,27 @@ def test_a_deadlock_victim_starts_over_a_bounded_number_of_times() -> None:
     made = drive({"script": script}, answers(acquire=acquire))
 
     assert tools(made) == ["acquire a", "acquire b"] * 4 + ["finish"]
+
+
+def test_a_stale_fence_after_acquire_all_takes_the_whole_set_again() -> None:
+    """A write whose lock ended goes back to the acquire_all that took it (a transfer:
+    both accounts locked in one call), then on from there."""
+    stale = iter([True])
+
+    def write(args):
+        if args["resource"] == "b" and next(stale, False):
+            return {"ok": False, "error": "stale_fence", "detail": "your lock ended"}
+        return {"ok": True, "status": "applied"}
+
+    made = drive(
+        {"script": transfer_script("a", "b", 5)},
+        answers(read={"ok": True, "value": 100, "version": 1}, write=write),
+    )
+
+    transfer = ["acquire_all", "read a", "read b", "write a", "write b"]
+    assert tools(made) == [*transfer, *transfer, "release a", "release b", "finish"]
+    assert made[0][1] == {"resources": ["a", "b"]}
+    assert [args["value"] for tool, args, _ in made if tool == "write"] == [95, 105] * 2
 
 
 def test_an_operator_rejection_is_final_and_the_fallback_goes_on() -> None:

@@ -20,9 +20,10 @@ def demo_running() -> bool:
 
 class Command(BaseCommand):
     help = (
-        "On an empty database, run the booking, pipeline and deadlock scenarios once; "
-        "then keep one demo run going (agents.scenarios.plan_demo: contention, deadlocks "
-        "and approvals left to the operator), starting a new one whenever none is running."
+        "On an empty database, run the booking, pipeline, deadlock and transfers scenarios "
+        "once; then keep one demo run going (agents.scenarios.plan_demo: contention, "
+        "deadlocks and approvals left to the operator), starting a new one whenever none "
+        "is running."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:

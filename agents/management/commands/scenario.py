@@ -16,7 +16,8 @@ BAR_WIDTH = 30
 class Command(BaseCommand):
     help = (
         "Create a fresh team of scripted agents and its resources for a scenario "
-        "(booking, pipeline, deadlock) and start a run. The last line is the run's id."
+        "(booking, pipeline, deadlock, transfers) and start a run. The last line is the "
+        "run's id."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
