@@ -5,20 +5,24 @@ PYTHON ?= python3
 VENV ?= .venv
 PORT ?= 8000
 BIN := $(VENV)/bin
-# Re-install whenever pyproject.toml changes.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Re-install whenever pyproject.toml (or the client's, client/pyproject.toml) changes.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml | cksum | cut -d' ' -f1)
 
 .PHONY: setup run test test-models lint format
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	@echo "==> installing Orchestrator into $(VENV) (first run takes about a minute)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --disable-pip-version-check --upgrade pip > $(VENV)/install.log 2>&1 \
 		|| (cat $(VENV)/install.log >&2; exit 1)
 	@$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]' >> $(VENV)/install.log 2>&1 \
 		|| (cat $(VENV)/install.log >&2; exit 1)
+	@# The project depends on orchestrator-client from client/ (pyproject.toml), which pip
+	@# installs as a copy; installed again editable, edits to client/ count at once.
+	@$(BIN)/python -m pip install --disable-pip-version-check --no-deps -e ./client \
+		>> $(VENV)/install.log 2>&1 || (cat $(VENV)/install.log >&2; exit 1)
 	@$(BIN)/python -c "import django, channels, daphne, rq, psycopg, orchestrator.config; \
-		orchestrator.embedded.bin_dir()"
+		import orchestrator_client.guard.cli; orchestrator.embedded.bin_dir()"
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
