@@ -231,7 +231,10 @@ def check_run(*, run_id: int) -> RunReport:
         steps=len(steps),
     )
     report.anomalies += _double_bookings(resources, writes)
-    report.anomalies += stale + _counter_deficits(resources, increments, stale)
+    own_writes = defaultdict(int)
+    for write in writes:
+        own_writes[write.resource] += 1
+    report.anomalies += stale + _counter_deficits(resources, increments, stale, own_writes)
     intervals = _lock_intervals(resources, agents)
     report.anomalies += _non_holder_writes(writes, intervals)
     report.anomalies += _overlapping_holds(intervals)
@@ -272,10 +275,15 @@ def _double_bookings(resources: dict[str, Resource], writes: list[_Write]) -> li
 
 
 def _counter_deficits(
-    resources: dict[str, Resource], increments: dict[str, int], stale: list[Anomaly]
+    resources: dict[str, Resource],
+    increments: dict[str, int],
+    stale: list[Anomaly],
+    own_writes: dict[str, int],
 ) -> list[Anomaly]:
     """Counters that lost increments (or decrements) beyond the stale-based writes
-    already counted."""
+    already counted. Above its start plus the run's changes counts only for a counter
+    that nobody else wrote (its every version is one of this run's writes): another run
+    sharing it (a grant) adds what this one does not know of."""
     found = []
     counted = defaultdict(int)
     for anomaly in stale:
@@ -293,7 +301,9 @@ def _counter_deficits(
         start, final = initial.get(name), resources[name].value
         if not (_is_int(start) and _is_int(final)):
             continue
-        missing = abs(start + added - final)  # a lost debit leaves the counter above
+        missing = start + added - final
+        if missing < 0 and resources[name].version == own_writes.get(name, 0):
+            missing = -missing  # only this run wrote it: a lost debit left it above
         for _ in range(max(missing - counted[name], 0)):
             found.append(
                 Anomaly(

@@ -242,7 +242,7 @@ def _all_at_once(
     lock_set.agent = agent
     held = [(queue, _take(queue, lock_set)) for queue in queues]
     _renew(lock_set, held)
-    return _granted(lock_set, held)
+    return _granted(lock_set, held, wake=False)  # its agent has the answer
 
 
 def _check_upgrade(lock: Lock, mode: str) -> None:
@@ -296,7 +296,7 @@ def _advance(
     _renew(lock_set, held)  # every lease from now (the Lock rows before the set's row)
     if not _still_waiting(lock_set):
         return _as_it_stands(lock_set, ids)
-    return _granted(lock_set, held)
+    return _granted(lock_set, held, wake=not by_agent)
 
 
 def _own_request(queue: Queue, lock_set: LockSet) -> LockRequest | None:
@@ -432,8 +432,9 @@ def _renew(lock_set: LockSet, held: list[tuple[Queue, Lock]]) -> None:
         )
 
 
-def _granted(lock_set: LockSet, held: list[tuple[Queue, Lock]]) -> LockSetResult:
-    """Every resource is held, every lease renewed from now: the set is granted."""
+def _granted(lock_set: LockSet, held: list[tuple[Queue, Lock]], *, wake: bool) -> LockSetResult:
+    """Every resource is held, every lease renewed from now: the set is granted. Its
+    agent is woken after commit with ``wake`` (unless it is the one asking, it waits)."""
     now = held[-1][0].now
     lock_set.status, lock_set.resolved_at = RequestStatus.GRANTED, now
     LockSet.objects.filter(pk=lock_set.pk).update(status=lock_set.status, resolved_at=now)
@@ -451,7 +452,8 @@ def _granted(lock_set: LockSet, held: list[tuple[Queue, Lock]]) -> LockSetResult
             "expires_at": locks[0].expires_at.isoformat(),
         },
     )
-    wakeups.schedule(agent_id=lock_set.agent_id, step_id=lock_set.step_id, reason="lock")
+    if wake:
+        wakeups.schedule(agent_id=lock_set.agent_id, step_id=lock_set.step_id, reason="lock")
     return LockSetResult("granted", lock_set=lock_set, locks=locks)
 
 

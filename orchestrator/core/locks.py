@@ -43,6 +43,7 @@ from orchestrator.core.models import (
     LockEnd,
     LockMode,
     LockRequest,
+    LockSet,
     RequestStatus,
     Resource,
     Step,
@@ -50,6 +51,7 @@ from orchestrator.core.models import (
 from orchestrator.core.operations import Acquire, Renew, checked
 from orchestrator.core.queue import (
     Queue,
+    end_lock_set,
     holder_dict,
     lock_queue,
     open_queue,
@@ -304,4 +306,11 @@ def lock_release_all(*, agent_id: int, reason: str, user: User = None) -> int:
                       actor=None if user else "system")  # fmt: skip
             released += 1
         queue.grant_waiters()
+    # Its waiting lock sets end too (their rows after the Resource rows): one whose
+    # request was granted but has not gone on yet would otherwise take its locks again.
+    for lock_set_id in LockSet.objects.filter(
+        agent_id=agent_id, status=RequestStatus.WAITING
+    ).values_list("pk", flat=True):
+        end_lock_set(lock_set_id, RequestStatus.CANCELLED, reason, user=user,
+                     actor=None if user else "system")  # fmt: skip
     return released

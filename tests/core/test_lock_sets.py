@@ -8,17 +8,23 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from orchestrator.core import lock_sets
+from orchestrator.core import lock_sets, wakeups
 from orchestrator.core.deadlocks import deadlock_break
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import service
 from orchestrator.core.lock_sets import (
+    continue_lock_set,
     lock_set_acquire,
     lock_set_advance,
     lock_set_release,
     lock_sets_to_continue,
 )
-from orchestrator.core.locks import lock_acquire, lock_release, lock_request_cancel
+from orchestrator.core.locks import (
+    lock_acquire,
+    lock_release,
+    lock_release_all,
+    lock_request_cancel,
+)
 from orchestrator.core.models import (
     Event,
     Lock,
@@ -281,3 +287,26 @@ def test_a_set_overlapping_another_waiting_set_is_refused(agents, names) -> None
     with pytest.raises(Conflicting) as overlap:
         lock_set_acquire(agent=a, resources=["a"])
     assert overlap.value.code == "already_waiting"
+
+
+def test_an_agent_whose_run_ends_keeps_no_set_going_on_late(agents, names, monkeypatch) -> None:
+    """The set's request is granted, but its continuation has not run yet when its
+    agent's locks are all released (its run ended): the set ends, and going on later
+    takes nothing again."""
+    a, b = agents[:2]
+    held = lock_acquire(agent=b, resource="b").lock
+    result = lock_set_acquire(agent=a, resources=names)
+    with monkeypatch.context() as late:
+        late.setattr(wakeups.LOCK_SETS, "_handlers", [])  # the continuation is late
+        lock_release(lock_id=held.pk, agent=b)
+    assert LockSet.objects.get(pk=result.lock_set.pk).status == RequestStatus.WAITING
+    service(lambda: lock_release_all(agent_id=a.pk, reason="run cancelled"))()
+    continue_lock_set(result.lock_set.pk)  # as the continuation would, late
+    lock_set = LockSet.objects.get(pk=result.lock_set.pk)
+    assert (lock_set.status, lock_set.reason) == (RequestStatus.CANCELLED, "run cancelled")
+    assert live(a) == set()
+
+
+def test_a_set_granted_at_once_wakes_nobody(agents, names, woken) -> None:
+    lock_set_acquire(agent=agents[0], resources=names)
+    assert woken == []
