@@ -122,17 +122,15 @@ def timeline_view(request: HttpRequest) -> HttpResponse:
         else:
             status = 400
     gantt_form = GanttForm(request.GET or None)
-    chart = gantt_error = None
+    chart = gantt_error = subject = None
     if gantt_form.is_bound and gantt_form.is_valid() and gantt_form.cleaned_data["resource"]:
-        resource = timeline.resource_by_name(name=gantt_form.cleaned_data["resource"])
-        if resource is None:
+        subject = timeline.gantt_subject(name=gantt_form.cleaned_data["resource"])
+        if subject is None:
             gantt_error = "No resource has that name."
         else:
             seconds = WINDOWS[gantt_form.cleaned_data["window"] or "fit"]
             window = None if seconds is None else timedelta(seconds=seconds)
-            chart = gantt_chart(
-                timeline.lock_history(resource=resource, now=db_now(), window=window)
-            )
+            chart = gantt_chart(timeline.lock_history(subject=subject, now=db_now(), window=window))
     live_filter = {
         "kind": filters.get("kind", ""),
         "team": filters["team"].pk if "team" in filters else None,
@@ -148,6 +146,8 @@ def timeline_view(request: HttpRequest) -> HttpResponse:
             "events": timeline.events_filtered(**filters),
             "chart": chart,
             "gantt_error": gantt_error,
+            "gantt_is_path": subject is not None and subject.is_path,
+            "gantt_is_folder": subject is not None and subject.name.endswith("/"),
             "gantt_resource": gantt_form.cleaned_data.get("resource")
             if gantt_form.is_bound and gantt_form.is_valid()
             else "",
