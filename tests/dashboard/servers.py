@@ -16,6 +16,7 @@ from orchestrator.processes import Helper, free_port, http_ok
 from tests.databases import database_url
 
 ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's; the browser tests are skipped without it
 START_TIMEOUT = 30.0
 
 

@@ -23,8 +23,8 @@ from orchestrator.core.resources import resource_create, resource_write
 from orchestrator.core.tokens import agent_token_reset
 from tests import factories
 from tests.dashboard import builders, scenes, servers
+from tests.dashboard.servers import CHROMIUM
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "build" / "screenshots"
 DOC_SHOTS = ROOT / "docs" / "screenshots"
@@ -46,29 +46,6 @@ def app(django_db_setup, django_db_blocker) -> Iterator[str]:
     redis.Redis.from_url(settings.REDIS_URL).flushdb()
     with servers.live_app(SHOTS.parent / "logs") as base:
         yield base
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API keeps an event loop set in this thread while it runs, so
-    # Django takes the tests' ORM calls (made between Playwright calls, one at a time)
-    # for calls from async code. Allowed for this module only.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    try:
-        with sync_playwright() as playwright:
-            chromium = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-dev-shm-usage"]
-            )
-            yield chromium
-            chromium.close()
-    finally:
-        if previous is None:
-            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-        else:
-            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
@@ -317,13 +294,135 @@ def test_a_waiting_lock_set_is_one_wait_and_changes_live_when_granted(app: str, 
     graph.close()
 
 
+def test_a_folder_lock_covers_its_subtree_on_the_resources_page_until_let_go(
+    app: str, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.locks import lock_acquire, lock_release
+
+    builders.operator("olivia")
+    team = factories.team(name="repo")
+    folder = factories.agent(team_=team, name="a0")
+    editor = factories.agent(team_=team, name="b1")
+    for name in ("src/", "src/api/views.py", "src/api/urls.py", "src/main.py", "docs/guide.md"):
+        resource_create(team=team, name=name, value=0)
+    resource_create(team=team, name="press", value=0)  # no "/": the flat group, as before
+    held = lock_acquire(agent=folder, resource="src/", ttl=600).lock
+    assert lock_acquire(agent=editor, resource="src/main.py", ttl=600).status == "waiting"
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Resources", exact=True).click()
+    table = page.locator("#resources-table")
+    expect(table.locator('tr[data-resource-name="press"] .holders')).to_have_text("free")
+    expect(table.locator("tr.group")).to_have_text(
+        ["Named resources", "Paths of repo · 5 paths, 1 held"]
+    )
+    tree = table.locator("tr.tree-node")
+    expect(tree.locator("a.path-label")).to_have_text(
+        ["docs/", "guide.md", "src/", "api/", "urls.py", "views.py", "main.py"]
+    )
+    implied = table.locator('tr[data-path="src/api/"]')
+    expect(implied).to_have_class(re.compile(r"\bimplied\b"))
+    expect(table.locator('tr[data-path="src/"] .holders .chip.hold')).to_have_text("a0")
+    expect(table.locator('tr[data-path="src/"] .below')).to_have_text(
+        "· covers 3 paths · 1 waited for"
+    )
+    covered = table.locator("tr.covered")
+    expect(covered).to_have_count(4)  # api/ (implied), urls.py, views.py, main.py
+    for path in ("src/api/", "src/api/views.py", "src/main.py"):
+        expect(table.locator(f'tr[data-path="{path}"] .cover')).to_have_text(
+            "covered by a0's exclusive lock on src/"
+        )
+    expect(table.locator('tr[data-path="docs/guide.md"] .cover')).to_have_count(0)
+    waiter = table.locator('tr[data-path="src/main.py"] .queue .chip.wait')
+    expect(waiter).to_have_text("1. b1 · blocked by a0's exclusive lock on src/")
+    screenshot(page, "resources-paths", docs=True)
+    # Collapse and expand a folder, from the keyboard.
+    twisty = implied.get_by_role("button", name="Collapse src/api/")
+    twisty.focus()
+    page.keyboard.press("Enter")
+    expect(table.locator('tr[data-path="src/api/views.py"]')).to_have_count(0)
+    expect(implied.get_by_role("button", name="Expand src/api/")).to_be_focused()
+    expect(implied.locator(".below")).to_have_text("· 2 paths")
+    page.keyboard.press("Enter")
+    expect(table.locator('tr[data-path="src/api/views.py"]')).to_have_count(1)
+    # The name leads to its lock timeline, with the folders above it.
+    link = table.locator('tr[data-path="src/main.py"] a.path-label')
+    expect(link).to_have_attribute(
+        "href", "/timeline/?resource=repo%3A%3Asrc%2Fmain.py#lock-timeline"
+    )
+
+    lock_release(lock_id=held.pk, agent=folder)  # b1 gets src/main.py after commit
+
+    # No reload: the folder's row comes in a patch, and the subtree follows.
+    expect(covered).to_have_count(0, timeout=5000)
+    expect(table.locator('tr[data-path="src/"] .holders')).to_have_text("free")
+    expect(table.locator('tr[data-path="src/main.py"] .holders .chip.hold')).to_have_text(
+        "b1", timeout=5000
+    )
+    expect(table.locator('tr[data-path="src/main.py"] .queue .chip')).to_have_count(0)
+    expect(table.locator('tr[data-path="src/"] .below')).to_have_text("· 3 paths · 1 held")
+    screenshot(page, "resources-paths-released")
+
+    # The Gantt chart of the path shows the folder's hold above its own, and the wait.
+    link.click()
+    expect(page.locator("svg#gantt .section text")).to_have_text(["src/main.py", "via src/"])
+    expect(page.locator("svg#gantt rect.wait")).to_have_count(1)
+    expect(page.locator("svg#gantt rect.bar.rel-above")).to_have_count(1)
+    page.locator("svg#gantt").scroll_into_view_if_needed()
+    screenshot(page, "timeline-path")
+
+
+def test_a_tree_of_three_hundred_paths_opens_where_the_locks_are(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.locks import lock_acquire
+
+    builders.operator("olivia")
+    team = factories.team(name="monorepo")
+    a0 = factories.agent(team_=team, name="a0")
+    b1 = factories.agent(team_=team, name="b1")
+    for i in range(12):
+        for j in range(25):
+            resource_create(team=team, name=f"pkg{i:02}/mod{j:02}.py", value=j)
+    resource_create(team=team, name="pkg03/", value=None)
+    lock_acquire(agent=a0, resource="pkg03/", ttl=600)  # covers 25 paths
+    lock_acquire(agent=b1, resource="pkg07/mod05.py", ttl=600)
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Resources", exact=True).click()
+    rows = page.locator("#resources-table tr.tree-node")
+    # A big tree opens only the folders with something held or waited for under them:
+    # 12 folders and pkg07's 25 paths. pkg03/ is held itself: it says what it covers.
+    expect(rows).to_have_count(12 + 25)
+    pkg03 = page.locator('tr[data-path="pkg03/"]')
+    expect(pkg03.locator(".holders .chip.hold")).to_have_text("a0")
+    expect(pkg03.locator(".below")).to_have_text("· covers 25 paths")
+    expect(pkg03.get_by_role("button", name="Expand pkg03/")).to_be_visible()
+    expect(page.locator('tr[data-path="pkg07/"] .below')).to_have_text("· 25 paths · 1 held")
+    screenshot(page, "resources-paths-large")
+    pkg03.get_by_role("button", name="Expand pkg03/").click()
+    expect(page.locator('tr.covered[data-path^="pkg03/"]')).to_have_count(25)
+    page.get_by_role("button", name="Collapse all").click()
+    expect(rows).to_have_count(12)
+    page.get_by_role("button", name="Expand all").click()
+    expect(rows).to_have_count(12 + 300)
+    # Still live at this size: a lock taken now shows without a reload.
+    lock_acquire(agent=b1, resource="pkg11/mod24.py", ttl=600)
+    expect(page.locator('tr[data-path="pkg11/mod24.py"] .holders .chip.hold')).to_have_text("b1")
+    # Only held or waited for: those paths, with the folders above them.
+    page.get_by_label("only held or waited for").check()
+    expect(rows.locator("a.path-label")).to_have_text(
+        ["pkg03/", "pkg07/", "mod05.py", "pkg11/", "mod24.py"]
+    )
+
+
 def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
     from playwright.sync_api import expect
 
     builders.operator("olivia")
     team = factories.team(name=f"crew {XSS}", conflict_policy="ask_operator")
     agent = factories.agent(team_=team, name=f"agent {XSS}")
-    resource_create(name=f"doc {XSS}", value=XSS, team=team)
+    doc = resource_create(name=f"doc {XSS}", value=XSS, team=team)
     run = factories.run(team=team, goal=f"goal {XSS}", status="running")
     run.steps.create(
         agent=agent,
@@ -342,6 +441,11 @@ def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
     setter = factories.agent(team_=team, name=f"setter {XSS}")
     asked = lock_set_acquire(agent=setter, resources=[f"doc {XSS}", f"more {XSS}"])
     assert asked.status == "waiting", asked
+    # Paths named with markup: a held folder covers them, a waiter under it names it.
+    resource_create(name=f"pkg {XSS}/", team=team)
+    resource_create(name=f"pkg {XSS}/mod {XSS}.py", team=team)
+    lock_acquire(agent=agent, resource=f"pkg {XSS}/")
+    assert lock_acquire(agent=setter, resource=f"pkg {XSS}/mod {XSS}.py").status == "waiting"
     log_in(page, "olivia")
     pages = ["/", "/resources/", "/graph/", "/conflicts/", "/timeline/", f"/runs/{run.pk}/"]
     for path in [*pages, f"/runs/new/?team={team.pk}"]:
@@ -350,6 +454,13 @@ def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
         expect(page.locator("main")).to_contain_text("<script>window.__pwned=2</script>")
         if path in ("/", "/graph/"):
             expect(page.locator("main .lockset")).to_contain_text(f"more {XSS}")
+        if path == "/resources/":
+            expect(page.locator("main tr.covered .cover").first).to_contain_text(
+                f"covered by agent {XSS}'s exclusive lock on pkg {XSS}/"
+            )
+            expect(page.locator("main .chip.blocked")).to_contain_text(
+                f"blocked by agent {XSS}'s exclusive lock on pkg {XSS}/"
+            )
         assert page.evaluate("window.__pwned") is None, path
         # (The timeline's own filter travels as a JSON script element: data, never run.)
         assert page.locator('main script:not([type="application/json"]), main img').count() == 0
@@ -361,7 +472,8 @@ def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
         agent=agent, resource=f"doc {XSS}", value=f"new {XSS}", expected_version=0, fence=held.token
     )
     assert written.status == "applied", written
-    row = page.locator("#resources-table tbody tr").filter(has_text="doc <img")
+    # (Its name has a "/", in "</script>": it is a path, drawn in the tree.)
+    row = page.locator(f'#resources-table tr[data-resource-id="{doc.pk}"]')
     expect(row.locator("td.value")).to_contain_text("new <img src=x onerror=")
     assert page.evaluate("window.__pwned") is None
     from orchestrator.core.resources import approval_request
