@@ -2,12 +2,13 @@
 
 The guard is a process started for every edit, and importing httpx takes longer
 than the guard's whole budget on a slow machine (bench/guard.py), so it sends
-its few requests with ``http.client`` instead: same calls, same replies.
+its few requests over a plain socket instead (:class:`StdlibTransport`): same
+calls, same replies.
 """
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import json
 import threading
 from typing import TYPE_CHECKING, Any
@@ -117,7 +118,13 @@ class AsyncHttpxTransport(_Httpx):
 
 
 class StdlibTransport:
-    """Blocking calls over one kept-alive ``http.client`` connection."""
+    """Blocking HTTP/1.1 calls over one kept-alive socket (TLS by ``ssl`` for https).
+
+    For the guard, a process per edit: ``http.client`` imports the ``email`` package
+    (and ``ssl``), which took a third of the guard's start (bench/guard.py). This
+    speaks just what the API needs: a JSON request, and an answer with a
+    Content-Length, chunked, or ended by the server closing the connection.
+    """
 
     def __init__(self, base_url: str, token: str, timeout: float) -> None:
         self.base = api_base(base_url)
@@ -125,62 +132,103 @@ class StdlibTransport:
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {base_url!r}")
         self.https = parts.scheme == "https"
-        self.host, self.port, self.prefix = parts.hostname, parts.port, parts.path
+        self.host = parts.hostname
+        self.port = parts.port or (443 if self.https else 80)
+        self.netloc, self.prefix = parts.netloc, parts.path
         self.timeout = timeout
-        self.headers = headers(token)
-        self.connection: http.client.HTTPConnection | None = None
+        self.headers = {**headers(token), "Host": self.netloc, "Accept": "application/json"}
+        self.sock: Any = None
+        self.reader: Any = None
         self.lock = threading.Lock()
 
-    def _connect(self) -> http.client.HTTPConnection:
+    def _connect(self) -> None:
+        import socket
+
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.https:
-            return http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            import ssl
+
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=self.host)
+        self.sock, self.reader = sock, sock.makefile("rb")
 
     def send(self, call: Call) -> Reply:
         url = self.prefix + call.path
         if call.params:
             url += "?" + urlencode(call.params)
-        body = None if call.json is None else json.dumps(call.json).encode()
-        sent_headers = dict(self.headers)
-        if body is not None:
-            sent_headers["Content-Type"] = "application/json"
+        body = b"" if call.json is None else json.dumps(call.json).encode()
+        lines = [f"{call.method} {url} HTTP/1.1"]
+        lines += [f"{name}: {value}" for name, value in self.headers.items()]
+        if call.json is not None:
+            lines.append("Content-Type: application/json")
+        lines.append(f"Content-Length: {len(body)}")
+        request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         # A kept-alive connection the server has closed fails before anything is read;
         # only a request that is safe to send twice is sent again on a new one.
         retry = call.method in ("GET", "DELETE")
         with self.lock:
             while True:
-                reused = self.connection is not None
+                reused = self.sock is not None
                 try:
-                    return self._exchange(call.method, url, body, sent_headers, call.timeout)
-                except (
-                    http.client.RemoteDisconnected,
-                    ConnectionResetError,
-                    BrokenPipeError,
-                ) as exc:
+                    if self.sock is None:
+                        self._connect()
+                    self.sock.settimeout(call.timeout or self.timeout)
+                    self.sock.sendall(request)
+                    return self._answer()
+                except (_Closed, ConnectionResetError, BrokenPipeError) as exc:
                     self.close()
                     if not (reused and retry):
                         raise unreachable(exc, self.base) from exc
                     retry = False
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, ValueError) as exc:
                     self.close()
                     raise unreachable(exc, self.base) from exc
 
-    def _exchange(
-        self, method: str, url: str, body: bytes | None, sent: dict[str, str], timeout: float | None
-    ) -> Reply:
-        connection = self.connection or self._connect()
-        self.connection = connection
-        connection.timeout = timeout or self.timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(connection.timeout)
-        connection.request(method, url, body=body, headers=sent)
-        response = connection.getresponse()
-        data = response.read()
-        if response.will_close:
+    def _answer(self) -> Reply:
+        status_line = self.reader.readline(65537)
+        if not status_line:
+            raise _Closed("the server closed the connection")
+        version, status, *_ = status_line.decode("latin-1").split(" ", 2)
+        fields: dict[str, str] = {}
+        while (line := self.reader.readline(65537)) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            fields[name.strip().lower()] = value.strip()
+        code = int(status)
+        if code in (204, 304) or code < 200:
+            data = b""  # no body, whatever the headers say
+        elif "chunked" in fields.get("transfer-encoding", "").lower():
+            data = self._chunked()
+        elif "content-length" in fields:
+            data = self._exactly(int(fields["content-length"]))
+        else:
+            data = self.reader.read()  # until the server closes the connection
+            fields["connection"] = "close"
+        if fields.get("connection", "").lower() == "close" or version == "HTTP/1.0":
             self.close()
-        return Reply(response.status, parse_body(response.getheader("Content-Type", ""), data))
+        return Reply(code, parse_body(fields.get("content-type", ""), data))
+
+    def _exactly(self, size: int) -> bytes:
+        data = self.reader.read(size)
+        if len(data) != size:
+            raise ValueError("the answer ended early")
+        return data
+
+    def _chunked(self) -> bytes:
+        parts = []
+        while size := int(self.reader.readline(65537).split(b";")[0].strip() or b"0", 16):
+            parts.append(self._exactly(size))
+            self.reader.readline()
+        while self.reader.readline(65537) not in (b"\r\n", b"\n", b""):
+            pass  # trailer fields
+        return b"".join(parts)
 
     def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
+        if self.sock is not None:
+            for part in (self.reader, self.sock):
+                with contextlib.suppress(OSError):
+                    part.close()
+            self.sock = self.reader = None
+
+
+class _Closed(ConnectionError):
+    """The server closed a kept-alive connection before answering."""

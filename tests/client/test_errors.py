@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from orchestrator_client import Client, errors
 from orchestrator_client._ops import Call, expect, release, simple
+from orchestrator_client._transport import StdlibTransport
 
 from orchestrator.core.models import ResourceGrant
 from orchestrator.core.operations import CODED_STATUS
@@ -80,7 +81,15 @@ def test_stale_fence_is_a_lease_lost_and_busy_names_the_holders():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_server_s_refusals_raise_their_classes(live, agents: Agents):
+@pytest.mark.parametrize("transport", ["httpx", "socket"])
+def test_the_server_s_refusals_raise_their_classes(live, agents: Agents, transport: str):
+    """Through httpx (the clients') and the plain socket (the guard's) alike."""
+
+    def connect(token: str) -> Client:
+        if transport == "httpx":
+            return Client(live, token)
+        return Client(live, token, transport=StdlibTransport(live, token, 10))
+
     resource_create(team=agents.team, name="doc", value=0)
     resource_create(team=agents.team, name="other", value=0)
     _, one_token = agents.make("one")
@@ -98,8 +107,8 @@ def test_the_server_s_refusals_raise_their_classes(live, agents: Agents):
         seen[cls] = caught.value.code
         return caught.value
 
-    with Client(live, one_token) as one, Client(live, two_token) as two:
-        refused(errors.Unauthorized, Client(live, "not-a-token").whoami)
+    with connect(one_token) as one, connect(two_token) as two:
+        refused(errors.Unauthorized, connect("not-a-token").whoami)
         refused(errors.ResourceNotFound, one.read, "nope")
         refused(errors.NameTaken, one.create_resource, "doc")
         refused(errors.InvalidName, one.create_resource, " doc")
