@@ -293,3 +293,33 @@ def test_the_fail_safe_when_the_server_cannot_be_reached(sessions, repo, tmp_pat
 def test_a_malformed_hook_input_fails_closed(live, tmp_path):
     result = run_guard("not json", base=live, token="t", state_dir=tmp_path)
     assert result.returncode == 2 and "cannot check this edit" in result.stderr
+
+
+def test_what_a_session_read_is_kept_when_the_server_fails_after(sessions, repo, monkeypatch):
+    """Its own edit, whose record the server did not take, is not stale for it later."""
+    from orchestrator_client.errors import Unreachable
+    from orchestrator_client.guard import cli
+    from orchestrator_client.guard.config import Settings
+
+    alice = sessions("alice")
+    assert alice.after_read("src/app.py").returncode == 0
+    assert alice.before_edit("src/app.py").returncode == 0
+    (repo / "src" / "app.py").write_text("print('changed')\n")
+
+    def down(*args, **kwargs):
+        raise Unreachable("no answer")
+
+    monkeypatch.setattr(Client, "write", down)
+    settings = Settings.from_env({
+        "ORCHESTRATOR_URL": alice.base, "ORCHESTRATOR_TOKEN": alice.token,
+        "ORCHESTRATOR_GUARD_STATE_DIR": str(alice.state), "ORCHESTRATOR_GUARD_FAIL": "open",
+    })  # fmt: skip
+    post = {
+        **alice.common("PostToolUse"), "tool_name": "Edit", "tool_use_id": "toolu_1",
+        "tool_input": {"file_path": str(repo / "src" / "app.py"), "old_string": "a",
+                       "new_string": "b"},
+        "tool_response": {"filePath": str(repo / "src" / "app.py")},
+    }  # fmt: skip
+    assert cli.hook(settings, json.dumps(post)) == 0  # failed open: a warning
+    monkeypatch.undo()
+    assert alice.before_edit("src/app.py").returncode == 0

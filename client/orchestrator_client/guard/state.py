@@ -92,7 +92,8 @@ class SessionState:
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[SessionState]:
-    """The session's state, under an exclusive lock of its file; saved on exit if changed."""
+    """The session's state, under an exclusive lock of its file; saved on leaving the
+    block if it changed, even when the block raised."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(path.with_suffix(".lock"), "a") as guard:
         if fcntl is not None:
@@ -102,9 +103,11 @@ def locked(path: Path) -> Iterator[SessionState]:
         except (OSError, ValueError):
             data = {}  # a damaged record: start afresh (the server still has the locks)
         state = SessionState(path, data if isinstance(data, dict) else {})
-        yield state
-        if state.changed:
-            state.save()
+        try:
+            yield state
+        finally:  # what was learnt before a failure (a hash read, a lock taken) is kept
+            if state.changed:
+                state.save()
 
 
 def forget(path: Path) -> None:
