@@ -277,6 +277,9 @@ def test_the_fail_safe_when_the_server_cannot_be_reached(sessions, repo, tmp_pat
 
     unset = sessions("unset", ORCHESTRATOR_TOKEN="")
     assert "ORCHESTRATOR_TOKEN not set" in one_line(unset.before_edit("src/app.py"))
+    wrong = sessions("wrong", ORCHESTRATOR_TOKEN="not-a-token")
+    refused = wrong.before_edit("src/app.py")
+    assert refused.returncode == 2 and "refused the guard's request (unauthorized" in refused.stderr
     # Stop never exits 2 (that would keep Claude from stopping), even with the server down.
     assert closed.stop().returncode == 0
 

@@ -41,6 +41,7 @@ from orchestrator_client.errors import (
     NotFound,
     OrchestratorError,
     ResourceNotFound,
+    Unreachable,
 )
 from orchestrator_client.guard.config import Settings
 from orchestrator_client.guard.repo import content_hash, repository_path
@@ -273,8 +274,10 @@ def unlocked_edit_message(name: str, busy: Busy) -> str:
 
 def failed(settings: Settings, error: BaseException, event: str) -> Outcome:
     """The fail-safe, for a server that cannot be reached or a guard that is not set up."""
-    if isinstance(error, OrchestratorError):
-        what = f"the Orchestrator at {settings.url} did not answer ({error})"
+    if isinstance(error, Unreachable):
+        what = f"the Orchestrator at {settings.url} did not answer ({error.detail})"
+    elif isinstance(error, OrchestratorError):
+        what = f"the Orchestrator at {settings.url} refused the guard's request ({error})"
     else:
         what = f"the guard cannot check this edit ({type(error).__name__}: {error})"
     if event in ("Stop", "SessionEnd"):  # never keep Claude from stopping
