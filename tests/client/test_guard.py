@@ -326,3 +326,16 @@ def test_what_a_session_read_is_kept_when_the_server_fails_after(sessions, repo,
     assert cli.hook(settings, json.dumps(post)) == 0  # failed open: a warning
     monkeypatch.undo()
     assert alice.before_edit("src/app.py").returncode == 0
+
+
+def test_an_edit_under_a_folder_another_agent_holds_is_refused_naming_it(sessions, agents, live):
+    alice, bob = sessions("alice"), sessions("bob")
+    resource_create(team=agents.team, name="src/", value=None)
+    with Client(live, bob.token) as client, client.lock("src/", renew=False):
+        refused = alice.before_edit("src/app.py")
+        assert refused.returncode == 2
+        assert one_line(refused).startswith(
+            "orchestrator-guard: src/app.py is locked by bob "
+            "(exclusive, its lock on src/ covers it, "
+        )
+    assert alice.before_edit("src/app.py").returncode == 0
