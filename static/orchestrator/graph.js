@@ -3,11 +3,16 @@
 // resource); deadlock cycles in red, each with a form to break it by choosing the victim.
 // A waiting lock set's one edge goes to where it is queued; the list under the graph
 // names every resource of each waiting set.
+// Path resources (core/paths.py): a wait for a path kept out by a lock on a folder above
+// it (or, for a folder, on a path under it) has a dotted "covered by" edge, on the right
+// of the resources, from the waited-for path to the held one, so the chain waiter ->
+// path -> folder -> holder reads as one; pathtree.js says which locks keep each waiter out.
 import { canOperate, csrfToken } from "./actions.js";
 import { clear, h, s } from "./dom.js";
 import { byName } from "./format.js";
 import { board, redrawOnChange } from "./live.js";
 import { lockSetWait } from "./locksets.js";
+import { blockerText, coverText, isFolder, pathForest } from "./pathtree.js";
 
 const container = document.getElementById("graph");
 const deadlocksBox = document.getElementById("deadlocks");
@@ -19,7 +24,8 @@ const AGENT_X = 20;
 const AGENT_W = 220;
 const RES_X = 600;
 const RES_W = 240;
-const WIDTH = RES_X + RES_W + 20;
+const COVER_MAX = 140; // how far right of the resources a "covered by" edge may bow
+const WIDTH = RES_X + RES_W + COVER_MAX + 20;
 const chosenVictims = new Map(); // deadlock id -> agent id
 
 function label(name, max = 30) {
@@ -33,6 +39,7 @@ function markers() {
   return s("defs", {},
     marker("arrow-hold", "var(--running)"),
     marker("arrow-wait", "var(--waiting-lock)"),
+    marker("arrow-cover", "var(--muted)"),
     marker("arrow-cycle", "var(--failed)"));
 }
 
@@ -45,6 +52,55 @@ function deadlockOf(state) {
     for (const id of deadlock.resource_ids) resources.set(id, deadlock);
   }
   return { agents, resources };
+}
+
+/**
+ * The "covered by" links of the board: one per waited-for path resource and resource
+ * whose locks keep a waiter of it out (a folder above it, or for a folder a path under
+ * it), as ``{waited, blocking, under, locks, keeps}`` where ``locks`` are the blocking
+ * resource's locks that keep someone out and ``keeps`` the ``[waiter, lock]`` pairs.
+ */
+function coverLinks(state) {
+  const links = new Map();
+  for (const tree of pathForest(Object.values(state.resources))) {
+    for (const node of tree.nodes.values()) {
+      if (!node.resource) continue;
+      for (const waiter of node.resource.waiters) {
+        for (const lock of node.blockers[waiter.request_id] || []) {
+          const blocking = tree.nodes.get(lock.on).resource;
+          const key = `${node.resource.id}:${blocking.id}`;
+          // A blocker is never the waited-for resource itself: one that starts with its
+          // name is a path under it (the waited-for resource is a folder), else above it.
+          const under = isFolder(node.path) && lock.on.startsWith(node.path);
+          if (!links.has(key)) links.set(key, { waited: node.resource, blocking, under, locks: [], keeps: [] });
+          const link = links.get(key);
+          if (!link.locks.some((known) => known.lock_id === lock.lock_id)) link.locks.push(lock);
+          link.keeps.push([waiter, lock]);
+        }
+      }
+    }
+  }
+  return [...links.values()];
+}
+
+/** "src/x.py is covered by a's exclusive lock on src/, which keeps b out" */
+function coverTitle(link) {
+  const kept = [...new Set(link.keeps.map(([waiter]) => waiter.agent_name))].join(", ");
+  const why = link.under ? blockerText(link.locks) : coverText(link.locks);
+  return `${link.waited.name} is ${why}, which keeps ${kept} out`;
+}
+
+// The deadlock a "covered by" link is part of: the waiter, the blocking lock's agent and
+// the blocking resource all in one cycle (the core's cycle names the held folder, not
+// the waited-for path under it: this puts the path and its wait in the cycle too).
+function coverCycle(link, cycles) {
+  for (const [waiter, lock] of link.keeps) {
+    const deadlock = cycles.agents.get(waiter.agent);
+    if (deadlock && deadlock === cycles.agents.get(lock.agent) && deadlock === cycles.resources.get(link.blocking.id)) {
+      return { deadlock, waiter: waiter.agent };
+    }
+  }
+  return null;
 }
 
 function chooseVictim(deadlockId, agentId) {
@@ -65,9 +121,26 @@ function drawGraph(state, teamId) {
   const inTeam = (item) => !teamId || String(item.team) === teamId;
   const usable = (r) => inTeam(r) || sharedWith(state.teams[teamId], r);
   const cycles = deadlockOf(state);
-  const resources = Object.values(state.resources)
+  const drawn = new Set(Object.values(state.resources)
     .filter((r) => (r.holders.length || r.waiters.length) && (usable(r) || cycles.resources.has(r.id)))
-    .sort(byName);
+    .map((r) => r.id));
+  // A drawn wait's covering resource is drawn too (it explains the wait), and so is a
+  // covered path whose wait is part of a drawn cycle.
+  const covers = [];
+  const coveredInCycle = new Map(); // resource id -> deadlock
+  const waitsInCycle = new Set(); // `${agent}:${resource}`
+  for (const link of coverLinks(state)) {
+    const cycle = coverCycle(link, cycles);
+    if (!drawn.has(link.waited.id) && !cycle) continue;
+    drawn.add(link.waited.id);
+    drawn.add(link.blocking.id);
+    covers.push({ ...link, cycle });
+    if (cycle) {
+      coveredInCycle.set(link.waited.id, cycle.deadlock);
+      waitsInCycle.add(`${cycle.waiter}:${link.waited.id}`);
+    }
+  }
+  const resources = Object.values(state.resources).filter((r) => drawn.has(r.id)).sort(byName);
   const agentIds = new Set();
   for (const r of resources) for (const x of [...r.holders, ...r.waiters]) agentIds.add(x.agent);
   const agents = [...agentIds].map((id) => state.agents[id]).filter(Boolean).sort(byName);
@@ -100,7 +173,7 @@ function drawGraph(state, teamId) {
     for (const waiter of r.waiters) {
       if (!agentY.has(waiter.agent)) continue;
       const ay = agentY.get(waiter.agent) + NODE_H / 2 + 5;
-      const cycle = sameCycle(waiter.agent, r.id);
+      const cycle = sameCycle(waiter.agent, r.id) || waitsInCycle.has(`${waiter.agent}:${r.id}`);
       const set = waiter.lock_set;
       edges.append(s("path", {
         class: `edge wait${set ? " set" : ""}${cycle ? " in-cycle" : ""}`,
@@ -109,6 +182,18 @@ function drawGraph(state, teamId) {
         dataset: { edge: "wait", agent: waiter.agent, resource: r.id, ...(set ? { lockSet: set.id } : {}) },
       }, s("title", {}, `${waiter.agent_name} waits for ${r.name} (${waiter.mode})${set ? `, for a lock set of ${set.size}: ${set.resources.join(", ")}` : ""}`)));
     }
+  }
+  const right = RES_X + RES_W;
+  for (const link of covers) {
+    const from = resourceY.get(link.waited.id) + NODE_H / 2;
+    const to = resourceY.get(link.blocking.id) + NODE_H / 2;
+    const bow = Math.min(COVER_MAX, 30 + Math.abs(to - from) / 3);
+    edges.append(s("path", {
+      class: `edge cover${link.under ? " under" : ""}${link.cycle ? " in-cycle" : ""}`,
+      d: `M ${right} ${from} C ${right + bow} ${from}, ${right + bow} ${to}, ${right} ${to}`,
+      "marker-end": `url(#${link.cycle ? "arrow-cycle" : "arrow-cover"})`,
+      dataset: { edge: "cover", resource: link.waited.id, coveredBy: link.blocking.id },
+    }, s("title", {}, coverTitle(link))));
   }
   for (const agent of agents) {
     const deadlock = cycles.agents.get(agent.id);
@@ -136,7 +221,7 @@ function drawGraph(state, teamId) {
     svg.append(node);
   }
   for (const r of resources) {
-    const deadlock = cycles.resources.get(r.id);
+    const deadlock = cycles.resources.get(r.id) || coveredInCycle.get(r.id);
     svg.append(s("g", {
       class: `node resource${deadlock ? " in-cycle" : ""}`,
       transform: `translate(${RES_X} ${resourceY.get(r.id)})`,

@@ -373,6 +373,97 @@ def test_a_folder_lock_covers_its_subtree_on_the_resources_page_until_let_go(
     screenshot(page, "timeline-path")
 
 
+def test_a_wait_for_a_path_is_linked_in_the_graph_to_the_held_folder_that_covers_it(
+    app: str, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.locks import lock_acquire, lock_release
+
+    builders.operator("olivia")
+    team = factories.team(name="workshop")
+    elsewhere = factories.team(name="elsewhere")
+    a, b, c, d = (factories.agent(team_=team, name=name) for name in ("a", "b", "c", "d"))
+    for name in ("src/", "src/x.py", "src/y.py", "lib/", "lib/m.py"):
+        resource_create(team=team, name=name, value=0)
+    folder, path = Resource.objects.get(name="src/"), Resource.objects.get(name="src/x.py")
+    held = lock_acquire(agent=a, resource="src/", ttl=600).lock
+    assert lock_acquire(agent=b, resource="src/x.py", ttl=600).status == "waiting"
+    # The other way round: a folder waited for, kept out by a path under it.
+    lock_acquire(agent=c, resource="lib/m.py", ttl=600)
+    assert lock_acquire(agent=d, resource="lib/", ttl=600).status == "waiting"
+    resource_create(team=elsewhere, name="far/away.py", value=0)
+    lock_acquire(agent=factories.agent(team_=elsewhere, name="e"), resource="far/away.py")
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Graph", exact=True).click()
+    svg = page.locator("svg.graph")
+    covers = svg.locator(".edge.cover")
+    expect(covers).to_have_count(2)
+    cover = svg.locator(f'.edge.cover[data-resource="{path.pk}"]')
+    expect(cover).to_have_attribute("data-covered-by", str(folder.pk))
+    expect(cover.locator("title")).to_have_text(
+        "src/x.py is covered by a's exclusive lock on src/, which keeps b out"
+    )
+    # The chain b -> src/x.py -> src/ -> a: the wait and the hold it ends at.
+    expect(
+        svg.locator(f'.edge.wait[data-agent="{b.pk}"][data-resource="{path.pk}"]')
+    ).to_have_count(1)
+    expect(
+        svg.locator(f'.edge.hold[data-agent="{a.pk}"][data-resource="{folder.pk}"]')
+    ).to_have_count(1)
+    under = svg.locator(".edge.cover.under")
+    expect(under.locator("title")).to_have_text(
+        "lib/ is blocked by c's exclusive lock on lib/m.py, which keeps d out"
+    )
+    screenshot(page, "graph-paths")
+    # The team filter: another team's graph has none of it, back to this one has it all.
+    page.get_by_label("Team").select_option(label="elsewhere")
+    expect(svg.locator('.node.resource[data-resource-name="far/away.py"]')).to_have_count(1)
+    expect(covers).to_have_count(0)
+    expect(svg.locator('.node.resource[data-resource-name="src/"]')).to_have_count(0)
+    page.get_by_label("Team").select_option(label="workshop")
+    expect(covers).to_have_count(2)
+
+    lock_release(lock_id=held.pk, agent=a)  # b gets src/x.py after commit
+
+    # No reload: the folder's row comes in a patch, and its "covered by" edge goes.
+    expect(cover).to_have_count(0, timeout=5000)
+    expect(
+        svg.locator(f'.edge.hold[data-agent="{b.pk}"][data-resource="{path.pk}"]')
+    ).to_have_count(1)
+    expect(svg.locator(f'.node.resource[data-resource-id="{folder.pk}"]')).to_have_count(0)
+    expect(covers).to_have_count(1)  # lib/ still waits for lib/m.py
+
+
+def test_a_deadlock_through_a_folder_is_one_red_cycle_in_the_graph(app: str, page: Any) -> None:
+    """As in tests/core/test_paths.py: a holds src/ and waits for doc, b holds doc and
+    waits for a file under src/. The core's cycle names src/, not the file: the graph
+    draws the file, its wait and its "covered by" edge in the cycle as well."""
+    from playwright.sync_api import expect
+
+    from orchestrator.core.locks import lock_acquire
+
+    builders.operator("olivia")
+    team = factories.team(name="looped", deadlock_policy="ask_operator")
+    a, b = (factories.agent(team_=team, name=name) for name in ("loop-a", "loop-b"))
+    for name in ("src/", "src/api/views.py", "doc"):
+        resource_create(team=team, name=name, value=0)
+    lock_acquire(agent=a, resource="src/", ttl=600)
+    lock_acquire(agent=b, resource="doc", ttl=600)
+    assert lock_acquire(agent=a, resource="doc", ttl=600).status == "waiting"
+    assert lock_acquire(agent=b, resource="src/api/views.py", ttl=600).deadlock is not None
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Graph", exact=True).click()
+    expect(page.locator(".deadlock")).to_have_count(1, timeout=10_000)
+    svg = page.locator("svg.graph")
+    # Holds src/ -> a and doc -> b, waits a -> doc and b -> views.py, views.py -> src/.
+    expect(svg.locator(".edge.in-cycle")).to_have_count(5)
+    expect(svg.locator(".edge.cover.in-cycle")).to_have_count(1)
+    expect(svg.locator(".node.resource.in-cycle")).to_have_count(3)
+    expect(svg.locator(".node.agent.in-cycle")).to_have_count(2)
+    screenshot(page, "graph-folder-deadlock")
+
+
 def test_a_tree_of_three_hundred_paths_opens_where_the_locks_are(app: str, page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -454,6 +545,11 @@ def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
         expect(page.locator("main")).to_contain_text("<script>window.__pwned=2</script>")
         if path in ("/", "/graph/"):
             expect(page.locator("main .lockset")).to_contain_text(f"more {XSS}")
+        if path == "/graph/":
+            expect(page.locator("main svg.graph .edge.cover title")).to_have_text(
+                f"pkg {XSS}/mod {XSS}.py is covered by agent {XSS}'s exclusive lock"
+                f" on pkg {XSS}/, which keeps setter {XSS} out"
+            )
         if path == "/resources/":
             expect(page.locator("main tr.covered .cover").first).to_contain_text(
                 f"covered by agent {XSS}'s exclusive lock on pkg {XSS}/"
