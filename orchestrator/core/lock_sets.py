@@ -39,14 +39,11 @@ global order"):
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import reduce
 from operator import or_
 from typing import Any
-
-from django.db import connection
 
 from orchestrator.core import paths, tenancy, wakeups
 from orchestrator.core.errors import Conflicting, Forbidden, Invalid, NotFound
@@ -603,18 +600,17 @@ def lock_set_resources(lock_set: LockSet) -> list[Resource]:
 def lock_set_when_decided(*, lock_set_id: int, agent: Agent, timeout: float) -> LockSetResult:
     """:func:`lock_set_advance` as ``agent`` (its held leases renewed), then, while the
     set still waits, wait up to ``timeout`` seconds for it to be granted or to end (a
-    long poll, as ``selectors.lock_request_when_decided``: on the agent's wake-up list,
-    the connection back in the pool meanwhile, the status read at least every second)."""
-    deadline = time.monotonic() + timeout
-    result = lock_set_advance(lock_set_id=lock_set_id, agent=agent)
-    while result.status == RequestStatus.WAITING:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        if not connection.in_atomic_block:
-            connection.close()  # back to the pool (web) while this thread waits
-        woken = wakeups.wait_for_wake(agent.pk, min(left, 1.0))
+    long poll, ``wakeups.long_poll``: the set is advanced again after a wake-up, or
+    when a read of its status, at least every second, finds it moved)."""
+
+    def again(result: LockSetResult, woken: bool) -> LockSetResult:
         moved = LockSet.objects.filter(pk=lock_set_id).exclude(status=RequestStatus.WAITING)
-        if woken or moved.exists():
-            result = lock_set_advance(lock_set_id=lock_set_id)
-    return result
+        return lock_set_advance(lock_set_id=lock_set_id) if woken or moved.exists() else result
+
+    return wakeups.long_poll(
+        agent.pk,
+        timeout,
+        lock_set_advance(lock_set_id=lock_set_id, agent=agent),
+        waiting=lambda result: result.status == RequestStatus.WAITING,
+        again=again,
+    )

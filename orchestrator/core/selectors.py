@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
-from django.db import connection
 from django.db.models import Case, DateTimeField, Exists, F, Func, OuterRef, Q, QuerySet, When
 
 from orchestrator.core import sql, tenancy, wakeups
@@ -46,23 +44,16 @@ def lock_request_with_lock(request_id: int) -> LockRequest | None:
 
 def lock_request_when_decided(*, request_id: int, agent: Agent, timeout: float) -> LockRequest:
     """``lock_request_for_agent``, but while the request is still waiting, wait up to
-    ``timeout`` seconds for it to be granted or ended (a long poll).
-
-    The wait blocks on the agent's wake-up list (``wakeups.wait_for_wake``), not on
-    the database: the connection goes back to the pool while waiting, and the request
-    is read again after each wake-up, and at least every second in case one was lost.
-    """
-    deadline = time.monotonic() + timeout
-    request = lock_request_for_agent(request_id=request_id, agent=agent)
-    while request.status == RequestStatus.WAITING:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            break
-        if not connection.in_atomic_block:
-            connection.close()  # back to the pool (web) while this thread waits
-        wakeups.wait_for_wake(agent.pk, min(left, 1.0))
-        request = lock_request_for_agent(request_id=request_id, agent=agent)
-    return request
+    ``timeout`` seconds for it to be granted or ended (a long poll,
+    ``wakeups.long_poll``: on the agent's wake-up list, not on the database; the
+    request is read again after each wake-up, and at least every second)."""
+    return wakeups.long_poll(
+        agent.pk,
+        timeout,
+        lock_request_for_agent(request_id=request_id, agent=agent),
+        waiting=lambda request: request.status == RequestStatus.WAITING,
+        again=lambda _request, _woken: lock_request_for_agent(request_id=request_id, agent=agent),
+    )
 
 
 def conflicts_recent(

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import transaction
+from django.db import connection, transaction
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +115,27 @@ def wait_for_wake(agent_id: int, timeout: float) -> bool:
     if timeout <= 0:
         return False
     return _client().blpop([WAKE_KEY.format(agent_id)], timeout=timeout) is not None
+
+
+def long_poll(
+    agent_id: int,
+    timeout: float,
+    first: T,
+    waiting: Callable[[T], bool],
+    again: Callable[[T, bool], T],
+) -> T:
+    """A long poll of ``agent_id``: from ``first``, while ``waiting(it)``, wait up to
+    ``timeout`` seconds in all for a wake-up (:func:`wait_for_wake`, at most a second at
+    a time, in case one was lost), and each time read it ``again(it, woken)``.
+
+    The database connection goes back to the pool (web) while the thread waits."""
+    deadline = time.monotonic() + timeout
+    result = first
+    while waiting(result):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        if not connection.in_atomic_block:
+            connection.close()
+        result = again(result, wait_for_wake(agent_id, min(left, 1.0)))
+    return result
