@@ -40,7 +40,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from locks import bench_database_url, recreate_database
+import served
+from locks import recreate_database
 
 from orchestrator.processes import Helper, HelperError, free_port, http_ok
 
@@ -56,31 +57,12 @@ RESOURCE = "bench-doc"
 
 
 def environment() -> dict[str, str]:
-    return {
-        **os.environ,
-        "DATABASE_URL": bench_database_url(BENCH_DB),
-        "REDIS_URL": REDIS_URL,
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DEBUG": "0",
-        "DJANGO_SETTINGS_MODULE": "orchestrator.settings",
-        "PYTHONUNBUFFERED": "1",
-    }
+    return served.environment(BENCH_DB, REDIS_URL)
 
 
 def prepare() -> str:
     """The agent's token, with the resource it locks (in the bench database)."""
-    os.environ.update(environment())
-    import django
-
-    django.setup()
-    from orchestrator.core.models import Agent, Team
-    from orchestrator.core.resources import resource_create
-    from orchestrator.core.tokens import agent_token_reset
-
-    team = Team.objects.create(name="bench", default_lease_ttl=30)
-    agent = Agent.objects.create(name="bench-agent", team=team)
-    resource_create(name=RESOURCE, value={"n": 0}, team=team)
-    return agent_token_reset(agent=agent)
+    return served.bench_agent(BENCH_DB, REDIS_URL, RESOURCE, {"n": 0})
 
 
 def percentile(values: list[float], fraction: float) -> float:
