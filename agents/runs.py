@@ -26,11 +26,14 @@ def run_start(
     max_steps: int = 50,
     seed: int | None = None,
     unguarded: bool = False,
+    elsewhere: bool = False,
     user: User = None,
 ) -> Run:
     """Create a run and enqueue the first step of each of its agents (after commit).
 
     ``unguarded`` bypasses the protocol for this run's tool calls (agents.tools_exec).
+    ``elsewhere``: its agents run elsewhere (coding agents with their own loop), so no
+    step is created or enqueued; agents.external records their turns as steps.
     Refuses, leaving nothing behind, a run without agents, an agent of another team,
     and an agent still taking steps in another active run (checked with the agents'
     rows locked, so two operators starting runs at once cannot both take an agent).
@@ -71,7 +74,8 @@ def run_start(
     for agent in members:
         agent.status = AgentStatus.RUNNING
         agent.save(update_fields=["status"])
-        create_step(run_id=run.pk, agent_id=agent.pk, number=1)
+        if not elsewhere:
+            create_step(run_id=run.pk, agent_id=agent.pk, number=1)
     event_emit(
         "run.started",
         team=team,

@@ -359,8 +359,36 @@ def scenario_start(
         raise ValueError(f"unknown scenario {name!r}; choose one of {', '.join(SCENARIOS)}")
     if agents < 1:
         raise ValueError("a scenario needs at least one agent")
-    prefix = f"{name}-{secrets.token_hex(3)}"
+    prefix = scenario_prefix(name)
     plan = SCENARIOS[name](prefix, agents, random.Random(seed))  # noqa: S311 (a simulation)
+    return plan_start(
+        plan=plan,
+        prefix=prefix,
+        seed=seed,
+        unguarded=unguarded,
+        ask_operator=ask_operator,
+        user=user,
+    )
+
+
+def scenario_prefix(name: str) -> str:
+    """A fresh prefix for the names of one scenario run's team and agents."""
+    return f"{name}-{secrets.token_hex(3)}"
+
+
+def plan_start(
+    *,
+    plan: Plan,
+    prefix: str,
+    seed: int = 0,
+    unguarded: bool = False,
+    ask_operator: bool = False,
+    elsewhere: bool = False,
+    user: User = None,
+) -> Started:
+    """Create the team ``prefix``, the plan's scripted agents and resources, and start
+    the run (see :func:`scenario_start`). ``elsewhere``: the agents run elsewhere (the
+    coding scenario's), so the run gets no steps to enqueue (agents.external)."""
     with transaction.atomic():
         team = Team.objects.create(
             name=prefix,
@@ -399,6 +427,7 @@ def scenario_start(
         max_steps=plan.max_steps,
         seed=seed,
         unguarded=unguarded,
+        elsewhere=elsewhere,
         user=user,
     )
     return Started(run, team, members, list(plan.resources))
