@@ -20,6 +20,19 @@ Anomalies it counts:
 * **overlapping holds**: two locks on one resource, at least one exclusive,
   live at the same time (by event order);
 
+and, in a run of coding agents (agents that run elsewhere and journal Claude
+Code's ``Read`` and ``Write`` tools on the files of a repository: agents/external.py,
+agents/coding.py), where each applied Write names the file (``resource``), its
+whole new ``content``, the ``edit`` it makes (a line it adds) and its place in the
+order of all writes:
+
+* **stale overwrites**: a Write based on content older than the file's then-current
+  version (its base, what its agent last read or wrote of the file, is not what the
+  write before it left, or the file's first content: the resource's version 0,
+  ``{"sha256": ...}``), so the versions in between were overwritten unseen;
+* **lost edits**: an edit missing from its file's final content (what the last
+  write left);
+
 and the agents of the run that never finished (no successful ``finish``).
 
 The verdict (``RunReport.ok``) is OK only for a run that finished, with every
@@ -31,6 +44,7 @@ its agents did the damage the protocol prevents, which is what it is for.
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -39,6 +53,8 @@ from orchestrator.core.models import Event, Lock, LockMode, Resource, ResourceVe
 from orchestrator.core.tenancy import split_name
 
 KINDS = ("double_bookings", "lost_updates", "non_holder_writes", "overlapping_holds")
+FILE_KINDS = ("lost_edits", "stale_overwrites")  # counted for runs that edit files
+FILE_TOOLS = ("Read", "Write")  # Claude Code's, as coding agents journal them
 # Not needed here, and large: an agent's config holds its whole script, loaded once per
 # step or lock otherwise (a long fault run's check took over 20 GB).
 HEAVY_STEP_FIELDS = ("agent__config", "transcript", "decision")
@@ -69,9 +85,15 @@ class RunReport:
     writes: int
     steps: int
     anomalies: list[Anomaly] = field(default_factory=list)
+    edits: int = 0  # file writes applied by coding agents (FILE_TOOLS)
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The anomalies counted for this run: FILE_KINDS too for a run that edited files."""
+        return KINDS + FILE_KINDS if self.edits else KINDS
 
     def counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(KINDS, 0)
+        counts = dict.fromkeys(self.kinds, 0)
         for anomaly in self.anomalies:
             counts[anomaly.kind] += 1
         return counts
@@ -100,7 +122,8 @@ class RunReport:
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form: ``ok`` is the verdict, ``anomalies`` holds the counts,
-        ``details`` the findings."""
+        ``details`` the findings; ``edits`` the file writes, for a run that edited files."""
+        edits = {"edits": self.edits} if self.edits else {}
         return {
             "run": self.run,
             "ok": self.ok,
@@ -112,6 +135,7 @@ class RunReport:
             "resources": self.resources,
             "writes": self.writes,
             "steps": self.steps,
+            **edits,
             "details": [asdict(anomaly) for anomaly in self.anomalies],
         }
 
@@ -238,6 +262,9 @@ def check_run(*, run_id: int) -> RunReport:
     intervals = _lock_intervals(resources, agents)
     report.anomalies += _non_holder_writes(writes, intervals)
     report.anomalies += _overlapping_holds(intervals)
+    file_writes = _file_writes(steps)
+    report.edits = len(file_writes)
+    report.anomalies += _file_anomalies(file_writes, resources)
     return report
 
 
@@ -405,4 +432,97 @@ def _overlapping_holds(intervals: list[_Interval]) -> list[Anomaly]:
                             f"{second.agent} ({second.mode}, lock #{second.lock}) held it at once",
                         )
                     )
+    return found
+
+
+@dataclass
+class _FileWrite:
+    order: float  # its place in the order of all writes (NEVER if it has none)
+    index: int  # in the journals' order, to break ties
+    agent: str
+    file: str
+    edit: str | None
+    sha256: str
+    content: str
+    base: str | None  # the hash of what its agent last read or wrote of the file
+
+
+def _hash(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()
+
+
+def _file_writes(steps: list[Step]) -> list[_FileWrite]:
+    """The applied Writes of the run's coding agents, in the order they happened, each
+    with its base: the hash of what its agent last read or wrote of that file."""
+    seen: dict[tuple[int, str], str | None] = {}
+    writes: list[_FileWrite] = []
+    for step in steps:  # by agent, then number: each agent's journal in its own order
+        for call in step.tool_calls or []:
+            args, result = call.get("arguments") or {}, call.get("result") or {}
+            file = args.get("resource") if isinstance(args, dict) else None
+            if call.get("tool") not in FILE_TOOLS or not isinstance(file, str):
+                continue
+            key = (step.agent_id, file)
+            if call["tool"] == "Read" and result.get("ok"):
+                seen[key] = result.get("sha256")
+            elif result.get("status") == "applied" and isinstance(args.get("content"), str):
+                order = result.get("order")
+                edit = args.get("edit")
+                writes.append(
+                    _FileWrite(
+                        order if _is_int(order) else NEVER,
+                        len(writes),
+                        step.agent.name,
+                        file,
+                        edit if isinstance(edit, str) and edit else None,
+                        _hash(args["content"]),
+                        args["content"],
+                        seen.get(key),
+                    )
+                )
+                seen[key] = writes[-1].sha256
+    return sorted(writes, key=lambda write: (write.order, write.index))
+
+
+def _file_anomalies(writes: list[_FileWrite], resources: dict[str, Resource]) -> list[Anomaly]:
+    """Stale overwrites and lost edits, file by file (see the module docstring)."""
+    by_file: dict[str, list[_FileWrite]] = defaultdict(list)
+    for write in writes:
+        by_file[write.file].append(write)
+    ids = {resources[name].pk: name for name in by_file if name in resources}
+    first = {
+        ids[resource_id]: value.get("sha256")
+        for resource_id, value in ResourceVersion.objects.filter(
+            resource_id__in=list(ids), version=0
+        ).values_list("resource_id", "value")
+        if isinstance(value, dict)
+    }
+    found = []
+    for name, chain in sorted(by_file.items()):
+        versions = [first.get(name)]  # each version's hash; version 0's may be unknown
+        for number, write in enumerate(chain, start=1):
+            current = versions[-1]
+            if current is not None and write.base != current:
+                based = [v for v in range(number) if versions[v] == write.base]
+                found.append(
+                    Anomaly(
+                        "stale_overwrites",
+                        name,
+                        f"{write.agent} wrote version {number} based on "
+                        + (f"version {based[-1]}" if based else "content it had not read")
+                        + ": the versions in between were overwritten unseen",
+                    )
+                )
+            versions.append(write.sha256)
+        final = chain[-1]
+        for write in chain:
+            if write.edit is not None and write.edit not in final.content:
+                found.append(
+                    Anomaly(
+                        "lost_edits",
+                        name,
+                        f"{write.agent}'s edit {write.edit!r} is not in the final file "
+                        f"(version {len(chain)}, written by {final.agent})",
+                    )
+                )
     return found

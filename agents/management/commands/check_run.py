@@ -7,14 +7,15 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from agents.checker import KINDS, check_run
+from agents.checker import check_run
 from orchestrator.core.models import Run
 
 
 class Command(BaseCommand):
     help = (
         "Report a run's double bookings, lost updates, writes by non-holders, "
-        "overlapping exclusive holds and unfinished agents. The verdict (the last line; "
+        "overlapping exclusive holds (and, in a run of coding agents, lost edits and stale "
+        "overwrites) and unfinished agents. The verdict (the last line; "
         '"ok" in --json) is OK only if the run finished, every agent finished and no '
         "anomaly was found; otherwise FAILED, with the reasons."
     )
@@ -37,11 +38,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"run {report.run} ({mode}): {report.status}; {len(report.agents)} agents, "
             f"{report.steps} steps, {report.writes} writes"
+            + (f", {report.edits} file edits" if report.edits else "")
         )
         counts = report.counts()
-        width = max(len(kind) for kind in KINDS)
+        width = max(len(kind) for kind in report.kinds)
         self.stdout.write(f"{'anomaly':<{width}}  count")
-        for kind in KINDS:
+        for kind in report.kinds:
             self.stdout.write(f"{kind:<{width}}  {counts[kind]}")
         unfinished = ", ".join(report.unfinished_agents) or "none"
         self.stdout.write(f"{'unfinished agents':<{width}}  {unfinished}")
