@@ -206,7 +206,7 @@ class Session:
     def __init__(
         self, *, command: str, url: str, token: str, state_dir: Path, root: Path, name: str
     ) -> None:
-        self.command, self.root, self.name = command, root, name
+        self.command, self.root, self.name, self.token = command, root, name, token
         self.session_id = f"session-{name}"
         self.env = {
             **os.environ,  # the guard runs in the agent's environment, as hooks do
@@ -509,7 +509,6 @@ def coding_run(
         session = None
         if command is not None:
             token = agent_token_reset(agent=agent, actor="scenario")
-            _check_server(url or "", token, agent.name)
             session = Session(
                 command=command, url=url or "", token=token, state_dir=state, root=repo.root,
                 name=agent.name,
@@ -526,8 +525,11 @@ def coding_run(
             raise CodingError(exc.detail) from exc
 
     try:
+        for member in team:
+            if member.session is not None:
+                _check_server(url or "", member.session.token, member.session.name)
         result.rounds = conduct(team, rng, record, max_rounds=agents * edits + 1, say=say)
-    except BaseException as exc:
+    except BaseException as exc:  # the run ends failed, even on Ctrl-C
         _abandon(run, team, str(exc) or type(exc).__name__)
         raise
     external_run_end(run_id=run.pk)
@@ -540,7 +542,7 @@ def coding_run(
     for agent in team:
         result.refusals.update(agent.refusals)
     if team and team[0].session is not None:
-        result.records = _records(url or "", team[0].session.env["ORCHESTRATOR_TOKEN"], result)
+        result.records = _records(url or "", team[0].session.token, result)
     return result
 
 

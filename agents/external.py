@@ -41,7 +41,8 @@ def external_turn_record(
     """Record one turn of an agent of the run as its next step, done.
 
     ``finished``: that was the agent's last turn and it finished its work; ``failed``
-    (a reason): it could not. Either way the agent is then done with the run. Raises
+    (a reason): it could not (the step is failed, with that error). Either way the
+    agent is then done with the run. Raises
     Conflicting(run_not_running) for a run that ended (an operator cancelled it, say):
     the agent should stop."""
     (run,) = lock_runs([run_id])  # as run_cancel does: the run's row first
@@ -54,7 +55,8 @@ def external_turn_record(
         run=run,
         agent=agent,
         number=(last or 0) + 1,
-        status=Step.Status.DONE,
+        status=Step.Status.FAILED if failed else Step.Status.DONE,
+        error=failed[:5000],
         attempts=1,
         tool_calls=tool_calls,
         transcript=transcript or [],

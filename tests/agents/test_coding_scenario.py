@@ -16,9 +16,11 @@ from pathlib import Path
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from agents.coding import BUSY, EDITS_PER_AGENT, STALE, Edit, plan_coding
 from orchestrator.core.models import Agent, AgentStatus, Lock, Resource, Run, Step
+from orchestrator.processes import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -120,3 +122,13 @@ def test_unguarded_the_same_edits_are_lost_and_check_run_says_which(tmp_path) ->
     assert check(again)["anomalies"] == counts
     for edit in {edit.file for edit in planned()}:
         assert (tmp_path / "again" / edit).read_text() == (repo / edit).read_text()
+
+
+def test_a_server_that_does_not_answer_fails_the_run_and_says_so(tmp_path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(CommandError, match=f"the server at {url} did not answer"):
+        scenario(tmp_path / "repo", "--url", url)
+    run = Run.objects.get()
+    assert run.status == Run.Status.FAILED
+    assert set(run.steps.values_list("status", flat=True)) == {Step.Status.FAILED}
+    assert check(run)["unfinished_agents"] == sorted(run.team.agents.values_list("name", flat=True))
