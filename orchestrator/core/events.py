@@ -61,6 +61,24 @@ R = TypeVar("R")
 
 _state = threading.local()
 
+# Callables given each service's events (unsaved, in emit order) inside its transaction,
+# just before they are inserted: see :func:`observe`.
+_observers: list[Callable[[list[Event]], None]] = []
+
+
+def observe(observer: Callable[[list[Event]], None]) -> Callable[[list[Event]], None]:
+    """Register ``observer`` to see the events of every service transaction.
+
+    It is called inside the transaction, before the events are inserted (they have no
+    ids yet), with the list in emit order. It may write rows of its own (they commit or
+    roll back with the events) and register ``transaction.on_commit`` callbacks for what
+    must happen only once they are committed (a counter, a job). It must not emit
+    events. Register at import time or in an ``AppConfig.ready()``; usable as a
+    decorator.
+    """
+    _observers.append(observer)
+    return observer
+
 
 def actor_name(
     *, user: AbstractBaseUser | AnonymousUser | None = None, agent: Agent | None = None
@@ -137,6 +155,8 @@ def event_emit(
 def _flush(buffer: list[Event]) -> None:
     if not buffer:
         return
+    for observer in _observers:
+        observer(buffer)
     # A trigger takes the event log's advisory lock (shared) before it draws each
     # id (migration 0007), so this insert is the only statement.
     sql.insert_events(buffer, timezone.now())
