@@ -585,6 +585,196 @@ class ApprovalReason(models.TextChoices):
     REQUESTED = "requested", "Requested by the agent"
 
 
+class DeadlineOutcome(models.TextChoices):
+    REJECT = "reject", "Reject (fail closed)"
+    APPROVE = "approve", "Approve"
+    ESCALATE = "escalate", "Escalate: notify a second group and extend the deadline once"
+
+
+class ApprovalPolicy(models.Model):
+    """How a team's approvals are decided when nobody is watching (core/policies.py).
+
+    A team's policy (no resource, no prefix) applies to all its resources; one for a
+    resource, or for a name prefix, overrides it there. The most specific one wins:
+    the resource's, then the longest matching prefix, then the team's. An approval
+    takes its policy's terms when it is opened, so editing a policy changes only the
+    approvals opened after.
+    """
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="approval_policies")
+    resource = models.ForeignKey(
+        Resource,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="approval_policies",
+        help_text="One resource of the team; leave empty for a prefix or the whole team.",
+    )
+    prefix = models.CharField(
+        max_length=NAME_MAX_LENGTH,
+        blank=True,
+        help_text="Without a resource: the team's resources whose name starts with this "
+        "(empty, with no resource: every resource of the team).",
+    )
+    deadline_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds an approval may wait for a decision; empty: no deadline.",
+    )
+    on_deadline = models.CharField(
+        max_length=16, choices=DeadlineOutcome.choices, default=DeadlineOutcome.REJECT
+    )
+    escalate_to = models.ForeignKey(
+        "auth.Group",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Escalation: the second group told when the deadline passes.",
+    )
+    escalation_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Escalation: the seconds the deadline is extended by, once (empty: the "
+        "deadline again). When the extension runs out too, the approval is rejected.",
+    )
+    required_approvals = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="Approvals by distinct operators needed to apply the write (2: the "
+        "two-person rule). One rejection rejects.",
+    )
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "approval policies"
+        ordering = ["team__name", "prefix", "pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(resource__isnull=True) | Q(prefix=""),
+                name="policy_resource_or_prefix",
+            ),
+            models.UniqueConstraint(
+                fields=["team", "prefix"],
+                condition=Q(resource__isnull=True),
+                name="policy_unique_prefix",
+            ),
+            models.UniqueConstraint(fields=["resource"], name="policy_unique_resource"),
+            models.CheckConstraint(
+                condition=Q(required_approvals__gte=1) & Q(required_approvals__lte=10),
+                name="policy_required_approvals_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(deadline_seconds__isnull=True) | Q(deadline_seconds__gte=1),
+                name="policy_deadline_positive",
+            ),
+            models.CheckConstraint(
+                condition=~Q(on_deadline="escalate") | Q(deadline_seconds__isnull=False),
+                name="policy_escalate_needs_deadline",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        where = self.resource.name if self.resource_id else f"{self.prefix}*"
+        if not self.resource_id and not self.prefix:
+            where = "all its resources"
+        return f"{self.team}: {where}"
+
+    def clean(self) -> None:
+        if self.resource_id and self.team_id and self.resource.team_id != self.team_id:
+            raise ValidationError({"resource": "The resource must belong to the team."})
+        if self.resource_id and self.prefix:
+            raise ValidationError("Give a resource or a prefix, not both.")
+        if self.on_deadline == DeadlineOutcome.ESCALATE:
+            if self.deadline_seconds is None:
+                raise ValidationError({"deadline_seconds": "Escalation needs a deadline."})
+            if self.escalate_to_id is None:
+                raise ValidationError({"escalate_to": "Escalation needs a group to tell."})
+
+
+class RuleAction(models.TextChoices):
+    APPROVE = "approve", "Always approve"
+    REJECT = "reject", "Always reject"
+
+
+class StandingRule(models.Model):
+    """A decision taken in advance: approve, or reject, the writes that match (by one
+    agent of the team, or any, to one resource or a name prefix) until a date or for a
+    number of uses. Each use is an Event naming the rule (core/policies.py)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="standing_rules")
+    action = models.CharField(max_length=16, choices=RuleAction.choices)
+    agent = models.ForeignKey(
+        Agent,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="standing_rules",
+        help_text="The agent whose writes it decides; empty: any agent of the team.",
+    )
+    resource = models.ForeignKey(
+        Resource,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="standing_rules",
+        help_text="One resource; leave empty for a prefix.",
+    )
+    prefix = models.CharField(
+        max_length=NAME_MAX_LENGTH,
+        blank=True,
+        help_text="Without a resource: the resources whose name starts with this.",
+    )
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Until; empty: no end.")
+    max_uses = models.PositiveIntegerField(
+        null=True, blank=True, help_text="For this many writes; empty: no limit."
+    )
+    uses = models.PositiveIntegerField(default=0, editable=False)
+    active = models.BooleanField(default=True)
+    reason = models.TextField(blank=True, help_text="Told to the agent whose write it decides.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    from_approval = models.ForeignKey(
+        "Approval", on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["team", "active"], name="rule_team_active")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(resource__isnull=False) | ~Q(prefix=""),
+                name="rule_resource_or_prefix_given",
+            ),
+            models.CheckConstraint(
+                condition=Q(resource__isnull=True) | Q(prefix=""),
+                name="rule_resource_or_prefix",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_uses__isnull=True) | Q(uses__lte=F("max_uses")),
+                name="rule_uses_within_max",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        who = self.agent.name if self.agent_id else "any agent"
+        where = self.resource.name if self.resource_id else f"{self.prefix}*"
+        return f"rule #{self.pk}: {self.get_action_display().lower()} {who} on {where}"
+
+    def clean(self) -> None:
+        if self.resource_id and self.prefix:
+            raise ValidationError("Give a resource or a prefix, not both.")
+        if not self.resource_id and not self.prefix:
+            raise ValidationError("Give a resource or a prefix.")
+        if self.team_id:
+            if self.resource_id and self.resource.team_id != self.team_id:
+                raise ValidationError({"resource": "The resource must belong to the team."})
+            if self.agent_id and self.agent.team_id != self.team_id:
+                raise ValidationError({"agent": "The agent must belong to the team."})
+
+
 class Approval(models.Model):
     resource = models.ForeignKey(Resource, on_delete=models.CASCADE, related_name="approvals")
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="approvals")
@@ -613,6 +803,24 @@ class Approval(models.Model):
     )
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_note = models.TextField(blank=True)
+    # The policy's terms, taken when the approval is opened (core/policies.py).
+    policy = models.ForeignKey(
+        ApprovalPolicy, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    required_approvals = models.PositiveSmallIntegerField(default=1)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    on_deadline = models.CharField(
+        max_length=16, choices=DeadlineOutcome.choices, default=DeadlineOutcome.REJECT
+    )
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    # The operator whose action caused the write (who started the agent's run): under a
+    # two-person rule, their approval does not count.
+    caused_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_by_rule = models.ForeignKey(
+        StandingRule, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -624,10 +832,45 @@ class Approval(models.Model):
                 name="approval_decision_consistent",
             ),
         ]
-        indexes = [models.Index(fields=["status", "team"], name="approval_status_team")]
+        indexes = [
+            models.Index(fields=["status", "team"], name="approval_status_team"),
+            # The monitor's deadline sweep.
+            models.Index(
+                fields=["deadline_at"],
+                condition=Q(status="pending", deadline_at__isnull=False),
+                name="approval_pending_deadline",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"approval #{self.pk} on {self.resource_id}"
+
+
+class ApprovalVote(models.Model):
+    """One operator's decision on an approval that needs several (the two-person rule).
+    One per operator and approval: a second click by the same person changes nothing."""
+
+    approval = models.ForeignKey(Approval, on_delete=models.CASCADE, related_name="votes")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    decision = models.CharField(max_length=16, choices=RuleAction.choices)
+    # The value approved: the agent's proposal, or the operator's edit of it. Approvals
+    # count toward the rule only for the value that would be applied (the last edit's).
+    value = models.JSONField(null=True, blank=True)
+    edited = models.BooleanField(default=False)
+    counted = models.BooleanField(
+        default=True, help_text="False for the operator who caused the write."
+    )
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["approval", "user"], name="vote_one_per_operator"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} {self.decision} approval #{self.approval_id}"
 
 
 class Event(models.Model):
