@@ -112,6 +112,9 @@ _DECIDED = {
     "edited": FLAG,
     "detail": TEXT,
     "version": MAYBE_NUMBER,
+    # Decided by a standing rule (core/policies.py): its id; by a deadline: "deadline".
+    "rule": Field((int,), optional=True),
+    "by_policy": Field((str,), optional=True),
 }
 
 KINDS: dict[str, EventKind] = _kinds(
@@ -234,10 +237,45 @@ KINDS: dict[str, EventKind] = _kinds(
         },
         frozenset({COUNTS}),
     ),
+    # An operator's approval or rejection of an approval that needs several (core/policies.py).
+    EventKind(
+        "approval.voted",
+        "approval",
+        {
+            "approval": NUMBER,
+            "resource": TEXT,
+            "agent": TEXT,
+            "decision": TEXT,
+            "approvals": NUMBER,
+            "required": NUMBER,
+            "counted": FLAG,
+        },
+    ),
+    # The deadline passed under an escalating policy: the second group is told, and the
+    # deadline extended once.
+    EventKind(
+        "approval.escalated",
+        "approval",
+        {
+            "approval": NUMBER,
+            "resource": TEXT,
+            "agent": TEXT,
+            "group": TEXT,
+            "group_id": NUMBER,
+            "deadline_at": TEXT,
+        },
+    ),
     EventKind("approval.approved", "approval", _DECIDED, frozenset({COUNTS})),
     EventKind("approval.rejected", "approval", _DECIDED, frozenset({COUNTS})),
     EventKind("approval.failed", "approval", _DECIDED, frozenset({COUNTS})),
     # Runs and steps (agents/runtime.py, agents/recovery.py).
+    # Standing rules (core/policies.py).
+    EventKind(
+        "rule.created",
+        "standingrule",
+        {"rule": NUMBER, "action": TEXT, "agent": MAYBE_TEXT, "resource": TEXT},
+    ),
+    EventKind("rule.revoked", "standingrule", {"rule": NUMBER}),
     EventKind("run.started", "run", {"run": RUN_ID, "goal": TEXT, "agents": NAMES}),
     EventKind("run.paused", "run"),
     EventKind("run.resumed", "run"),
