@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.conf import settings
+
+from agents import tracing
 
 
 class AgentsConfig(AppConfig):
@@ -14,3 +17,6 @@ class AgentsConfig(AppConfig):
         # The runtime registers its wake-up handler (continuations after a lock grant,
         # an approval or a resume) in every process that can cause a wake-up.
         import agents.runtime  # noqa: F401
+
+        # Spans of steps, model calls and tool calls, chosen once (off: nothing imported).
+        tracing.configure(settings.ORCHESTRATOR_OTEL)

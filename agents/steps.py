@@ -23,6 +23,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from agents import tracing
 from agents.backends import BackendError, StepContext, ToolCall, get_backend
 from agents.heartbeat import Heartbeat
 from agents.jobs import RESUME, create_step, current_job_id, enqueue, resume_queued
@@ -126,6 +127,14 @@ def run_step(step_id: int) -> str:
     step = begin.step
     agent = step.agent
     step._run_unguarded = step.run.unguarded  # read by agents.tools_exec
+    with tracing.agent_step(step, agent) as traced:
+        status = _turn(step, agent)
+        traced.ended(status)
+    return status
+
+
+def _turn(step: Step, agent: Agent) -> str:
+    """Decide (or replay the decision), run the calls and finish: the step's status."""
     with Heartbeat(step.pk, agent, renew_now=step.agent_holds_locks):
         if step.decision:  # a retry: replay what was decided
             assistant = step.decision["assistant"]
@@ -200,14 +209,24 @@ def _run_calls(step: Step, agent: Agent, calls: list[ToolCall]) -> list[dict[str
             result = _skipped()
         elif stop:
             result = _stopped(stop)
-        elif call.arguments is None:
-            result = {"ok": False, "error": "bad_arguments", "detail": call.error}
         else:
-            result = run_tool(agent, step, call.name, call.arguments, key=f"{step.pk}:{call.id}")
+            result = _execute(agent, step, call)
         executed.append(_record(call.id, call.name, call.arguments, result))
         waiting = waiting or result.get("status") == "waiting"
         stop = stop_reason(step, journaled=journal_step(step.pk, executed, timezone.now()))
     return executed
+
+
+def _execute(agent: Agent, step: Step, call: ToolCall) -> dict[str, Any]:
+    """One call of the model, traced (``execute_tool``): run, or refused if the backend
+    could not read its arguments."""
+    with tracing.tool_call(call.name, call.id) as traced:
+        if call.arguments is None:
+            result = {"ok": False, "error": "bad_arguments", "detail": call.error}
+        else:
+            result = run_tool(agent, step, call.name, call.arguments, key=f"{step.pk}:{call.id}")
+        traced.result(result)
+    return result
 
 
 def _record(call_id: str, name: str, arguments: Any, result: dict[str, Any]) -> dict[str, Any]:
@@ -364,12 +383,21 @@ def wait_result(call: dict[str, Any]) -> dict[str, Any] | None:
     approval = Approval.objects.get(pk=result["approval_id"])
     if approval.status == ApprovalStatus.PENDING:
         return None
-    return {
+    # The operator's reason (or the policy's, or the rule's) reaches the agent here, in
+    # its next step's transcript; an edit says what was written instead.
+    answer = {
         "ok": approval.status == ApprovalStatus.APPROVED,
         "status": approval.status,
         "version": approval.applied_version,
         "detail": approval.decision_note,
     }
+    if (
+        approval.status == ApprovalStatus.APPROVED
+        and approval.applied_value != approval.proposed_value
+    ):
+        answer["status"] = "edited"
+        answer["value"] = approval.applied_value
+    return answer
 
 
 @service

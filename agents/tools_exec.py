@@ -179,6 +179,9 @@ def _acquire_all(agent: Agent, step: Step, args: AcquireSet) -> dict[str, Any]:
 
 def _write_result(result: WriteResult) -> dict[str, Any]:
     if result.status == "applied":
+        if result.approval is not None:  # approved at once by a standing rule
+            return {"ok": True, "status": "applied", "version": result.version,
+                    "detail": result.detail}  # fmt: skip
         return {"ok": True, "status": "applied", "version": result.version}
     if result.status == "approval_pending":
         return {"ok": True, "status": "waiting", "approval_id": result.approval.pk,

@@ -43,6 +43,7 @@ from typing import Any
 
 import openai
 
+from agents import tracing
 from agents.backends.base import BackendError, Decision, StepContext, ToolCall
 from agents.config import OpenAIConfig
 from agents.tools import TOOL_NAMES
@@ -137,7 +138,9 @@ class OpenAIBackend:
             request["tool_choice"] = self.tool_choice
         if self.extra_body:
             request["extra_body"] = self.extra_body
-        response = self._create(client, request)
+        with tracing.model_call(request, endpoint=self.base_url) as traced:  # chat {model}
+            response = self._create(client, request)
+            traced.response(response)
         return decision_from_response(
             response, endpoint=self.base_url, step_number=context.step_number
         )

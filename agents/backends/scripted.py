@@ -208,7 +208,7 @@ class ScriptedBackend:
         """A refusal that asking again cannot change: a write at a fixed version refused
         as stale (re-reading does not change the version it names), or a write an
         operator rejected (asking again asks the same person the same question)."""
-        if error == "rejected":
+        if error in ("rejected", "approval_rejected"):  # by an operator, or a standing rule
             return True
         expected = entry.args.get("expected_version")
         fixed = isinstance(expected, int) and not isinstance(expected, bool)

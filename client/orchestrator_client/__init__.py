@@ -69,6 +69,7 @@ __all__ = [
     "Approval",
     "ApprovalDecision",
     "ApprovalPending",
+    "ApprovalRejected",
     "AsyncApproval",
     "AsyncClient",
     "AsyncLock",

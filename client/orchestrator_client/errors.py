@@ -242,6 +242,12 @@ class AlreadyDecided(Conflict):
     code = "already_decided"
 
 
+class ApprovalRejected(Conflict):
+    """The write was rejected at once by a standing rule (``detail`` says which)."""
+
+    code = "approval_rejected"
+
+
 class AlreadyResolved(Conflict):
     code = "already_resolved"
 

@@ -173,14 +173,18 @@ class SetBusyOut(ErrorOut):
 
 
 class WriteRejectedOut(ErrorOut):
-    error: Literal["version_conflict", "stale_fence", "not_holder"]
+    error: Literal["version_conflict", "stale_fence", "not_holder", "approval_rejected"]
     conflict_id: int | None = Field(None, description="The Conflict that records this rejection.")
     current_version: int | None = None
 
 
 class ApprovalRequestedOut(Schema):
     approval_id: int
-    status: Literal["pending"]
+    status: Literal["pending", "approved"] = Field(
+        description="`approved` when a standing rule approved it at once (no operator)."
+    )
+    version: int | None = Field(None, description="The version it was applied as, if approved.")
+    reason: str = Field("", description="Why it was decided at once (the standing rule).")
 
 
 class ApprovalStatusOut(Schema):

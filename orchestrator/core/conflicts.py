@@ -22,6 +22,7 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from orchestrator.core.control import PAUSING_CONFLICTS, agent_pause_by_policy
 from orchestrator.core.events import event_emit
 from orchestrator.core.models import Agent, Conflict, ConflictKind, ConflictStatus, Resource
 from orchestrator.core.queue import db_now
@@ -89,6 +90,7 @@ def conflict_open(
                     "occurrences": repeated.occurrences,
                 },
             )
+            _pause_check(kind, agent)
             return repeated
     conflict = Conflict.objects.create(
         kind=kind,
@@ -110,7 +112,19 @@ def conflict_open(
         subject=conflict,
         payload={"kind": kind, "resource": res.name, "detail": detail, "status": conflict.status},
     )
+    _pause_check(kind, agent)
     return conflict
+
+
+def _pause_check(kind: str, agent: Agent | None) -> None:
+    """Once this transaction commits, pause ``agent`` if its team's policy says so
+    (control.agent_pause_by_policy). Not in this transaction: it holds the Resource
+    row lock, and the Agent row comes before it in the one lock order. Only for teams
+    with the policy on (``agent.team`` is loaded with the agent on the write paths)."""
+    if agent is None or kind not in PAUSING_CONFLICTS or agent.team.pause_after_conflicts is None:
+        return
+    agent_id = agent.pk
+    transaction.on_commit(lambda: agent_pause_by_policy(agent_id=agent_id), robust=True)
 
 
 def deadlock_open(

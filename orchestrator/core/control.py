@@ -7,10 +7,13 @@ the user who made it.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timedelta
+
+from django.utils import timezone
 
 from orchestrator.core import wakeups
 from orchestrator.core.events import event_emit, service
-from orchestrator.core.models import Agent, Run, Team
+from orchestrator.core.models import Agent, ConflictKind, Event, Run, Team
 from orchestrator.core.rowlocks import lock_agents, lock_runs, lock_switchboard, lock_teams
 from orchestrator.core.types import User
 
@@ -41,6 +44,66 @@ def teams_set_paused(*, teams: Iterable[Team], paused: bool, user: User = None) 
         if not paused:
             _wake_resumed(list(team.agents.values_list("pk", flat=True)))
     return len(changed)
+
+
+# The conflicts that count toward a team's pause_after_conflicts: an agent that keeps
+# writing with a stale token or a stale version is working on a world it does not see.
+PAUSING_CONFLICTS = (ConflictKind.STALE_FENCE, ConflictKind.WRITE_CONFLICT)
+
+
+def conflicts_counted(agent: Agent, since: datetime) -> int:
+    """How many stale-fence and write conflicts ``agent`` had since ``since``, counting
+    each refusal that repeated an earlier one (``conflict.repeated``): read from the
+    event log, which has every one of them."""
+    return Event.objects.filter(
+        agent=agent,
+        kind__in=["conflict.opened", "conflict.repeated"],
+        payload__kind__in=PAUSING_CONFLICTS,
+        created_at__gte=since,
+    ).count()
+
+
+@service
+def agent_pause_by_policy(*, agent_id: int) -> bool:
+    """Pause the agent if its team's ``pause_after_conflicts`` is reached: that many
+    stale-fence and write conflicts in the team's ``pause_conflict_window`` minutes,
+    counting only those since the agent was last resumed (an operator who resumes it
+    gives it a clean slate). Emits ``agent.paused`` by "policy" with the reason.
+    Returns whether it paused the agent; an agent already paused, or below the
+    threshold, is left as it is. Run after the transaction that recorded the conflict
+    commits (core/conflicts.py), so that its events are counted."""
+    agent = next(iter(lock_agents([agent_id])), None)
+    if agent is None or agent.paused:
+        return False
+    team = agent.team
+    limit = team.pause_after_conflicts
+    if limit is None:
+        return False
+    since = timezone.now() - timedelta(minutes=team.pause_conflict_window)
+    resumed = (
+        Event.objects.filter(agent=agent, kind="agent.resumed")
+        .order_by("-id")
+        .values_list("created_at", flat=True)
+        .first()
+    )
+    if resumed is not None and resumed > since:
+        since = resumed
+    count = conflicts_counted(agent, since)
+    if count < limit:
+        return False
+    agent.paused = True
+    agent.save(update_fields=["paused"])
+    event_emit(
+        "agent.paused",
+        agent=agent,
+        actor="policy",
+        subject=agent,
+        payload={
+            "reason": f"{count} stale-fence or write conflicts within "
+            f"{team.pause_conflict_window} minutes (the team pauses an agent at {limit})"
+        },
+    )
+    return True
 
 
 def _wake_resumed(agent_ids: list[int]) -> None:

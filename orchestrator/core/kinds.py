@@ -123,7 +123,8 @@ KINDS: dict[str, EventKind] = _kinds(
     EventKind("team.paused", "team"),
     EventKind("team.resumed", "team"),
     EventKind("agent.created", "agent"),
-    EventKind("agent.paused", "agent"),
+    # By an operator; or by the team's policy (actor "policy", core/control.py), saying why.
+    EventKind("agent.paused", "agent", {"reason": Field((str,), optional=True)}),
     EventKind("agent.resumed", "agent"),
     EventKind("agent.token_reset", "agent"),
     EventKind("agent.finished", "agent", {"run": RUN_ID, "why": TEXT}),

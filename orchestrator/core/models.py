@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -56,6 +57,28 @@ class Team(models.Model):
         default=False,
         help_text="Keep renewing the leases of paused agents (otherwise they expire).",
     )
+    # Pause by policy (core/control.py agent_pause_by_policy).
+    pause_after_conflicts = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Pause an agent whose stale-fence and write conflicts reach this many "
+        "within the window below (counted since it was last resumed); empty: never.",
+    )
+    pause_conflict_window = models.PositiveIntegerField(
+        default=10, help_text="Minutes over which an agent's conflicts are counted."
+    )
+    # Notifications (core/notifications.py, docs/notifications.md).
+    operators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="notified_teams",
+        help_text="Who is e-mailed about this team's incidents. Empty: every active member "
+        "of the operators group with an e-mail address. (Who may act is still decided "
+        "by the groups.)",
+    )
+    email_notifications = models.BooleanField(
+        default=True, help_text="E-mail the team's operators about its incidents."
+    )
     paused = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -65,6 +88,13 @@ class Team(models.Model):
             models.CheckConstraint(
                 condition=Q(default_lease_ttl__gte=1) & Q(default_lease_ttl__lte=86400),
                 name="team_lease_ttl_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(pause_conflict_window__gte=1), name="team_pause_window_positive"
+            ),
+            models.CheckConstraint(
+                condition=Q(pause_after_conflicts__isnull=True) | Q(pause_after_conflicts__gte=1),
+                name="team_pause_after_positive",
             ),
         ]
 
@@ -922,3 +952,131 @@ class Switchboard(models.Model):
 
     def __str__(self) -> str:
         return "switchboard"
+
+
+# --- Notifications (core/notifications.py, core/deliveries.py, docs/notifications.md) ---
+
+
+class IncidentKind(models.TextChoices):
+    APPROVAL_WAITING = "approval_waiting", "An approval waits for a decision"
+    APPROVAL_ESCALATED = "approval_escalated", "An approval was escalated (its deadline passed)"
+    DEADLOCK = "deadlock", "A deadlock waits for an operator to choose the victim"
+    STALE_FENCE = "stale_fence", "A write with a stale fencing token was refused"
+    RUN_FAILED = "run_failed", "A run failed"
+    AGENT_PAUSED = "agent_paused", "An agent was paused by policy"
+
+
+class Audience(models.TextChoices):
+    OPERATORS = "operators", "The team's operators: every incident but escalations"
+    ESCALATION = "escalation", "The second group: escalations only"
+    ALL = "all", "Both: every incident"
+
+
+class Webhook(models.Model):
+    """A URL told about a team's incidents: a JSON POST signed with HMAC-SHA256 over
+    ``"{timestamp}.{body}"`` with ``secret`` (core/deliveries.py; docs/notifications.md)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="webhooks")
+    url = models.URLField(
+        max_length=500,
+        validators=[URLValidator(schemes=["http", "https"])],
+        help_text="http:// or https://. Redirects are not followed.",
+    )
+    # Kept as it is: signing needs it. Generated, shown once when the webhook is created
+    # or its secret rotated, and masked afterwards (core/admin.py).
+    secret = models.CharField(max_length=100, editable=False)
+    kinds = models.JSONField(
+        default=list, blank=True, help_text="The incident kinds it is told; empty: all of them."
+    )
+    audience = models.CharField(
+        max_length=16, choices=Audience.choices, default=Audience.OPERATORS
+    )
+    active = models.BooleanField(default=True)
+    note = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["team__name", "pk"]
+
+    def __str__(self) -> str:
+        return f"{self.team}: {self.url}"
+
+    def clean(self) -> None:
+        if not isinstance(self.kinds, list):
+            raise ValidationError({"kinds": "A list of incident kinds."})
+        unknown = sorted(set(map(str, self.kinds)) - set(IncidentKind.values))
+        if unknown:
+            raise ValidationError({"kinds": f"Unknown incident kind(s): {', '.join(unknown)}"})
+
+    def wants(self, kind: str) -> bool:
+        """Whether an incident of ``kind`` goes to this webhook (its audience and kinds)."""
+        escalation = kind == IncidentKind.APPROVAL_ESCALATED
+        audience = Audience.ESCALATION if escalation else Audience.OPERATORS
+        return self.audience in (audience, Audience.ALL) and (not self.kinds or kind in self.kinds)
+
+
+class Incident(models.Model):
+    """Something an operator should be told about, once: one row per (kind, key)
+    however many events or sweeps report it (core/notifications.py)."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="incidents")
+    kind = models.CharField(max_length=32, choices=IncidentKind.choices)
+    # What makes it one thing: "approval:12", "conflict:7", "run:3", ...
+    key = models.CharField(max_length=200)
+    event_kind = models.CharField(max_length=64, help_text="The event that opened it.")
+    subject_type = models.CharField(max_length=32, blank=True)
+    subject_id = models.BigIntegerField(null=True, blank=True)
+    title = models.CharField(max_length=300)
+    detail = models.TextField(blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "key"], name="incident_once_per_key"),
+        ]
+        indexes = [models.Index(fields=["team", "created_at"], name="incident_team_created")]
+
+    def __str__(self) -> str:
+        return f"incident #{self.pk}: {self.title}"
+
+
+class DeliveryChannel(models.TextChoices):
+    WEBHOOK = "webhook", "Webhook"
+    EMAIL = "email", "E-mail"
+
+
+class DeliveryOutcome(models.TextChoices):
+    DELIVERED = "delivered", "Delivered"
+    RETRYING = "retrying", "Failed; another attempt is scheduled"
+    FAILED = "failed", "Failed; given up"
+    SKIPPED = "skipped", "Skipped (no longer waiting, or nobody to tell)"
+
+
+class Delivery(models.Model):
+    """One attempt to tell one target about an incident. Append-only: a retry is a new
+    row, so the history shows each attempt's status code."""
+
+    incident = models.ForeignKey(Incident, on_delete=models.CASCADE, related_name="deliveries")
+    channel = models.CharField(max_length=16, choices=DeliveryChannel.choices)
+    webhook = models.ForeignKey(
+        Webhook, on_delete=models.SET_NULL, null=True, blank=True, related_name="deliveries"
+    )
+    recipients = models.TextField(blank=True, help_text="The URL, or the e-mail addresses.")
+    attempt = models.PositiveSmallIntegerField()
+    outcome = models.CharField(max_length=16, choices=DeliveryOutcome.choices)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_excerpt = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        ordering = ["-created_at", "-pk"]
+        indexes = [models.Index(fields=["incident", "channel"], name="delivery_incident")]
+
+    def __str__(self) -> str:
+        return f"{self.channel} attempt {self.attempt} of incident #{self.incident_id}"

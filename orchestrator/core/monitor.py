@@ -1,4 +1,5 @@
-"""The monitor's periodic sweep: expire leases, wake waiters, catch deadlocks.
+"""The monitor's periodic sweep: expire leases, wake waiters, catch deadlocks, and
+apply the outcome of approvals whose deadline passed.
 
 Each resource with an expired lease is handled in its own short transaction
 (lock the row, expire, grant the next waiters), so the sweep never holds many
@@ -14,6 +15,7 @@ from datetime import datetime
 
 from django.db.models import Q
 
+from orchestrator.core.approvals import approval_deadline_pass, approvals_past_deadline
 from orchestrator.core.deadlocks import auto_break_pending, deadlock_sweep
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.events import service
@@ -34,9 +36,14 @@ class SweepReport:
     auto_broken: int = 0
     renewed: int = 0
     lock_sets: int = 0
+    # Approvals whose deadline passed, by what their policy did: rejected, approved,
+    # failed (approved, but no longer applicable) or escalated.
+    deadlines: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.expired or self.granted or self.deadlocks or self.dissolved)
+        return bool(
+            self.expired or self.granted or self.deadlocks or self.dissolved or self.deadlines
+        )
 
 
 @service
@@ -108,6 +115,10 @@ def monitor_sweep() -> SweepReport:
     for lock_set_id in lock_sets_to_continue():
         continue_lock_set(lock_set_id)
         report.lock_sets += 1
+    for approval_id in approvals_past_deadline():
+        done = approval_deadline_pass(approval_id)
+        if done is not None:
+            report.deadlines[done] = report.deadlines.get(done, 0) + 1
     result = deadlock_sweep()
     report.deadlocks = result.detected
     report.dissolved = result.dissolved

@@ -33,6 +33,7 @@ from orchestrator.core.models import (
     Agent,
     Approval,
     ApprovalReason,
+    ApprovalStatus,
     Conflict,
     ConflictKind,
     ConflictPolicy,
@@ -129,12 +130,38 @@ def resource_read(*, resource: Resource | str | int, agent: Agent | None = None)
 
 @dataclass
 class WriteResult:
-    status: str  # applied | stale_fence | not_holder | version_conflict | approval_pending
+    # applied | stale_fence | not_holder | version_conflict | approval_pending |
+    # approval_rejected (by a standing rule)
+    status: str
     resource: Resource
     version: int | None = None
     approval: Approval | None = None
     conflict: Conflict | None = None
     detail: str = ""
+
+
+def _approval_result(
+    res: Resource, approval: Approval, *, conflict: Conflict | None = None, detail: str = ""
+) -> WriteResult:
+    """A write that became ``approval``: pending, or decided at once by a standing rule
+    (applied, or ``approval_rejected`` with the rule's reason)."""
+    if approval.status == ApprovalStatus.PENDING:
+        return WriteResult(
+            "approval_pending", res, approval=approval, conflict=conflict, detail=detail
+        )
+    if approval.status == ApprovalStatus.APPROVED:
+        return WriteResult(
+            "applied",
+            res,
+            version=approval.applied_version,
+            approval=approval,
+            conflict=conflict,
+            detail=approval.decision_note,
+        )
+    return WriteResult(
+        "approval_rejected", res, approval=approval, conflict=conflict,
+        detail=approval.decision_note,
+    )  # fmt: skip
 
 
 @service
@@ -237,10 +264,9 @@ def resource_write(
                 note=note,
                 step=step,
                 conflict=conflict,
+                queue=queue,
             )
-            return WriteResult(
-                "approval_pending", res, approval=approval, conflict=conflict, detail=detail
-            )
+            return _approval_result(res, approval, conflict=conflict, detail=detail)
         event_emit(
             "write.rejected",
             agent=agent,
@@ -270,8 +296,9 @@ def resource_write(
             fence=fence,
             note=note,
             step=step,
+            queue=queue,
         )
-        return WriteResult("approval_pending", res, approval=approval)
+        return _approval_result(res, approval)
 
     version = apply_write(
         res, value, agent=agent, fence=fence, team_id=team_id, idempotency_key=idempotency_key

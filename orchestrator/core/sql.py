@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from django.db import connection
 from django.db.models import Model
+from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from orchestrator.core.models import Agent, Event, Lock, LockRequest, Resource, Run, Step, Team
@@ -510,3 +511,31 @@ def transcript_turns(run_id: int, agent_id: int, before: int, window: int) -> li
     with connection.cursor() as cursor:
         cursor.execute(_TRANSCRIPT, [run_id, agent_id, before, window])
         return [json.loads(t) if isinstance(t, str) else t for (t,) in cursor.fetchall()]
+
+
+# --- notifications ------------------------------------------------------------------
+
+_INCIDENT_COLUMNS = [
+    "team_id", "kind", "key", "event_kind", "subject_type", "subject_id", "title", "detail",
+    "data", "created_at",
+]  # fmt: skip
+
+
+def insert_incident(incident: Any) -> int | None:
+    """Insert an incident (core/notifications.py ``NewIncident``) unless one with its
+    kind and key exists; return its id, or None if it existed. ``ON CONFLICT DO
+    NOTHING``: two transactions inserting the same key at once (two monitors' sweeps)
+    give one row, the second waiting for the first to commit, and neither fails, as a
+    ``get_or_create`` would without a savepoint of its own."""
+    placeholders = ", ".join(["%s"] * len(_INCIDENT_COLUMNS))
+    params = [incident.team_id, incident.kind, incident.key, incident.event_kind,
+              incident.subject_type, incident.subject_id, incident.title[:300],
+              incident.detail, Jsonb(incident.data), timezone.now()]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO core_incident ({', '.join(_INCIDENT_COLUMNS)}) VALUES ({placeholders}) "  # noqa: S608
+            "ON CONFLICT (kind, key) DO NOTHING RETURNING id",
+            params,
+        )
+        row = cursor.fetchone()
+    return row[0] if row is not None else None

@@ -240,6 +240,9 @@ def request_approval(agent: Agent, args: AskApproval) -> dict[str, Any]:
         fence=args.fence,
         note=args.reason,
     )
+    if result.status == "applied":  # a standing rule approved it at once
+        return {"status": "approved", "approval_id": result.approval.pk,
+                "version": result.version, "reason": result.detail}  # fmt: skip
     if result.status != "approval_pending":
         raise _rejected(result)
     return {"status": "pending", "approval_id": result.approval.pk}

@@ -24,7 +24,12 @@ def test_a_request_waits_for_an_operator_with_its_reason(alice) -> None:
 
     assert asked.status_code == 202
     approval_id = asked.json()["approval_id"]
-    assert asked.json() == {"approval_id": approval_id, "status": "pending"}
+    assert asked.json() == {
+        "approval_id": approval_id,
+        "status": "pending",
+        "version": None,
+        "reason": "",
+    }
     approval = Approval.objects.get(pk=approval_id)
     assert (approval.note, approval.reason) == ("ready to ship", ApprovalReason.REQUESTED)
     assert approval.agent_id == alice.agent.pk
