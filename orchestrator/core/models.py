@@ -988,9 +988,7 @@ class Webhook(models.Model):
     kinds = models.JSONField(
         default=list, blank=True, help_text="The incident kinds it is told; empty: all of them."
     )
-    audience = models.CharField(
-        max_length=16, choices=Audience.choices, default=Audience.OPERATORS
-    )
+    audience = models.CharField(max_length=16, choices=Audience.choices, default=Audience.OPERATORS)
     active = models.BooleanField(default=True)
     note = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
