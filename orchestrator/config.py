@@ -45,6 +45,7 @@ class Config:
     hsts_seconds: int = 0
     channel_prefix: str = "orchestrator"  # the channel layer's names on Redis
     model_key_envs: tuple[str, ...] = ()  # the variables api_key_env may name
+    otel: bool = False  # OpenTelemetry spans of the agent runtime (agents/tracing.py)
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
@@ -90,6 +91,7 @@ OWN_VARIABLES = frozenset(
         "ORCHESTRATOR_DB_POOL",
         "ORCHESTRATOR_CHANNEL_PREFIX",
         "ORCHESTRATOR_MODEL_KEY_ENVS",
+        "ORCHESTRATOR_OTEL",
         "DJANGO_SETTINGS_MODULE",
     }
 )
@@ -249,4 +251,5 @@ def load(environ: Mapping[str, str]) -> Config:
             environ.get("ORCHESTRATOR_MODEL_KEY_ENVS"),
             DEFAULT_MODEL_KEY_ENVS,
         ),
+        otel=parse_bool("ORCHESTRATOR_OTEL", environ.get("ORCHESTRATOR_OTEL"), default=False),
     )

@@ -20,6 +20,9 @@ DATA_DIR = CONFIG.data_dir
 # The environment variables that agents' backend configs may name as their model's API
 # key (api_key_env): ORCHESTRATOR_MODEL_KEY_ENVS, comma-separated (orchestrator/config.py).
 ORCHESTRATOR_MODEL_KEY_ENVS = list(CONFIG.model_key_envs)
+# OpenTelemetry spans of agent steps, model calls and tool calls: ORCHESTRATOR_OTEL=1, with
+# the otel extra installed (agents/tracing.py; the exporter reads the standard OTEL_* variables).
+ORCHESTRATOR_OTEL = CONFIG.otel
 
 # Production behind a TLS-terminating reverse proxy (HTTPS=1): secure cookies, HTTPS
 # redirects (but not for /healthz, which load balancers ask over plain HTTP), HSTS,
