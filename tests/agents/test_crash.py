@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,23 @@ def start_worker(worker_class: str, log: Path | None = None) -> subprocess.Popen
     finally:
         if log:
             out.close()
+
+
+def stop_workers(workers: list[subprocess.Popen], timeout: float = 60) -> None:
+    """SIGTERM each worker's process group (a warm shutdown: a job in hand is finished),
+    wait up to ``timeout`` seconds in all (a liveness bound: a loaded 2-core machine can
+    take more than 10 s to finish a step), then SIGKILL what is left."""
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        try:
+            worker.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
 
 
 def run_state(run: Run) -> str:

@@ -17,8 +17,6 @@ bounds), never sleeps.
 from __future__ import annotations
 
 import json
-import os
-import signal
 from io import StringIO
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from django.db import connection
 from agents.scenarios import OPENING_BALANCE, TRANSFERS_PER_TELLER
 from orchestrator.core.deadlocks import deadlock_sweep
 from orchestrator.core.models import Agent, Conflict, Lock, LockSet, Resource, Run
-from tests.agents.test_crash import run_state, start_worker
+from tests.agents.test_crash import run_state, start_worker, stop_workers
 from tests.concurrency.processes import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -79,10 +77,7 @@ def test_tellers_on_real_workers_cross_their_orders_and_never_deadlock(
             tails = "\n".join(log.read_text(errors="replace")[-1500:] for log in logs)
             raise AssertionError(f"{timed_out}\n{run_state(run)}\nworker logs:\n{tails}") from None
     finally:
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            worker.wait(10)
+        stop_workers(workers)
 
     assert run.status == Run.Status.FINISHED, run_state(run)
     assert found_cycles == []
