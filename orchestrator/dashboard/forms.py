@@ -7,9 +7,11 @@ the errors shown), never an exception in a service.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
+from django.utils import timezone
 
 from orchestrator.core.deadlocks import BreakAction
 from orchestrator.core.models import (
@@ -18,6 +20,7 @@ from orchestrator.core.models import (
     Agent,
     ConflictKind,
     ConflictStatus,
+    RuleAction,
     Team,
 )
 
@@ -79,6 +82,66 @@ class DecisionForm(forms.Form):
                     cleaned["parsed_value"] = json.loads(raw)
                 except ValueError as exc:
                     self.add_error("value", f"This is not valid JSON: {exc}")
+        return cleaned
+
+
+# How long a standing rule made from an approval lasts; "never": until revoked.
+RULE_DURATIONS = {
+    "1h": timedelta(hours=1),
+    "8h": timedelta(hours=8),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+    "never": None,
+}
+RULE_USES_MAX = 1_000_000
+
+
+class RuleFromApprovalForm(forms.Form):
+    """A standing rule made from an approval: always approve, or always reject, the
+    writes of its agent (or of any agent) to its resource, for a while or a number of
+    writes. The defaults are this agent, this resource, for 24 hours: a rule that
+    outlives the operator's attention is the risk; no end and no limit is allowed,
+    and the page says what it means."""
+
+    THIS_AGENT, ANY_AGENT = "this", "any"
+
+    action = forms.ChoiceField(choices=RuleAction.choices)
+    agents = forms.ChoiceField(
+        choices=[(THIS_AGENT, "this agent"), (ANY_AGENT, "any agent of the team")],
+        initial=THIS_AGENT,
+        widget=forms.RadioSelect,
+    )
+    until = forms.ChoiceField(
+        choices=[
+            ("1h", "for 1 hour"),
+            ("8h", "for 8 hours"),
+            ("24h", "for 24 hours"),
+            ("7d", "for 7 days"),
+            ("30d", "for 30 days"),
+            ("never", "no end date (until revoked)"),
+        ],
+        initial="24h",
+    )
+    max_uses = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=RULE_USES_MAX,
+        label="For this many writes",
+        help_text="Empty: no limit on the number of writes.",
+    )
+    reason = forms.CharField(
+        required=False,
+        max_length=NOTE_MAX,
+        help_text="Told to the agent whose write the rule decides.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        cleaned["any_agent"] = cleaned.get("agents") == self.ANY_AGENT
+        duration = RULE_DURATIONS.get(cleaned.get("until") or "never")
+        expires: datetime | None = None if duration is None else timezone.now() + duration
+        cleaned["expires_at"] = expires
         return cleaned
 
 

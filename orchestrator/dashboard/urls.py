@@ -34,4 +34,10 @@ urlpatterns = [
         actions.approval_decide_view,
         name="approval-decide",
     ),
+    path(
+        "actions/approvals/<int:approval_id>/rule",
+        actions.approval_rule_create,
+        name="approval-rule",
+    ),
+    path("actions/rules/<int:rule_id>/revoke", actions.rule_revoke_view, name="rule-revoke"),
 ]

@@ -6,8 +6,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.core.locks import lock_acquire
-from orchestrator.core.models import Agent, Approval, Conflict, Lock, Resource, Team
-from orchestrator.core.resources import resource_create, resource_write
+from orchestrator.core.models import (
+    Agent,
+    Approval,
+    ApprovalPolicy,
+    Conflict,
+    Lock,
+    Resource,
+    Team,
+)
+from orchestrator.core.resources import approval_request, resource_create, resource_write
 from tests import factories
 
 
@@ -60,3 +68,36 @@ def held_lock(resource_name: str = "printer", agent_name: str = "holder") -> Loc
     agent = factories.agent(team_=team, name=agent_name)
     resource_create(name=resource_name, value={"jobs": []}, team=team)
     return lock_acquire(agent=agent, resource=resource_name, ttl=600).lock
+
+
+@dataclass
+class UnderPolicy:
+    team: Team
+    resource: Resource
+    agent: Agent
+    policy: ApprovalPolicy
+    approval: Approval
+
+
+def write_under_policy(
+    name: str = "budget",
+    *,
+    started_by: Any = None,
+    proposed: Any = None,
+    **policy: Any,
+) -> UnderPolicy:
+    """An agent's write to ``name`` waits for approval under the team's policy (keyword
+    arguments: ApprovalPolicy fields, e.g. ``required_approvals=2``); ``started_by`` is
+    the operator who started the agent's run (under the two-person rule, not counted)."""
+    team = factories.team(name=f"{name}-team")
+    agent = factories.agent(team_=team, name=f"{name}-agent")
+    resource = resource_create(name=name, value={"total": 100}, team=team)
+    rules = ApprovalPolicy.objects.create(team=team, **policy)
+    step = None
+    if started_by is not None:
+        run = factories.run(team=team, created_by=started_by, status="running")
+        step = run.steps.create(agent=agent, number=1)
+    value = {"total": 120} if proposed is None else proposed
+    asked = approval_request(agent=agent, resource=name, value=value, step=step)
+    assert asked.status == "approval_pending", asked
+    return UnderPolicy(team, resource, agent, rules, Approval.objects.get(pk=asked.approval.pk))

@@ -239,6 +239,147 @@ def test_a_contested_write_is_approved_from_the_page(app: str, page: Any) -> Non
     assert Resource.objects.get(name="minutes").value == {"text": "agreed", "by": "writer 2"}
 
 
+def test_a_two_person_approval_waits_for_the_second_operator_live(
+    app: str, page: Any, browser: Any
+) -> None:
+    """Olivia approves a write that needs two operators: her card says 1 of 2 and stays
+    pending, on her page and, live, on Otto's; Otto's approval decides it, and Olivia's
+    page shows it decided without a reload. Olivia's browser clock is an hour slow: the
+    deadline still counts down on the server's clock."""
+    from datetime import datetime, timedelta
+
+    from playwright.sync_api import expect
+
+    from orchestrator.core.models import Approval, Event
+
+    builders.operator("olivia")
+    builders.operator("otto")
+    scene = scenes.write_under_policy("payroll", required_approvals=2, deadline_seconds=1800)
+    page.context.clock.install(time=datetime.now() - timedelta(hours=1))
+    log_in(page, "olivia")
+    page.goto("/approvals/")
+    expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
+    card = page.locator(f"#approval-{scene.approval.pk}")
+    expect(card.locator('[data-role="tally"]')).to_have_text("0 of 2 approvals")
+    left = card.locator('[data-role="time-left"]')
+    expect(left).to_have_text(re.compile(r"^(29m [0-5]\ds|30m 00s) left$"))  # not 1h 29m
+    counted = left.text_content()
+    expect(left).not_to_have_text(counted or "", timeout=3000)  # it counts down
+    expect(card.locator('[data-role="outcome"]')).to_have_text("rejected (fail closed)")
+
+    other = browser.new_context(base_url=app, viewport={"width": 1280, "height": 800})
+    problems: list[str] = []
+    otto = other.new_page()
+    otto.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    log_in(otto, "otto")
+    otto.goto("/approvals/")
+    expect(otto.locator("#live-status")).to_have_text("live", timeout=10_000)
+    otto_card = otto.locator(f"#approval-{scene.approval.pk}")
+    expect(otto_card.locator('[data-role="tally"]')).to_have_text("0 of 2 approvals")
+
+    card.get_by_role("button", name="Approve", exact=True).click()
+    expect(page.locator(".messages")).to_contain_text("1 of 2 approvals; waiting for another")
+    expect(card.locator('[data-role="tally"]')).to_have_text("1 of 2 approvals")
+    expect(card.locator('[data-role="voters"]')).to_contain_text("approved by olivia")
+    expect(card.locator('[data-role="approve"]')).to_have_text(
+        "You approved: another operator must approve"
+    )
+    # Live on Otto's page (rendered before the vote): the tally moves, the card stays open.
+    expect(otto_card.locator('[data-role="tally"]')).to_have_text("1 of 2 approvals")
+    expect(otto_card.locator('[data-role="voters"]')).to_contain_text("approved by olivia")
+    expect(otto_card).not_to_have_class(re.compile(r"\bdecided\b"))
+    expect(otto_card.locator('[data-role="status"]')).to_have_text("pending")
+    expect(otto_card.get_by_role("button", name="Approve", exact=True)).to_be_enabled()
+    voted = Event.objects.get(kind="approval.voted").pk
+    expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
+    page.wait_for_function(f"Number(document.body.dataset.lastEventId) >= {voted}")
+    expect(card).not_to_have_class(re.compile(r"\bdecided\b"))
+    assert Approval.objects.get(pk=scene.approval.pk).status == "pending"
+    screenshot(page, "approvals-two-person")
+
+    otto_card.get_by_role("button", name="Approve", exact=True).click()
+    expect(otto.locator(".messages")).to_contain_text("approved: applied as version 1")
+    # Olivia's page, not reloaded, shows the decision as it happens.
+    expect(card).to_have_class(re.compile(r"\bdecided\b"))
+    expect(card.locator('[data-role="status"]')).to_have_text("approved by otto")
+    expect(card.locator('[data-role="approve"]')).to_be_disabled()
+    approval = Approval.objects.get(pk=scene.approval.pk)
+    assert (approval.status, approval.decision_note) == ("approved", "approved by olivia, otto")
+    other.close()
+    assert problems == []
+
+
+def test_an_escalation_shows_live_on_the_card_and_does_not_decide_it(app: str, page: Any) -> None:
+    from datetime import timedelta
+
+    from django.contrib.auth.models import Group
+    from django.utils import timezone
+    from playwright.sync_api import expect
+
+    from orchestrator.core.approvals import approval_deadline_pass
+    from orchestrator.core.models import Approval
+
+    builders.operator("olivia")
+    leads = Group.objects.create(name="night leads")
+    scene = scenes.write_under_policy(
+        "rota", deadline_seconds=30, on_deadline="escalate", escalate_to=leads,
+        escalation_seconds=600,
+    )  # fmt: skip
+    log_in(page, "olivia")
+    page.goto("/approvals/")
+    expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
+    card = page.locator(f"#approval-{scene.approval.pk}")
+    expect(card.locator('[data-role="outcome"]')).to_have_text(
+        "escalated to night leads (the deadline is extended once)"
+    )
+    expect(card.locator('[data-role="escalated"]')).to_be_hidden()
+    Approval.objects.filter(pk=scene.approval.pk).update(
+        deadline_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert approval_deadline_pass(scene.approval.pk) == "escalated"
+    expect(card.locator('[data-role="escalated"]')).to_have_text("escalated to night leads")
+    expect(card.locator('[data-role="outcome"]')).to_have_text("rejected (fail closed)")
+    expect(card.locator('[data-role="time-left"]')).to_have_text(
+        re.compile(r"^(9m [0-5]\ds|10m 00s) left$")
+    )
+    expect(card).not_to_have_class(re.compile(r"\bdecided\b"))
+    expect(card.locator('[data-role="status"]')).to_have_text("pending")
+
+
+def test_a_standing_rule_is_made_from_an_approval_and_revoked(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.models import Approval, StandingRule
+
+    builders.operator("olivia")
+    scene = scenes.contested_write("roster")
+    log_in(page, "olivia")
+    page.goto("/approvals/")
+    card = page.locator(f"#approval-{scene.approval.pk}")
+    card.get_by_text("Standing rule for writes like this…").click()
+    form = card.locator("form.rule-form")
+    expect(form.get_by_label("this agent, roster-writer-2")).to_be_checked()
+    expect(form.get_by_label("Lasts")).to_have_value("24h")
+    form.get_by_label("any agent of team").check()
+    form.get_by_label("Lasts").select_option("1h")
+    form.get_by_label("For this many writes").fill("5")
+    screenshot(page, "approvals-rule-form")
+    form.get_by_role("button", name="Always reject").click()
+    expect(page.locator(".messages")).to_contain_text("always reject writes by any agent to roster")
+    expect(page.locator(".messages")).to_contain_text("still waits for your decision")
+    rule = StandingRule.objects.get()
+    assert (rule.action, rule.agent_id, rule.max_uses) == ("reject", None, 5)
+    row = page.locator(f'#rules-table tr[data-rule-id="{rule.pk}"]')
+    expect(row.locator(".uses")).to_have_text("0 of 5")
+    expect(page.locator(f"#approval-{scene.approval.pk}")).to_be_visible()  # still pending
+    assert Approval.objects.get(pk=scene.approval.pk).status == "pending"
+    row.get_by_role("button", name="Revoke").click()
+    expect(page.locator(".messages")).to_contain_text(f"Revoked rule #{rule.pk}")
+    expect(page.locator("#rules-table")).to_contain_text("No standing rule is in force.")
+    rule.refresh_from_db()
+    assert not rule.active
+
+
 def test_a_waiting_lock_set_is_one_wait_and_changes_live_when_granted(app: str, page: Any) -> None:
     from playwright.sync_api import expect
 

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from orchestrator.core.errors import NotFound
-from orchestrator.core.models import Agent, Approval, Conflict, ConflictKind, Lock, Run, Team
+from orchestrator.core.models import (
+    Agent,
+    Approval,
+    Conflict,
+    ConflictKind,
+    Lock,
+    Run,
+    StandingRule,
+    Team,
+)
 
 
 def agent_get(*, agent_id: int) -> Agent:
@@ -50,3 +59,10 @@ def approval_get(*, approval_id: int) -> Approval:
     if approval is None:
         raise NotFound("approval_not_found", f"no approval with id {approval_id}")
     return approval
+
+
+def rule_get(*, rule_id: int) -> StandingRule:
+    rule = StandingRule.objects.filter(pk=rule_id).first()
+    if rule is None:
+        raise NotFound("rule_not_found", f"no standing rule with id {rule_id}")
+    return rule

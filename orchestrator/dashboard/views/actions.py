@@ -29,11 +29,13 @@ from orchestrator.core.control import (
 from orchestrator.core.deadlocks import deadlock_break
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.locks import lock_force_release
+from orchestrator.core.policies import rule_create, rule_describe, rule_revoke
 from orchestrator.dashboard.forms import (
     BreakDeadlockForm,
     DecisionForm,
     ForceReleaseForm,
     PauseForm,
+    RuleFromApprovalForm,
     RunStartForm,
 )
 from orchestrator.dashboard.selectors import lookups
@@ -251,3 +253,47 @@ def approval_decide_view(request: HttpRequest, approval_id: int) -> HttpResponse
     except ProtocolError as exc:
         return refused(request, exc)
     return answer(request, detail=detail)
+
+
+@operator_required
+def approval_rule_create(request: HttpRequest, approval_id: int) -> HttpResponse:
+    """A standing rule from an approval ("always approve" / "always reject" its agent's,
+    or any agent's, writes to its resource). It decides the writes that come after;
+    the approval it was made from stays pending, for the operator to decide on its
+    own merits (it may be a contested write, which a rule about future writes says
+    nothing about)."""
+    form = RuleFromApprovalForm(request.POST)
+    if not form.is_valid():
+        if wants_json(request):
+            return invalid(request, form)
+        return approvals_page(request, rule_forms={approval_id: form}, status=400)
+    data = form.cleaned_data
+    try:
+        rule = rule_create(
+            user=request.user,
+            action=data["action"],
+            approval_id=approval_id,
+            any_agent=data["any_agent"],
+            expires_at=data["expires_at"],
+            max_uses=data["max_uses"],
+            reason=data["reason"],
+        )
+    except ProtocolError as exc:
+        return refused(request, exc)
+    detail = (
+        f"Created {rule_describe(rule)}. It decides the writes that come after; "
+        f"approval #{approval_id} still waits for your decision."
+    )
+    return answer(request, detail=detail, rule=rule.pk)
+
+
+@operator_required
+def rule_revoke_view(request: HttpRequest, rule_id: int) -> HttpResponse:
+    def act(data: dict[str, Any]) -> str:
+        before = lookups.rule_get(rule_id=rule_id)
+        if not before.active:
+            return f"Rule #{rule_id} was already revoked."
+        rule_revoke(rule_id=rule_id, user=request.user)
+        return f"Revoked rule #{rule_id}: it decides no more writes."
+
+    return perform(request, forms.Form(request.POST), act)

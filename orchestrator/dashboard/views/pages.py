@@ -25,6 +25,7 @@ from orchestrator.dashboard.forms import (
     ConflictFilterForm,
     DecisionForm,
     GanttForm,
+    RuleFromApprovalForm,
     TimelineFilterForm,
 )
 from orchestrator.dashboard.gantt import gantt_chart
@@ -55,23 +56,35 @@ def graph(request: HttpRequest) -> HttpResponse:
 
 
 def approvals_page(
-    request: HttpRequest, *, bound: dict[int, DecisionForm] | None = None, status: int = 200
+    request: HttpRequest,
+    *,
+    bound: dict[int, DecisionForm] | None = None,
+    rule_forms: dict[int, RuleFromApprovalForm] | None = None,
+    status: int = 200,
 ) -> HttpResponse:
-    """The approvals queue; ``bound`` holds a form with errors to show again."""
-    bound = bound or {}
-    pending = approvals.approvals_pending()
-    items = [
-        {
-            "view": view,
-            "form": bound.get(view.approval.pk)
-            or DecisionForm(initial={"decision": "edit", "value": view.proposed_json}),
-        }
-        for view in pending
-    ]
+    """The approvals queue, the recent decisions and the standing rules in force;
+    ``bound`` and ``rule_forms`` hold forms with errors to show again, by approval."""
+    bound, rule_forms = bound or {}, rule_forms or {}
+    now = db_now()  # the clock deadlines run on; the page's countdowns start from it
+    pending = approvals.approvals_pending(now=now, viewer=request.user)
+    items = []
+    for view in pending:
+        pk = view.approval.pk
+        rule_form = rule_forms.get(pk) or RuleFromApprovalForm()
+        rule_form.auto_id = f"rule-{pk}-%s"  # one page, many cards: ids of their own
+        form = bound.get(pk) or DecisionForm(
+            initial={"decision": "edit", "value": view.proposed_json}
+        )
+        items.append({"view": view, "form": form, "rule_form": rule_form})
     return render(
         request,
         "dashboard/approvals.html",
-        {"items": items, "decided": approvals.approvals_decided()},
+        {
+            "items": items,
+            "decided": approvals.approvals_decided(),
+            "rules": approvals.rules_in_force(now=now),
+            "server_now": now,
+        },
         status=status,
     )
 
