@@ -16,6 +16,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 
+from orchestrator.core.admin_policies import ApprovalVoteInline  # and the policies' admin
 from orchestrator.core.control import teams_set_paused
 from orchestrator.core.models import (
     Approval,
@@ -217,6 +218,7 @@ class ApprovalAdmin(ReadOnlyAdmin):
     list_filter = ["status", "reason", "team"]
     search_fields = ["resource__name", "agent__name", "note", "decision_note"]
     list_select_related = ["resource", "agent", "decided_by"]
+    inlines = [ApprovalVoteInline]
 
 
 @admin.register(Event)
