@@ -45,6 +45,10 @@ class Config:
     hsts_seconds: int = 0
     channel_prefix: str = "orchestrator"  # the channel layer's names on Redis
     model_key_envs: tuple[str, ...] = ()  # the variables api_key_env may name
+    # Prometheus: the multiprocess directory every process of a host shares (default
+    # data_dir/metrics), and the bearer token of /metrics (None: /metrics is off).
+    metrics_dir: Path | None = None
+    metrics_token: str | None = None
     otel: bool = False  # OpenTelemetry spans of the agent runtime (agents/tracing.py)
 
 
@@ -91,6 +95,8 @@ OWN_VARIABLES = frozenset(
         "ORCHESTRATOR_DB_POOL",
         "ORCHESTRATOR_CHANNEL_PREFIX",
         "ORCHESTRATOR_MODEL_KEY_ENVS",
+        "ORCHESTRATOR_METRICS_TOKEN",
+        "PROMETHEUS_MULTIPROC_DIR",
         "ORCHESTRATOR_OTEL",
         "DJANGO_SETTINGS_MODULE",
     }
@@ -197,6 +203,33 @@ def parse_redis_url(raw: str | None, *, data_dir: Path) -> str:
     return value
 
 
+METRICS_TOKEN_MIN_LENGTH = 16
+
+
+def parse_metrics_token(raw: str | None) -> str | None:
+    """The bearer token of /metrics, or None (unset or blank: the endpoint is off).
+
+    At least :data:`METRICS_TOKEN_MIN_LENGTH` characters with no whitespace, so that a
+    placeholder such as ``changeme`` or a value cut at a space fails at start-up."""
+    value = (raw or "").strip()
+    if not value:
+        return None
+    if len(value) < METRICS_TOKEN_MIN_LENGTH or any(char.isspace() for char in value):
+        raise ConfigError(
+            f"ORCHESTRATOR_METRICS_TOKEN must be at least {METRICS_TOKEN_MIN_LENGTH} "
+            "characters, without spaces (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
+    return value
+
+
+def parse_metrics_dir(raw: str | None, *, data_dir: Path) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR (prometheus_client's multiprocess directory): given, or
+    ``data_dir/metrics``, so that the processes of one data directory add up."""
+    value = (raw or "").strip()
+    return Path(value) if value else data_dir / "metrics"
+
+
 def local_secret_key(data_dir: Path) -> str:
     """A key generated once per machine and kept in the data folder (mode 0600).
 
@@ -251,5 +284,7 @@ def load(environ: Mapping[str, str]) -> Config:
             environ.get("ORCHESTRATOR_MODEL_KEY_ENVS"),
             DEFAULT_MODEL_KEY_ENVS,
         ),
+        metrics_dir=parse_metrics_dir(environ.get("PROMETHEUS_MULTIPROC_DIR"), data_dir=data_dir),
+        metrics_token=parse_metrics_token(environ.get("ORCHESTRATOR_METRICS_TOKEN")),
         otel=parse_bool("ORCHESTRATOR_OTEL", environ.get("ORCHESTRATOR_OTEL"), default=False),
     )

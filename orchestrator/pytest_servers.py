@@ -41,6 +41,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     os.environ.setdefault(
         "ORCHESTRATOR_CHANNEL_PREFIX", f"orchestrator.test.{uuid.uuid4().hex[:12]}"
     )
+    # This run's own Prometheus directory (core/metrics.py), for the test process and the
+    # processes it starts: never that of a deployment, nor data/metrics of `make run`.
+    metrics = Path(tempfile.mkdtemp(prefix="orchestrator-test-metrics-"))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
+    early_config.add_cleanup(lambda: shutil.rmtree(metrics, ignore_errors=True))
     cfg = config.load(os.environ)
     if cfg.database_is_embedded or cfg.redis_is_default:
         directory = Path(tempfile.mkdtemp(prefix="orchestrator-test-"))

@@ -20,6 +20,14 @@ DATA_DIR = CONFIG.data_dir
 # The environment variables that agents' backend configs may name as their model's API
 # key (api_key_env): ORCHESTRATOR_MODEL_KEY_ENVS, comma-separated (orchestrator/config.py).
 ORCHESTRATOR_MODEL_KEY_ENVS = list(CONFIG.model_key_envs)
+# Prometheus metrics at /metrics (orchestrator/core/metrics.py, docs/operations.md): off
+# (404) unless ORCHESTRATOR_METRICS_TOKEN is set, then only with that bearer token. The
+# processes of a host add up in PROMETHEUS_MULTIPROC_DIR (default DATA_DIR/metrics).
+ORCHESTRATOR_METRICS_TOKEN = CONFIG.metrics_token
+PROMETHEUS_MULTIPROC_DIR = CONFIG.metrics_dir
+# Made now: prometheus_client opens its files there as soon as a metric exists, and
+# django_rq's admin module makes one when the apps load, before ours.
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 # OpenTelemetry spans of agent steps, model calls and tool calls: ORCHESTRATOR_OTEL=1, with
 # the otel extra installed (agents/tracing.py; the exporter reads the standard OTEL_* variables).
 ORCHESTRATOR_OTEL = CONFIG.otel

@@ -48,6 +48,7 @@ from agents.backends.base import BackendError, Decision, StepContext, ToolCall
 from agents.config import OpenAIConfig
 from agents.tools import TOOL_NAMES
 from orchestrator.api_keys import secret_from_env
+from orchestrator.core.metrics import model_call_timer
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_TOTAL_TIMEOUT = 300.0
@@ -184,7 +185,8 @@ class OpenAIBackend:
             remaining = deadline - self._clock()
             timeout = max(0.001, min(self.request_timeout, remaining))
             try:
-                return client.chat.completions.create(**request, timeout=timeout)
+                with model_call_timer():  # orchestrator_model_call_seconds, each request
+                    return client.chat.completions.create(**request, timeout=timeout)
             except openai.APIStatusError as exc:
                 if not _retryable(exc):
                     raise BackendError(

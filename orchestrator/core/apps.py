@@ -15,7 +15,9 @@ class CoreConfig(AppConfig):
         # bench/locks.py, where it was a tenth of a 3-second measurement).
         import orchestrator.core.deadlocks
         import orchestrator.core.lock_sets  # noqa: F401  (lock sets go on after commit)
-        from orchestrator.core import wakeups
+        from orchestrator.core import metrics, wakeups
 
         # Agents of the HTTP API long-poll their lock requests (wakeups.wait_for_wake).
         wakeups.register(wakeups.notify_http_waiters)
+        # Prometheus counters of what each service transaction committed (core/metrics.py).
+        metrics.install()

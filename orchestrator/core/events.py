@@ -70,11 +70,13 @@ def observe(observer: Callable[[list[Event]], None]) -> Callable[[list[Event]], 
     """Register ``observer`` to see the events of every service transaction.
 
     It is called inside the transaction, before the events are inserted (they have no
-    ids yet), with the list in emit order. It may write rows of its own (they commit or
-    roll back with the events) and register ``transaction.on_commit`` callbacks for what
-    must happen only once they are committed (a counter, a job). It must not emit
-    events. Register at import time or in an ``AppConfig.ready()``; usable as a
-    decorator.
+    ids yet), with the list in emit order. Each event also carries the instance it was
+    emitted about, as the emitter had it (``event.subject_object``, not saved; None
+    without a subject), so an observer reads its fields without a query. It may write
+    rows of its own (they commit or roll back with the events) and register
+    ``transaction.on_commit`` callbacks for what must happen only once they are
+    committed (a counter, a job). It must not emit events. Register at import time or
+    in an ``AppConfig.ready()``; usable as a decorator.
     """
     _observers.append(observer)
     return observer
@@ -148,6 +150,8 @@ def event_emit(
         subject_id=subject.pk if subject is not None else None,
         payload=payload or {},
     )
+    # Not saved: for observers, which read the subject's fields without a query.
+    event.subject_object = subject
     buffer.append(event)
     return event
 

@@ -132,7 +132,12 @@ KINDS: dict[str, EventKind] = _kinds(
     EventKind("system.paused", "switchboard", touches=frozenset({SYSTEM})),
     EventKind("system.resumed", "switchboard", touches=frozenset({SYSTEM})),
     # Locks and lock requests (core/queue.py, core/locks.py).
-    EventKind("lock.granted", "lock", {**_LOCK, "expires_at": TEXT}),
+    EventKind(
+        "lock.granted",
+        "lock",
+        # waited: seconds from the request's queueing to the grant (a queued request only).
+        {**_LOCK, "expires_at": TEXT, "waited": Field((int, float), optional=True)},
+    ),
     EventKind("lock.released", "lock", _LOCK),
     EventKind("lock.expired", "lock", _LOCK),
     EventKind("lock.revoked", "lock", _LOCK),

@@ -211,9 +211,10 @@ class Queue:
         *,
         actor: str | None = None,
         lock_set: int | None = None,
+        waited: float | None = None,
     ) -> Lock:
-        """Create a live lock (of the lock set ``lock_set``, if any). Caller checked
-        compatibility."""
+        """Create a live lock (of the lock set ``lock_set``, if any), for a request that
+        ``waited`` seconds in the queue if it did. Caller checked compatibility."""
         res = self.resource
         if mode == LockMode.EXCLUSIVE:  # the fence bumped in the same statement
             lock = sql.grant_exclusive(
@@ -231,13 +232,10 @@ class Queue:
             )
         lock.agent, lock.resource = agent, res
         self.live.append(lock)
-        event_emit(
-            "lock.granted",
-            agent=agent,
-            actor=actor,
-            subject=lock,
-            payload={**self._payload(lock), "expires_at": lock.expires_at.isoformat()},
-        )
+        payload = {**self._payload(lock), "expires_at": lock.expires_at.isoformat()}
+        if waited is not None:
+            payload["waited"] = round(waited, 6)
+        event_emit("lock.granted", agent=agent, actor=actor, subject=lock, payload=payload)
         return lock
 
     def end(self, lock: Lock, end: str, **emit: Any) -> None:
@@ -298,6 +296,7 @@ class Queue:
             lock = self.grant(
                 request.agent, request.mode, request.ttl, actor="system",
                 lock_set=request.lock_set_id,
+                waited=max(0.0, (self.now - request.requested_at).total_seconds()),
             )  # fmt: skip
             request.status = RequestStatus.GRANTED
             request.lock = lock
