@@ -276,8 +276,9 @@ def _lock_pending(approval_id: int) -> tuple[Resource, datetime, Approval, Queue
     return res, now, approval, queue
 
 
-def _candidate(approval: Approval, votes: list[ApprovalVote]) -> Any:
-    """The value approving would write: the last operator's edit, else the proposal."""
+def approval_candidate(approval: Approval, votes: list[ApprovalVote]) -> Any:
+    """The value approving would write: the last operator's edit, else the agent's
+    proposal (``votes`` oldest first)."""
     edits = [vote for vote in votes if vote.decision == Decision.APPROVE and vote.edited]
     return edits[-1].value if edits else approval.proposed_value
 
@@ -285,7 +286,7 @@ def _candidate(approval: Approval, votes: list[ApprovalVote]) -> Any:
 def approvals_given(approval: Approval, votes: list[ApprovalVote]) -> list[ApprovalVote]:
     """The votes that count toward ``approval``'s rule: approvals, by distinct operators
     other than the one who caused the write, of the value that would be written."""
-    candidate = _candidate(approval, votes)
+    candidate = approval_candidate(approval, votes)
     return [
         vote
         for vote in votes
@@ -360,7 +361,7 @@ def _vote(
     counted: bool,
 ) -> ApprovalVote:
     """Record ``user``'s vote; one that replaces their earlier vote counts from now (its
-    time is the edit order :func:`_candidate` follows)."""
+    time is the edit order :func:`approval_candidate` follows)."""
     vote = ApprovalVote(
         approval=approval,
         user=user,
@@ -398,7 +399,7 @@ def _approve_one_of_several(
         raise Invalid("operator_required", "approvals under the two-person rule name an operator")
     edited = value is not _UNSET
     votes = list(approval.votes.select_related("user").order_by("created_at", "pk"))
-    candidate = value if edited else _candidate(approval, votes)
+    candidate = value if edited else approval_candidate(approval, votes)
     mine = next((vote for vote in votes if vote.user_id == user.pk), None)
     if mine is not None and mine.decision == Decision.APPROVE and mine.value == candidate:
         given = approvals_given(approval, votes)
@@ -519,7 +520,7 @@ def approval_deadline_pass(approval_id: int) -> str | None:
         approve=approve,
         user=None,
         note=note,
-        value=_candidate(approval, votes) if approve else _UNSET,
+        value=approval_candidate(approval, votes) if approve else _UNSET,
         actor="policy",
         extra={"by_policy": "deadline"},
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.db.models import F, Prefetch, Q
 
-from orchestrator.core.approvals import Decision, approvals_given
+from orchestrator.core.approvals import Decision, approval_candidate, approvals_given
 from orchestrator.core.models import (
     Approval,
     ApprovalStatus,
@@ -68,17 +68,10 @@ class ApprovalView:
     time_left: str = ""
 
 
-def _candidate(approval: Approval, votes: list[ApprovalVote]) -> Any:
-    """The value approving would write, as core.approvals decides it: the last
-    operator's edit, else the agent's proposal (``votes`` oldest first)."""
-    edits = [vote for vote in votes if vote.decision == Decision.APPROVE and vote.edited]
-    return edits[-1].value if edits else approval.proposed_value
-
-
 def _votes(approval: Approval, viewer: User) -> tuple[int, list[VoteView], bool, bool]:
     votes = list(approval.votes.all())
     given = approvals_given(approval, votes)
-    candidate = _candidate(approval, votes)
+    candidate = approval_candidate(approval, votes)
     shown = []
     viewer_approved, viewer_counts = False, True
     for vote in votes:
