@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,10 @@ from orchestrator.api_keys import ENV_NAME
 BASE_DIR = Path(__file__).resolve().parent.parent
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+
+DEFAULT_BASE_URL = "http://localhost:8000"
+DEFAULT_FROM_EMAIL = "orchestrator@localhost"
 
 
 class ConfigError(ValueError):
@@ -45,6 +49,10 @@ class Config:
     hsts_seconds: int = 0
     channel_prefix: str = "orchestrator"  # the channel layer's names on Redis
     model_key_envs: tuple[str, ...] = ()  # the variables api_key_env may name
+    # Notifications (docs/notifications.md): the site's address, for links in them, and
+    # Django's e-mail settings (EMAIL_BACKEND, EMAIL_HOST, ...; parse_email).
+    base_url: str = DEFAULT_BASE_URL
+    email: Mapping[str, Any] = field(default_factory=dict)
     # Prometheus: the multiprocess directory every process of a host shares (default
     # data_dir/metrics), and the bearer token of /metrics (None: /metrics is off).
     metrics_dir: Path | None = None
@@ -99,6 +107,16 @@ OWN_VARIABLES = frozenset(
         "PROMETHEUS_MULTIPROC_DIR",
         "ORCHESTRATOR_OTEL",
         "DJANGO_SETTINGS_MODULE",
+        "ORCHESTRATOR_BASE_URL",
+        "EMAIL_BACKEND",
+        "EMAIL_HOST",
+        "EMAIL_PORT",
+        "EMAIL_HOST_USER",
+        "EMAIL_HOST_PASSWORD",
+        "EMAIL_USE_TLS",
+        "EMAIL_USE_SSL",
+        "EMAIL_TIMEOUT",
+        "DEFAULT_FROM_EMAIL",
     }
 )
 
@@ -230,6 +248,50 @@ def parse_metrics_dir(raw: str | None, *, data_dir: Path) -> Path:
     return Path(value) if value else data_dir / "metrics"
 
 
+def parse_base_url(raw: str | None) -> str:
+    """ORCHESTRATOR_BASE_URL: the address operators reach the site at, which the links
+    in notifications start with (``https://orchestrator.example.com``, no trailing
+    slash); :data:`DEFAULT_BASE_URL` when unset."""
+    value = (raw or "").strip().rstrip("/") or DEFAULT_BASE_URL
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+        raise ConfigError(
+            f"ORCHESTRATOR_BASE_URL must be an http:// or https:// address; got {raw!r}"
+        )
+    return value
+
+
+def parse_email(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Django's e-mail settings, from the variables of the same names.
+
+    With EMAIL_HOST set, SMTP (``django.core.mail.backends.smtp.EmailBackend``) on
+    EMAIL_PORT (25), with EMAIL_HOST_USER / EMAIL_HOST_PASSWORD, and STARTTLS
+    (EMAIL_USE_TLS) or TLS from the start (EMAIL_USE_SSL), not both; without it, the
+    console backend, which prints messages to the process's output. EMAIL_BACKEND, a
+    dotted path, overrides either. EMAIL_TIMEOUT: seconds (10) before a connection to
+    the server gives up; DEFAULT_FROM_EMAIL: the sender."""
+    host = (environ.get("EMAIL_HOST") or "").strip()
+    smtp = "django.core.mail.backends.smtp.EmailBackend"
+    backend = (environ.get("EMAIL_BACKEND") or "").strip() or (
+        smtp if host else "django.core.mail.backends.console.EmailBackend"
+    )
+    use_tls = parse_bool("EMAIL_USE_TLS", environ.get("EMAIL_USE_TLS"), default=False)
+    use_ssl = parse_bool("EMAIL_USE_SSL", environ.get("EMAIL_USE_SSL"), default=False)
+    if use_tls and use_ssl:
+        raise ConfigError("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: set one of them")
+    return {
+        "EMAIL_BACKEND": backend,
+        "EMAIL_HOST": host or "localhost",
+        "EMAIL_PORT": parse_int("EMAIL_PORT", environ.get("EMAIL_PORT"), 25),
+        "EMAIL_HOST_USER": environ.get("EMAIL_HOST_USER", ""),
+        "EMAIL_HOST_PASSWORD": environ.get("EMAIL_HOST_PASSWORD", ""),
+        "EMAIL_USE_TLS": use_tls,
+        "EMAIL_USE_SSL": use_ssl,
+        "EMAIL_TIMEOUT": parse_int("EMAIL_TIMEOUT", environ.get("EMAIL_TIMEOUT"), 10) or None,
+        "DEFAULT_FROM_EMAIL": (environ.get("DEFAULT_FROM_EMAIL") or "").strip()
+        or DEFAULT_FROM_EMAIL,
+    }
+
+
 def local_secret_key(data_dir: Path) -> str:
     """A key generated once per machine and kept in the data folder (mode 0600).
 
@@ -286,5 +348,7 @@ def load(environ: Mapping[str, str]) -> Config:
         ),
         metrics_dir=parse_metrics_dir(environ.get("PROMETHEUS_MULTIPROC_DIR"), data_dir=data_dir),
         metrics_token=parse_metrics_token(environ.get("ORCHESTRATOR_METRICS_TOKEN")),
+        base_url=parse_base_url(environ.get("ORCHESTRATOR_BASE_URL")),
+        email=parse_email(environ),
         otel=parse_bool("ORCHESTRATOR_OTEL", environ.get("ORCHESTRATOR_OTEL"), default=False),
     )

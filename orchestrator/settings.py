@@ -32,6 +32,20 @@ PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 # the otel extra installed (agents/tracing.py; the exporter reads the standard OTEL_* variables).
 ORCHESTRATOR_OTEL = CONFIG.otel
 
+# Notifications (core/notifications.py, docs/notifications.md): the site's address that
+# links in webhooks and e-mails start with, and Django's e-mail settings, read from the
+# variables of the same names (SMTP when EMAIL_HOST is set, else the console).
+ORCHESTRATOR_BASE_URL = CONFIG.base_url
+EMAIL_BACKEND = CONFIG.email["EMAIL_BACKEND"]
+EMAIL_HOST = CONFIG.email["EMAIL_HOST"]
+EMAIL_PORT = CONFIG.email["EMAIL_PORT"]
+EMAIL_HOST_USER = CONFIG.email["EMAIL_HOST_USER"]
+EMAIL_HOST_PASSWORD = CONFIG.email["EMAIL_HOST_PASSWORD"]
+EMAIL_USE_TLS = CONFIG.email["EMAIL_USE_TLS"]
+EMAIL_USE_SSL = CONFIG.email["EMAIL_USE_SSL"]
+EMAIL_TIMEOUT = CONFIG.email["EMAIL_TIMEOUT"]
+DEFAULT_FROM_EMAIL = CONFIG.email["DEFAULT_FROM_EMAIL"]
+
 # Production behind a TLS-terminating reverse proxy (HTTPS=1): secure cookies, HTTPS
 # redirects (but not for /healthz, which load balancers ask over plain HTTP), HSTS,
 # and the proxy's X-Forwarded-Proto trusted. `manage.py check --deploy` is clean.

@@ -152,3 +152,39 @@ def test_the_channel_prefix_is_derived_from_the_database_unless_given(tmp_path: 
     assert prefix(ORCHESTRATOR_CHANNEL_PREFIX="staging") == "staging"
     with pytest.raises(config.ConfigError, match="ORCHESTRATOR_CHANNEL_PREFIX"):
         prefix(ORCHESTRATOR_CHANNEL_PREFIX="has space")
+
+
+def test_notification_settings_default_to_the_console_and_a_local_address(tmp_path: Path) -> None:
+    cfg = config.load({"ORCHESTRATOR_DATA_DIR": str(tmp_path), "DATABASE_URL": "postgres://x/y"})
+    assert cfg.base_url == "http://localhost:8000"
+    assert cfg.email["EMAIL_BACKEND"] == "django.core.mail.backends.console.EmailBackend"
+    assert cfg.email["DEFAULT_FROM_EMAIL"] == "orchestrator@localhost"
+    assert cfg.email["EMAIL_TIMEOUT"] == 10
+
+
+def test_email_host_selects_smtp_and_its_settings_are_read() -> None:
+    email = config.parse_email(
+        {"EMAIL_HOST": "smtp.example.com", "EMAIL_PORT": "587", "EMAIL_USE_TLS": "1",
+         "EMAIL_HOST_USER": "orch", "EMAIL_HOST_PASSWORD": "pw",
+         "DEFAULT_FROM_EMAIL": "Orchestrator <o@example.com>"}
+    )  # fmt: skip
+    assert email["EMAIL_BACKEND"] == "django.core.mail.backends.smtp.EmailBackend"
+    assert (email["EMAIL_HOST"], email["EMAIL_PORT"], email["EMAIL_USE_TLS"]) == (
+        "smtp.example.com",
+        587,
+        True,
+    )
+    assert (email["EMAIL_HOST_USER"], email["EMAIL_HOST_PASSWORD"]) == ("orch", "pw")
+    assert email["DEFAULT_FROM_EMAIL"] == "Orchestrator <o@example.com>"
+    with pytest.raises(config.ConfigError, match="exclusive"):
+        config.parse_email({"EMAIL_USE_TLS": "1", "EMAIL_USE_SSL": "1"})
+    with pytest.raises(config.ConfigError, match="EMAIL_PORT"):
+        config.parse_email({"EMAIL_PORT": "smtp"})
+
+
+def test_the_base_url_of_links_is_checked() -> None:
+    assert config.parse_base_url("https://orch.example.com/") == "https://orch.example.com"
+    assert config.parse_base_url(" http://10.0.0.5:8000/orch ") == "http://10.0.0.5:8000/orch"
+    for bad in ("orch.example.com", "ftp://orch.example.com", "https://"):
+        with pytest.raises(config.ConfigError, match="ORCHESTRATOR_BASE_URL"):
+            config.parse_base_url(bad)

@@ -18,10 +18,14 @@ from django.shortcuts import redirect
 
 from orchestrator.core.admin_policies import ApprovalVoteInline  # and the policies' admin
 from orchestrator.core.control import teams_set_paused
+from orchestrator.core.deliveries import new_secret
 from orchestrator.core.models import (
     Approval,
     Conflict,
+    Delivery,
     Event,
+    Incident,
+    IncidentKind,
     Lock,
     LockRequest,
     LockSet,
@@ -32,6 +36,7 @@ from orchestrator.core.models import (
     Step,
     Switchboard,
     Team,
+    Webhook,
 )
 
 admin.site.site_header = "Orchestrator administration"
@@ -52,6 +57,61 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class WebhookForm(forms.ModelForm):
+    # A receiver's address is typed in full: no scheme guessed.
+    url = forms.URLField(
+        max_length=500,
+        assume_scheme="https",
+        help_text="http:// or https://. Redirects are not followed.",
+    )
+    kinds = forms.MultipleChoiceField(
+        choices=IncidentKind.choices,
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The incidents it is told about; none ticked: all of them.",
+    )
+
+    class Meta:
+        model = Webhook
+        fields = ["url", "audience", "kinds", "active", "note"]
+
+    def save(self, commit: bool = True) -> Webhook:
+        webhook = super().save(commit=False)
+        self.created_secret = ""
+        if not webhook.secret:
+            webhook.secret = self.created_secret = new_secret()
+        if commit:
+            webhook.save()
+        return webhook
+
+
+def _show_secret(request: HttpRequest, webhook: Webhook, secret: str) -> None:
+    """Show a webhook's new secret, this once (it is masked everywhere afterwards)."""
+    messages.warning(
+        request,
+        f"The signing secret of the webhook to {webhook.url} is {secret} . Copy it now: "
+        "it will not be shown again (rotate it to get a new one).",
+    )
+
+
+def _masked(webhook: Webhook) -> str:
+    return f"{webhook.secret[:6]}…{webhook.secret[-4:]}" if webhook.secret else "(when saved)"
+
+
+class WebhookInline(admin.StackedInline):
+    """A team's webhooks (docs/notifications.md); the secret is shown once, when made."""
+
+    model = Webhook
+    form = WebhookForm
+    fields = ["url", "audience", "kinds", "active", "note", "secret_hint"]
+    readonly_fields = ["secret_hint"]
+    extra = 0
+
+    @admin.display(description="secret")
+    def secret_hint(self, obj: Webhook) -> str:
+        return _masked(obj)
+
+
 @admin.register(Team)
 class TeamAdmin(admin.ModelAdmin):
     list_display = [
@@ -65,7 +125,15 @@ class TeamAdmin(admin.ModelAdmin):
     list_filter = ["paused", "deadlock_policy", "conflict_policy"]
     search_fields = ["name", "description"]
     readonly_fields = ["paused", "created_at"]
+    filter_horizontal = ["operators"]
+    inlines = [WebhookInline]
     actions = ["pause", "resume"]
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        super().save_formset(request, form, formset, change)
+        for each in formset.forms:
+            if getattr(each, "created_secret", ""):
+                _show_secret(request, each.instance, each.created_secret)
 
     @admin.action(description="Pause selected teams", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Team]) -> None:
@@ -233,3 +301,86 @@ class EventAdmin(ReadOnlyAdmin):
 @admin.register(Switchboard)
 class SwitchboardAdmin(ReadOnlyAdmin):
     list_display = ["id", "paused", "updated_at"]
+
+
+@admin.register(Webhook)
+class WebhookAdmin(admin.ModelAdmin):
+    form = WebhookForm
+    list_display = ["url", "team", "audience", "active", "secret_hint", "created_at"]
+    list_filter = ["active", "audience", "team"]
+    search_fields = ["url", "team__name", "note"]
+    list_select_related = ["team"]
+    fields = ["team", "url", "audience", "kinds", "active", "note", "secret_hint"]
+    readonly_fields = ["secret_hint"]
+    actions = ["rotate_secret"]
+
+    @admin.display(description="secret")
+    def secret_hint(self, obj: Webhook) -> str:
+        return _masked(obj)
+
+    def save_model(self, request: HttpRequest, obj: Webhook, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if getattr(form, "created_secret", ""):
+            _show_secret(request, obj, form.created_secret)
+
+    @admin.action(description="Rotate the signing secret", permissions=["change"])
+    def rotate_secret(self, request: HttpRequest, queryset: QuerySet[Webhook]) -> None:
+        for webhook in queryset:
+            webhook.secret = new_secret()
+            webhook.save(update_fields=["secret"])
+            _show_secret(request, webhook, webhook.secret)
+
+
+class DeliveryInline(admin.TabularInline):
+    model = Delivery
+    fields = [
+        "created_at",
+        "channel",
+        "recipients",
+        "attempt",
+        "outcome",
+        "status_code",
+        "error",
+        "response_excerpt",
+        "next_retry_at",
+    ]
+    readonly_fields = fields
+    ordering = ["created_at", "pk"]
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Incident)
+class IncidentAdmin(ReadOnlyAdmin):
+    """What operators were told about, once each, with every delivery attempt."""
+
+    list_display = ["id", "kind", "team", "title", "created_at"]
+    list_filter = ["kind", "team"]
+    search_fields = ["title", "detail", "key"]
+    list_select_related = ["team"]
+    inlines = [DeliveryInline]
+    date_hierarchy = "created_at"
+
+
+@admin.register(Delivery)
+class DeliveryAdmin(ReadOnlyAdmin):
+    """The delivery history: one row per attempt, with its status code."""
+
+    list_display = [
+        "id",
+        "incident",
+        "channel",
+        "recipients",
+        "attempt",
+        "outcome",
+        "status_code",
+        "created_at",
+        "next_retry_at",
+    ]
+    list_filter = ["outcome", "channel", "status_code"]
+    search_fields = ["recipients", "error", "=incident__id"]
+    list_select_related = ["incident"]
+    date_hierarchy = "created_at"

@@ -14,7 +14,8 @@ class CoreConfig(AppConfig):
         # start, not by the first request that queues in each process (measured in
         # bench/locks.py, where it was a tenth of a 3-second measurement).
         import orchestrator.core.deadlocks
-        import orchestrator.core.lock_sets  # noqa: F401  (lock sets go on after commit)
+        import orchestrator.core.lock_sets  # lock sets go on after commit
+        import orchestrator.core.notifications  # noqa: F401  (its observer opens incidents)
         from orchestrator.core import metrics, wakeups
 
         # Agents of the HTTP API long-poll their lock requests (wakeups.wait_for_wake).
