@@ -62,6 +62,7 @@ logger = logging.getLogger(__name__)
 # prometheus_client takes the directory from this variable whenever it opens a
 # process's files.
 DIRECTORY_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "orchestrator_"  # of every metric's name
 
 
 class _Process:
@@ -369,21 +370,26 @@ def exposition(accept: str | None = None) -> tuple[bytes, str]:
     """The scrape: every process's counters and histograms (added up from the directory)
     and the gauges of the state, in the format ``accept`` asks for (Prometheus text by
     default, OpenMetrics if asked). Returns (body, content type)."""
-    registry = CollectorRegistry(auto_describe=False)
     if _Process.directory is None:
-        registry.register(_ThisProcess())
+        source: Any = REGISTRY
     else:
-        multiprocess.MultiProcessCollector(registry, path=str(_Process.directory))
+        source = multiprocess.MultiProcessCollector(None, path=str(_Process.directory))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Ours(source))
     registry.register(StateCollector())
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
 
 
-class _ThisProcess:
-    """Single-process mode: this process's own values."""
+class _Ours:
+    """Only this module's metrics: the directory also holds those that other libraries
+    make in every process (django_rq's admin module makes one)."""
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        return REGISTRY.collect()
+        return (metric for metric in self.source.collect() if metric.name.startswith(PREFIX))
 
 
 def install() -> None:

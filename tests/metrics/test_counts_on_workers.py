@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 from io import StringIO
 from pathlib import Path
 
@@ -48,7 +47,7 @@ from orchestrator.core.models import (
 )
 from orchestrator.core.monitor import monitor_sweep
 from tests import factories
-from tests.agents.test_crash import run_state, start_worker
+from tests.agents.test_crash import run_state, start_worker, stop_workers
 from tests.concurrency.processes import wait_until
 from tests.metrics.scrape import Samples, parse, scrape, value
 
@@ -56,7 +55,6 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 RUN_DEADLINE = 240  # seconds: a liveness bound (a loaded 2-core machine is slow)
 LEASE = 3  # seconds: the lease run team's TTL
-STOP_DEADLINE = 60  # seconds for a worker to exit after SIGTERM (more than 10 under load)
 
 
 def scenario(*args: str) -> Run:
@@ -145,10 +143,7 @@ def test_counters_hold_the_runs_numbers_summed_over_two_workers_and_this_process
             tails = "\n".join(log.read_text(errors="replace")[-1500:] for log in logs)
             raise AssertionError(f"{timed_out}\n{states}\nworker logs:\n{tails}") from None
     finally:
-        for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-        for worker in workers:
-            worker.wait(STOP_DEADLINE)
+        stop_workers(workers)  # SIGTERM (their warm shutdown), a liveness bound, then SIGKILL
 
     statuses = set(Run.objects.filter(pk__in=[r.pk for r in runs]).values_list("status", flat=True))
     assert statuses <= {"finished", "failed"}, statuses

@@ -120,3 +120,12 @@ def test_a_scrape_that_fails_is_a_503(
     response = get(client, f"Bearer {TOKEN}")
     assert response.status_code == 503
     assert response["Content-Type"].startswith("text/plain")
+
+
+def test_only_orchestrator_metrics_are_served(client: Client, metrics_token: str) -> None:
+    """Libraries make metrics of their own in every process (django_rq's admin module
+    does): they are in the directory, not in the scrape."""
+    assert list(metrics.directory().glob("summary_*.db"))  # django_rq's, in this run's
+    text = get(client, f"Bearer {TOKEN}").content.decode()
+    names = {name for name, _labels in parse(text)}
+    assert names and all(name.startswith("orchestrator_") for name in names), sorted(names)
