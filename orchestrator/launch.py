@@ -64,9 +64,12 @@ def processes(port: int, workers: int, demo: bool) -> dict[str, str]:
     procs = {"web": f"{daphne} -b 127.0.0.1 -p {port} orchestrator.asgi:application"}
     for n in range(1, workers + 1):
         # -v 0: warnings and errors only (not four lines per job). --with-scheduler: RQ's
-        # scheduler runs the notifications' delayed retries (core/deliveries.py).
+        # scheduler runs the notifications' delayed retries (core/deliveries.py). The
+        # default queue (notifications) comes first: a worker takes from its queues in
+        # order, and busy agents keep the steps queue from ever being empty, so in the
+        # other order an operator would not be told while the agents work.
         procs[f"worker.{n}"] = (
-            f"exec {python} manage.py rqworker steps default --with-scheduler -v 0"
+            f"exec {python} manage.py rqworker default steps --with-scheduler -v 0"
         )
     procs["monitor"] = f"exec {python} manage.py monitor"
     if demo:

@@ -53,7 +53,7 @@ def live_app(log_dir: Path) -> Iterator[str]:
     )  # fmt: skip
     # Jobs wait in Redis until the worker takes them: nothing to wait for at its start.
     worker = Helper(
-        [sys.executable, "manage.py", "rqworker", "steps", "default"],
+        [sys.executable, "manage.py", "rqworker", "default", "steps"],
         name="rqworker", ready=lambda: True, log=log_dir / "worker.log", env=env, cwd=ROOT,
         new_session=False,
     )  # fmt: skip
