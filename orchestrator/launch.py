@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "orchestrator.settings"}
+    # Links in notifications point at the dashboard this command serves, unless the
+    # environment names another address (a proxy in front of it, say).
+    env.setdefault("ORCHESTRATOR_BASE_URL", f"http://localhost:{args.port}")
     env.setdefault("DEBUG", "1")
     postgres = redis = None
     try:
