@@ -33,7 +33,9 @@ TOOLS: dict[str, tuple[type[Operation], str]] = {
     "acquire": (
         Acquire,
         "Lock a shared resource before changing it. Exclusive for writing, shared for "
-        "reading. If someone else holds it you wait; the result arrives in a later turn.",
+        "reading. If someone else holds it you wait; the result arrives in a later turn. "
+        "The grant carries the resource's value and version: no read is needed before "
+        "you write.",
     ),
     "acquire_all": (
         AcquireSet,
@@ -46,8 +48,10 @@ TOOLS: dict[str, tuple[type[Operation], str]] = {
     "read": (Read, "Read a resource: its JSON value, version, holders and waiters."),
     "write": (
         Write,
-        "Replace a resource's value. Pass the version you read as expected_version; "
-        "if it moved, the write is refused (re-read and retry) or goes to an operator.",
+        "Replace a resource's value. Pass the version you read (or were granted) as "
+        "expected_version; if it moved, the write is refused (re-read and retry) or goes "
+        "to an operator. On your last write to it, pass release: true to release your "
+        "lock with the write (only if it is applied; a refused write keeps the lock).",
     ),
     "release": (Release, "Release your lock on a resource."),
     "request_approval": (

@@ -10,14 +10,20 @@ wait ends (:func:`agents.steps.wait_result`). Refusals come back as
 global order. Each of its locks is an ordinary lock on its resource: a ``write``
 finds its fence, and ``release`` names the resource, as after ``acquire``.
 
+A grant (``acquire``, each lock of ``acquire_all``) carries the resource's value and
+version, so a cycle needs no ``read``; a ``write`` with ``release`` ends the lock it
+is fenced by in the write's own transaction, exactly when the write is applied: a lock
+cycle in two commits (acquire; write and release).
+
 Arguments are validated with the tool's operation model (agents/tools.py,
 core/operations.py) before anything runs: the same refusal, code and text, as
 the HTTP API gives for the same input.
 
 In an unguarded run (``Run.unguarded``) the protocol is bypassed, to show what
 goes wrong without it: ``acquire`` and ``acquire_all`` are granted without
-locking (fence null), ``release`` answers released, and ``write`` is applied unconditionally
-(``resource_write_unguarded``, still recorded in the history and the event log).
+locking (fence null; the value and version read as they are), ``release`` answers
+released, and ``write`` is applied unconditionally (``resource_write_unguarded``, still
+recorded in the history and the event log; with ``release`` it answers released too).
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ from orchestrator.core.operations import (
     Operation,
     Read,
     RequestApproval,
+    ResourceWrite,
     Write,
     parsed,
 )
@@ -90,9 +97,12 @@ def _held(
     return (found[0], found[1]) if found else None
 
 
-def _lost_lock(agent: Agent, step: Step, named: QuerySet[Resource]) -> tuple[int, int] | None:
+def _lost_lock(
+    agent: Agent, step: Step, named: QuerySet[Resource], *, released: bool = False
+) -> tuple[int, int] | None:
     """(lock id, fence) of the agent's latest lock on the resource ``named`` selects in
-    this run, if it was exclusive and ended other than by the agent's release; else None."""
+    this run, if it was exclusive and ended other than by the agent's release (with
+    ``released``: ended by its release); else None."""
     started = Run.objects.filter(pk=step.run_id).values("started_at")[:1]
     latest = (
         Lock.objects.filter(agent=agent, resource__in=named, acquired_at__gte=started)
@@ -100,9 +110,21 @@ def _lost_lock(agent: Agent, step: Step, named: QuerySet[Resource]) -> tuple[int
         .values_list("pk", "token", "mode", "end")
         .first()
     )
-    if latest is None or latest[2] != LockMode.EXCLUSIVE or latest[3] in ("", LockEnd.RELEASED):
+    if latest is None or latest[2] != LockMode.EXCLUSIVE or latest[3] == "":
+        return None
+    if (latest[3] == LockEnd.RELEASED) != released:
         return None
     return latest[0], latest[1]
+
+
+def _released_with_write(agent: Agent, step: Step, resource: str) -> int | None:
+    """The fence of the agent's lock on ``resource`` if it was released, for a retried
+    write with ``release``: the first attempt may have committed the write and the
+    release (one transaction) before its worker died, and the write's idempotency key
+    finds it only if the write carries that fence. None if there is no such lock."""
+    named = resources_named(agent, resource)
+    found = _lost_lock(agent, step, named, released=True) if named is not None else None
+    return found[1] if found else None
 
 
 def _remember(step: Step, resource: str, lock: Lock | None) -> None:
@@ -116,12 +138,16 @@ def _remember(step: Step, resource: str, lock: Lock | None) -> None:
 
 
 def granted_lock(resource: str, lock: Lock) -> dict[str, Any]:
-    """What a model is told of a lock it was granted on ``resource`` (as it names it)."""
+    """What a model is told of a lock it was granted on ``resource`` (as it names it):
+    with the resource's value and version (``lock.resource``, as read with the grant),
+    which count as a read of it."""
     return {
         "resource": resource,
         "mode": lock.mode,
         "fence": lock.token,
         "expires_at": lock.expires_at.isoformat(),
+        "version": lock.resource.version,
+        "value": lock.resource.value,
     }
 
 
@@ -153,7 +179,7 @@ def lock_set_outcome(lock_set_id: int) -> dict[str, Any] | None:
         return _set_ended(lock_set)
     latest: dict[int, Lock] = {}  # a lock that ran out while the set waited was taken again
     locks = Lock.objects.filter(lock_set=lock_set).select_related("resource__team")
-    for lock in locks.defer("resource__value"):
+    for lock in locks:
         if lock.resource_id not in latest or lock.pk > latest[lock.resource_id].pk:
             latest[lock.resource_id] = lock
     return _set_granted(lock_set.agent, [latest[rid] for rid in sorted(latest)])
@@ -177,15 +203,21 @@ def _acquire_all(agent: Agent, step: Step, args: AcquireSet) -> dict[str, Any]:
     return _set_ended(result.lock_set)
 
 
-def _write_result(result: WriteResult) -> dict[str, Any]:
+def _write_result(result: WriteResult, *, release: bool = False) -> dict[str, Any]:
+    """A write's result for the model; ``release``: the write asked to release its lock
+    (an applied one says whether it did; a waiting one says the lock is kept)."""
     if result.status == "applied":
+        answer = {"ok": True, "status": "applied", "version": result.version,
+                  "released": result.released}  # fmt: skip
         if result.approval is not None:  # approved at once by a standing rule
-            return {"ok": True, "status": "applied", "version": result.version,
-                    "detail": result.detail}  # fmt: skip
-        return {"ok": True, "status": "applied", "version": result.version}
+            answer["detail"] = result.detail
+        return answer
     if result.status == "approval_pending":
+        detail = "waiting for an operator's approval"
+        if release:
+            detail += "; your lock is kept until it is decided: release it then"
         return {"ok": True, "status": "waiting", "approval_id": result.approval.pk,
-                "detail": "waiting for an operator's approval"}  # fmt: skip
+                "detail": detail}  # fmt: skip
     return {"ok": False, "error": result.status, "detail": result.detail}
 
 
@@ -208,14 +240,17 @@ def _execute_unguarded(agent: Agent, args: Operation) -> dict[str, Any]:
         locks = [{"resource": name, "mode": args.mode, "fence": None} for name in names]
         return {"ok": True, "status": "granted", "locks": locks, "unguarded": True}
     if isinstance(args, Acquire):
-        resource_read(resource=args.resource, agent=agent)  # a missing one is still an error
+        # A missing one is still an error; the value and version are read as they are.
+        res = resource_read(resource=args.resource, agent=agent).resource
         return {"ok": True, "status": "granted", "resource": args.resource, "mode": args.mode,
-                "fence": None, "unguarded": True}  # fmt: skip
+                "fence": None, "version": res.version, "value": res.value,
+                "unguarded": True}  # fmt: skip
     if isinstance(args, Write):
         written = resource_write_unguarded(
             agent=agent, resource=args.resource, value=args.value,
             base_version=args.expected_version,
         )  # fmt: skip
+        written.released = args.release  # as a release answers released: there is no lock
         return _write_result(written)
     return {"ok": True, "status": "released", "unguarded": True}
 
@@ -257,7 +292,7 @@ def execute(
             "holders": [holder_dict(lock) for lock in state.holders],
             "waiters": [{"agent": r.agent.name, "mode": r.mode} for r in state.waiters],
         }
-    if isinstance(args, Write):  # write or request_approval
+    if isinstance(args, ResourceWrite):  # write or request_approval
         held = _held(agent, step, resource, exclusive=True)
         fence = held[1] if held is not None else None
         if isinstance(args, RequestApproval):
@@ -265,13 +300,21 @@ def execute(
                 agent=agent, resource=resource, value=args.value,
                 expected_version=args.expected_version, fence=fence, step=step, note=args.note,
             )  # fmt: skip
-        else:
-            written = resource_write(
-                agent=agent, resource=resource, value=args.value,
-                expected_version=args.expected_version, fence=fence, step=step,
-                idempotency_key=key, key_may_exist=step.attempts != 1,
-            )  # fmt: skip
-        return _write_result(written)
+            return _write_result(written)
+        if args.release and fence is None and step.attempts != 1:
+            fence = _released_with_write(agent, step, resource)
+        if args.release and fence is None:  # the runtime gives the fence: none is held
+            return {"ok": False, "error": "not_holder",
+                    "detail": f"you hold no exclusive lock on {resource} to release with "
+                              "this write: acquire it first"}  # fmt: skip
+        written = resource_write(
+            agent=agent, resource=resource, value=args.value,
+            expected_version=args.expected_version, fence=fence, step=step,
+            idempotency_key=key, key_may_exist=step.attempts != 1, release=args.release,
+        )  # fmt: skip
+        if written.released:
+            _remember(step, resource, None)  # it ended with the write, as after release
+        return _write_result(written, release=args.release)
     # release: the tool that is left
     held = _held(agent, step, resource)
     if held is None:

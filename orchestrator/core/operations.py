@@ -19,7 +19,7 @@ are those the services always gave.
 
 Where a door names the resource or the lock elsewhere (the API's URL paths),
 it takes the model of the rest of the operation: :class:`WriteBody` and
-:class:`FencedWriteBody` without the resource, :class:`Renew` without the lock.
+:class:`FencedWrite` without the resource, :class:`Renew` without the lock.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -236,12 +238,57 @@ class FencedWriteBody(WriteBody):
     )
 
 
-# Fields are ordered from the last base to the first: resource, value, expected_version.
-class Write(WriteBody, OnResource):
-    """Write a resource. The runtime adds the fence of the lock the agent holds."""
+RELEASE_NEEDS_FENCE = (
+    "a write releases only the exclusive lock it is fenced by: give that lock's fence"
+)
 
 
-class RequestApproval(Write):
+class ReleasesLock(Operation):
+    """A write that may end its writer's lock in the same transaction (a lock cycle in
+    two commits: acquire, then write and release). Kept off the approval requests: an
+    approval re-checks the fence when it is decided, so the lock must stay."""
+
+    release: StrictBool = Field(
+        False,
+        description="Release the lock this write is fenced by, in the same transaction, "
+        "if and only if the write is applied (refused or waiting for approval: the lock "
+        "stays held). For the last write of a cycle.",
+    )
+
+
+def release_refusal(release: bool, fence: int | None) -> Invalid | None:
+    """The refusal of ``release`` without a ``fence`` (``release: ...``), or None: the
+    same text from the services as from the operations' models."""
+    if release and fence is None:
+        return refusal([{"loc": ("release",), "msg": RELEASE_NEEDS_FENCE, "type": "release"}])
+    return None
+
+
+# Fields are ordered from the last base to the first: value, expected_version, fence,
+# release (so that release is validated after fence).
+class FencedWrite(ReleasesLock, FencedWriteBody):
+    """A fenced write that may release its lock (the API's PUT body; MCP's ``write``)."""
+
+    @field_validator("release")
+    @classmethod
+    def _fenced(cls, release: bool, info: ValidationInfo) -> bool:
+        # A fence that failed its own validation is not in info.data: its error says so.
+        if "fence" in info.data and release and info.data["fence"] is None:
+            raise PydanticCustomError("release", RELEASE_NEEDS_FENCE)
+        return release
+
+
+class ResourceWrite(WriteBody, OnResource):
+    """What the runtime's writes say: resource, value, expected_version. The runtime
+    adds the fence of the lock the agent holds."""
+
+
+# Fields: resource, value, expected_version, release.
+class Write(ReleasesLock, ResourceWrite):
+    """Write a resource; with ``release``, release its lock in the same transaction."""
+
+
+class RequestApproval(ResourceWrite):
     """Ask an operator to approve a write before it is applied."""
 
     value: JsonValue = Field(description="The proposed JSON value (size-limited); null is a value.")

@@ -11,7 +11,11 @@ A write is applied only if
   records it) or becomes an Approval for an operator;
 * the resource does not require approval (then every write is an Approval).
 
-An applied write bumps the version and appends a ResourceVersion row.
+An applied write bumps the version and appends a ResourceVersion row. A write with
+``release`` also ends the lock its fence names, in the same transaction, if and only
+if it is applied: a lock cycle in two commits (acquire; write and release), and no
+moment at which the write is committed and the lock still held, or the other way
+round.
 """
 
 from __future__ import annotations
@@ -38,14 +42,22 @@ from orchestrator.core.models import (
     ConflictKind,
     ConflictPolicy,
     Lock,
+    LockEnd,
     LockRequest,
     Resource,
     ResourceVersion,
     Step,
     Team,
 )
-from orchestrator.core.operations import CreateResource, FencedWriteBody, WriteBody, checked
+from orchestrator.core.operations import (
+    CreateResource,
+    FencedWrite,
+    WriteBody,
+    checked,
+    release_refusal,
+)
 from orchestrator.core.queue import (
+    Queue,
     lookup_filter,
     open_queue,
     resource_for_update,
@@ -138,6 +150,10 @@ class WriteResult:
     approval: Approval | None = None
     conflict: Conflict | None = None
     detail: str = ""
+    # A write with ``release``: whether its lock ended with it (only ever when applied),
+    # and that lock.
+    released: bool = False
+    lock: Lock | None = None
 
 
 def _approval_result(
@@ -177,6 +193,7 @@ def resource_write(
     force_approval: bool = False,
     idempotency_key: str = "",
     key_may_exist: bool = True,
+    release: Any = False,
 ) -> WriteResult:
     """Write ``value`` as ``agent`` under the protocol (see the module docstring).
 
@@ -185,13 +202,82 @@ def resource_write(
     says the caller knows the key was never used (an agent step's first attempt)
     and skips that lookup; the unique constraint still guards it.
 
+    With ``release`` (which needs ``fence``), the lock the fence names is released
+    in the same transaction exactly when the write is applied, as ``lock_release``
+    would (its waiters granted in that commit, with the value just written); a
+    refused write or one that waits for an approval releases nothing (the approval
+    re-checks the fence when it is decided). ``released`` says which.
+
     Refusals of malformed input raise before anything is written; every
     protocol decision (applied, rejected, pending approval) is committed with
     its Event, and its Conflict where there is one.
     """
-    fields = checked(FencedWriteBody, value=value, expected_version=expected_version, fence=fence)
+    fields = checked(
+        FencedWrite, value=value, expected_version=expected_version, fence=fence, release=release
+    )
     value, expected_version, fence = fields["value"], fields["expected_version"], fields["fence"]
+    refused = release_refusal(fields["release"], fence)
+    if refused is not None:
+        raise refused
     queue = open_queue(resource, agent, tenancy.WRITE)
+    result = _write(
+        queue,
+        agent=agent,
+        value=value,
+        expected_version=expected_version,
+        fence=fence,
+        step=step,
+        note=note,
+        force_approval=force_approval,
+        idempotency_key=idempotency_key,
+        key_may_exist=key_may_exist,
+        release=fields["release"],
+    )
+    if fields["release"] and result.status == "applied" and not result.released:
+        _release_with(result, queue, agent, fence)  # applied otherwise than by _write
+    return result
+
+
+def _release_with(
+    result: WriteResult, queue: Queue, agent: Agent, fence: int, *, stored: bool = False
+) -> None:
+    """End the writer's lock (the live exclusive lock whose token is ``fence``) with its
+    applied write, and grant the waiters behind it, as ``lock_release`` does (a path's
+    related queues are settled after commit: ``Queue.end``). ``stored``: the write's
+    statement ended the lock's row already. Caller holds the Resource row lock, in the
+    write's transaction."""
+    lock = check_fence(queue, agent, fence)
+    if lock is not None:
+        queue.end(lock, LockEnd.RELEASED, agent=agent, stored=stored)
+        queue.grant_waiters()
+        result.released, result.lock = True, lock
+        return
+    # Only a retried write found applied already (by its idempotency key) gets here:
+    # the first attempt, with the same arguments, released the lock when it committed.
+    ended = Lock.objects.filter(
+        resource_id=queue.resource.pk, agent=agent, token=fence, end=LockEnd.RELEASED
+    ).first()
+    result.released, result.lock = ended is not None, ended
+
+
+def _write(
+    queue: Queue,
+    *,
+    agent: Agent,
+    value: Any,
+    expected_version: int | None,
+    fence: int | None,
+    step: Step | None,
+    note: str,
+    force_approval: bool,
+    idempotency_key: str,
+    key_may_exist: bool,
+    release: bool = False,
+) -> WriteResult:
+    """:func:`resource_write`'s decision on validated arguments. Caller holds the
+    Resource row lock (``queue``). With ``release`` a write applied here ends its lock
+    in the same statement (``released``); a write applied otherwise (by a standing
+    rule, or found applied by its key) is released by the caller."""
     res = queue.resource
     if idempotency_key and key_may_exist:
         done = ResourceVersion.objects.filter(resource_id=res.pk, idempotency_key=idempotency_key)
@@ -300,10 +386,17 @@ def resource_write(
         )
         return _approval_result(res, approval)
 
+    # The lock the write releases, ended by the write's own statement (one round trip
+    # fewer than a release of its own: a lock cycle's commits are mostly round trips).
+    ending = check_fence(queue, agent, fence) if release and fence is not None else None
     version = apply_write(
-        res, value, agent=agent, fence=fence, team_id=team_id, idempotency_key=idempotency_key
-    )
-    return WriteResult("applied", res, version=version)
+        res, value, agent=agent, fence=fence, team_id=team_id, idempotency_key=idempotency_key,
+        ending=(ending, queue.now) if ending is not None else None,
+    )  # fmt: skip
+    result = WriteResult("applied", res, version=version)
+    if ending is not None:
+        _release_with(result, queue, agent, fence, stored=True)
+    return result
 
 
 def approval_request(

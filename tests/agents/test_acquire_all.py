@@ -109,13 +109,15 @@ def test_granted_at_once_the_locks_are_remembered_and_a_write_uses_their_fences(
             "mode": "exclusive",
             "fence": lock.token,
             "expires_at": lock.expires_at.isoformat(),
+            "version": 0,
+            "value": lock.resource.value,
         }
         assert step._granted[said["resource"]] == (lock.pk, lock.token, "exclusive")
     assert {lock.lock_set_id for lock in locks.values()} == {LockSet.objects.get().pk}
 
     for name in PAIR:
         written = run_tool(agent, step, "write", {"resource": name, "value": 1})
-        assert written == {"ok": True, "status": "applied", "version": 1}
+        assert written == {"ok": True, "status": "applied", "version": 1, "released": False}
         assert written_fences(name) == [locks[name].token]
     # Each lock of the set is an ordinary lock: released by its resource's name.
     for name in PAIR:

@@ -13,7 +13,7 @@ from agents import steps
 from agents.backends import Decision, StepContext, ToolCall
 from agents.recovery import recover_steps
 from agents.runtime import run_start
-from orchestrator.core.models import Event, Resource, ResourceVersion, Run, Step
+from orchestrator.core.models import Conflict, Event, Lock, Resource, ResourceVersion, Run, Step
 from orchestrator.core.resources import resource_create
 from tests import factories
 
@@ -27,6 +27,17 @@ def write_then_finish(context: StepContext) -> Decision:
     DECISIONS.append(context.step_number)
     if context.step_number == 1:
         return Decision(tool_calls=[ToolCall("w1", "write", {"resource": "doc", "value": "v1"})])
+    return Decision(tool_calls=[ToolCall("f", "finish", {})])
+
+
+def acquire_then_write_and_release(context: StepContext) -> Decision:
+    """A custom agent: step 1 acquires, step 2 writes and releases, step 3 finishes."""
+    DECISIONS.append(context.step_number)
+    if context.step_number == 1:
+        return Decision(tool_calls=[ToolCall("a1", "acquire", {"resource": "doc"})])
+    if context.step_number == 2:
+        write = {"resource": "doc", "value": "v1", "expected_version": 0, "release": True}
+        return Decision(tool_calls=[ToolCall("w1", "write", write)])
     return Decision(tool_calls=[ToolCall("f", "finish", {})])
 
 
@@ -75,7 +86,12 @@ def test_a_step_whose_worker_died_after_a_write_is_retried_without_writing_twice
     assert ResourceVersion.objects.filter(resource=doc).count() == 2  # v0 and v1
     step.refresh_from_db()
     assert step.attempts == 2
-    assert step.tool_calls[0]["result"] == {"ok": True, "status": "applied", "version": 1}
+    assert step.tool_calls[0]["result"] == {
+        "ok": True,
+        "status": "applied",
+        "version": 1,
+        "released": False,
+    }
     assert DECISIONS == [1, 2]  # the retry replayed the saved decision
     assert Event.objects.filter(kind="step.retried", subject_id=step.pk).exists()
 
@@ -141,3 +157,45 @@ def test_a_live_step_is_left_alone(agent) -> None:
     run = run_start(team=agent.team, goal="alive", agents=[agent])
     Step.objects.filter(run=run).update(status="running", heartbeat_at=timezone.now())
     assert not recover_steps(stale_after=60)
+
+
+def test_a_write_that_released_its_lock_and_then_lost_its_worker_is_found_on_retry(
+    agent, monkeypatch
+) -> None:
+    """The write and the release committed together before the worker died: the retry
+    finds the write by its key (it carries the released lock's fence) and answers as the
+    first attempt would have, neither writing nor releasing again."""
+    agent.config = {"callable": "tests.agents.test_recovery.acquire_then_write_and_release"}
+    agent.save(update_fields=["config"])
+    real_run_tool = steps.run_tool
+
+    def dies_after_the_write(agent_, step_, name, *args, **kwargs):
+        result = real_run_tool(agent_, step_, name, *args, **kwargs)
+        if name == "write":
+            raise RuntimeError("worker killed")  # after the commit, before the journal
+        return result
+
+    monkeypatch.setattr(steps, "run_tool", dies_after_the_write)
+    run = run_start(team=agent.team, goal="survive", agents=[agent])
+    drain()
+    step = Step.objects.get(run=run, number=2)
+    assert step.status == "running"
+    assert not Lock.objects.filter(released_at__isnull=True).exists()  # released with it
+
+    monkeypatch.setattr(steps, "run_tool", real_run_tool)
+    assert recover_steps().retried == [step.pk]
+    drain()
+
+    run.refresh_from_db()
+    assert run.status == Run.Status.FINISHED
+    doc = Resource.objects.get(name="doc")
+    assert (doc.value, doc.version) == ("v1", 1)
+    step.refresh_from_db()
+    assert step.tool_calls[0]["result"] == {
+        "ok": True,
+        "status": "applied",
+        "version": 1,
+        "released": True,
+    }
+    assert Event.objects.filter(kind="lock.released").count() == 1
+    assert not Conflict.objects.exists()

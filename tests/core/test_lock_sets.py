@@ -33,7 +33,6 @@ from orchestrator.core.models import (
     RequestStatus,
 )
 from orchestrator.core.resources import resource_create
-from orchestrator.core.wakeups import register, unregister
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -55,18 +54,6 @@ def names(team):
     for name in ("c", "b", "a"):
         resource_create(team=team, name=name, value=0)
     return ["a", "b", "c"]
-
-
-@pytest.fixture
-def woken():
-    calls: list[dict] = []
-
-    def handler(**kw):
-        calls.append(kw)
-
-    register(handler)
-    yield calls
-    unregister(handler)
 
 
 def live(agent) -> set[str]:

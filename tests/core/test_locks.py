@@ -25,7 +25,6 @@ from orchestrator.core.models import (
     RequestStatus,
 )
 from orchestrator.core.resources import resource_create, resource_read, resource_write
-from orchestrator.core.wakeups import register, unregister
 from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -39,18 +38,6 @@ def team():
 @pytest.fixture
 def agents(team):
     return [factories.agent(team_=team, name=f"a{i}") for i in range(5)]
-
-
-@pytest.fixture
-def woken():
-    calls: list[dict] = []
-
-    def handler(**kw):
-        calls.append(kw)
-
-    register(handler)
-    yield calls
-    unregister(handler)
 
 
 def test_exclusive_acquire_write_release_bumps_fence_and_version(agents) -> None:
