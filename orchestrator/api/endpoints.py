@@ -131,12 +131,16 @@ def _holder_out(lock: Lock) -> dict[str, Any]:
 
 
 def _lock_out(lock: Lock, resource_name: str) -> dict[str, Any]:
+    """A lock as granted, with its resource's value and version (``lock.resource``, read
+    with the lock): a lock cycle needs no separate read."""
     return {
         "id": lock.pk,
         "resource": resource_name,
         "mode": lock.mode,
         "fence": lock.token,
         "expires_at": lock.expires_at,
+        "version": lock.resource.version,
+        "value": lock.resource.value,
     }
 
 
@@ -210,7 +214,13 @@ def read_resource(request: HttpRequest, name: str) -> dict[str, Any]:
         "when `fence` is not the caller's live lock and current fence, `not_holder` "
         "when another agent holds a lock and no fence is given, `version_conflict` when "
         "`expected_version` is not current), or turns it into an approval for an "
-        "operator (202). Rejections are recorded as conflicts."
+        "operator (202). Rejections are recorded as conflicts. With `release: true` "
+        "(and `fence`), the lock is released in the same transaction exactly when the "
+        "value is applied (200 with `released: true` and its `lock_id`; the agents "
+        "queued behind it are granted in that commit): the last write of a lock cycle, "
+        "which then needs no DELETE. A 409 or a 202 releases nothing: the lock stays "
+        "held (an approval re-checks the fence when it is decided). 400 "
+        "`invalid_request` for `release` without `fence`."
     ),
 )
 def write_resource(request: HttpRequest, name: str, payload: ResourceWriteIn) -> Status:
@@ -220,9 +230,13 @@ def write_resource(request: HttpRequest, name: str, payload: ResourceWriteIn) ->
         value=payload.value,
         expected_version=payload.expected_version,
         fence=payload.fence,
+        release=payload.release,
     )
     if result.status == "applied":
-        return Status(200, {"version": result.version})
+        lock_id = result.lock.pk if result.released else None
+        return Status(
+            200, {"version": result.version, "released": result.released, "lock_id": lock_id}
+        )
     if result.status == "approval_pending":
         return Status(202, {"approval_id": result.approval.pk})
     return _write_rejected(result)
@@ -243,7 +257,8 @@ def _write_rejected(result: WriteResult) -> Status:
     tags=["locks"],
     summary="Acquire a lock",
     description=(
-        "Grants the lock (201) with its fencing token, or, when it is busy, queues the "
+        "Grants the lock (201) with its fencing token and the resource's value and "
+        "version (no separate read needed), or, when it is busy, queues the "
         "request if `wait` is true (202: poll GET /lock-requests/{id}) or answers 409 "
         "`busy` with the holders. Idempotent: a holder asking again gets its lock back."
     ),
@@ -285,7 +300,8 @@ def acquire_lock(request: HttpRequest, payload: LockAcquireIn) -> Status:
     tags=["locks"],
     summary="Poll a queued lock request",
     description=(
-        "`lock` is set once the request is granted. Only its agent may read it. With "
+        "`lock` is set once the request is granted, with the resource's value and version "
+        "as of this answer. Only its agent may read it. With "
         "`wait` (seconds, up to 30) the answer waits while the request is still waiting: "
         "it comes as soon as the request is granted or ended, or when `wait` runs out "
         "(then `status` is still `waiting`; ask again)."

@@ -20,7 +20,7 @@ from orchestrator.core.operations import (
     AcquireSet,
     AskApproval,
     CreateResource,
-    FencedWriteBody,
+    FencedWrite,
     ListResources,
     Renew,
 )
@@ -30,7 +30,7 @@ class ResourceCreateIn(CreateResource):
     pass
 
 
-class ResourceWriteIn(FencedWriteBody):
+class ResourceWriteIn(FencedWrite):
     pass
 
 
@@ -81,7 +81,11 @@ class ResourceOut(Schema):
 
 
 class VersionOut(Schema):
-    version: int
+    version: int = Field(description="The version the value was written as.")
+    released: bool = Field(
+        description="Whether the lock was released with this write (asked with `release`)."
+    )
+    lock_id: int | None = Field(description="The lock released with the write, if any.")
 
 
 class ApprovalPendingOut(Schema):
@@ -94,6 +98,11 @@ class LockOut(Schema):
     mode: str
     fence: int
     expires_at: datetime
+    version: int = Field(
+        description="The resource's version as of the answer: while you hold the lock "
+        "(exclusive), nobody else writes it, so it needs no separate read."
+    )
+    value: Any = Field(description="The resource's value at that version.")
 
 
 class LockWaitingOut(Schema):

@@ -14,7 +14,7 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-LOCK_KEYS = {"id", "resource", "mode", "fence", "expires_at"}
+LOCK_KEYS = {"id", "resource", "mode", "fence", "expires_at", "version", "value"}
 
 
 def expire(lock_id: int) -> None:
@@ -117,7 +117,7 @@ def test_a_queued_request_is_granted_when_the_holder_releases(alice, bob, doc) -
     lock = Lock.objects.get(pk=body["lock"]["id"])
     assert (lock.agent, lock.expires_at - lock.acquired_at) == (bob.agent, timedelta(seconds=45))
     write = bob.write(doc, value="bob", fence=2)
-    assert write.json() == {"version": 1}
+    assert write.json() == {"version": 1, "released": False, "lock_id": None}
 
 
 def test_a_cancelled_request_reads_as_cancelled(alice, bob, doc) -> None:

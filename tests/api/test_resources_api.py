@@ -163,8 +163,14 @@ def test_write_applies_and_bumps_the_version(alice) -> None:
     first = alice.write("doc", value={"n": 1})
     second = alice.write("doc", value=None, expected_version=1)
 
-    assert (first.status_code, first.json()) == (200, {"version": 1})
-    assert (second.status_code, second.json()) == (200, {"version": 2})
+    assert (first.status_code, first.json()) == (
+        200,
+        {"version": 1, "released": False, "lock_id": None},
+    )
+    assert (second.status_code, second.json()) == (
+        200,
+        {"version": 2, "released": False, "lock_id": None},
+    )
     assert alice.read("doc").json()["value"] is None
 
 
@@ -201,7 +207,10 @@ def test_fenced_write_by_the_holder_applies(alice) -> None:
 
     response = alice.write("doc", value="mine", fence=lock["fence"], expected_version=0)
 
-    assert (response.status_code, response.json()) == (200, {"version": 1})
+    assert (response.status_code, response.json()) == (
+        200,
+        {"version": 1, "released": False, "lock_id": None},
+    )
 
 
 def test_write_to_a_protected_resource_waits_for_a_human(alice) -> None:
@@ -302,7 +311,9 @@ def test_stale_writer_is_fenced_off_after_its_lease_expired(alice, bob) -> None:
     assert fresh.status_code == 201
     assert fresh.json()["fence"] == stale["fence"] + 1
     assert bob.write("ledger", value={"owner": "bob"}, fence=fresh.json()["fence"]).json() == {
-        "version": 1
+        "version": 1,
+        "released": False,
+        "lock_id": None,
     }
 
     response = alice.write("ledger", value={"owner": "alice"}, fence=stale["fence"])
