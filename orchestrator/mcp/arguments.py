@@ -16,7 +16,7 @@ from pydantic_core import PydanticCustomError
 from orchestrator.core.operations import (
     MAX_LOCK_SET,
     Acquire,
-    FencedWriteBody,
+    FencedWrite,
     ObjectId,
     OnResource,
     Operation,
@@ -71,8 +71,9 @@ class WaitArgs(RequestArgs):
     wait_seconds: Seconds = 20
 
 
-class WriteArgs(FencedWriteBody, OnResource):
-    """Write a resource with the fence of the lock held and the version read."""
+class WriteArgs(FencedWrite, OnResource):
+    """Write a resource with the fence of the lock held and the version read; with
+    ``release``, release that lock in the same transaction if the write is applied."""
 
 
 class LockArgs(Operation):

@@ -36,8 +36,10 @@ AGENT_KEY = "orchestrator.agent"  # where the ASGI scope carries the authenticat
 
 INSTRUCTIONS = (
     "Coordinate with other agents on shared resources. Before changing a resource: "
-    "acquire it (exclusive), read it, write it with the fence of your lock and the "
-    "version you read, then release it. If acquire answers 'waiting', call wait until "
+    "acquire it (exclusive): the grant carries its value and version. Write it with the "
+    "fence of your lock and that version as expected_version; on the last write, pass "
+    "release: true, which releases the lock with the write (else call release). If "
+    "acquire answers 'waiting', call wait until "
     "granted; never write without the lock. A failed call is a tool error whose text "
     "starts with a code (stale_fence, version_conflict, not_holder, lease_lost, "
     "resource_not_found, forbidden, invalid_request, ...): each tool's description says "

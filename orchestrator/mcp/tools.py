@@ -200,15 +200,19 @@ def write(agent: Agent, args: WriteArgs) -> dict[str, Any]:
         value=args.value,
         expected_version=args.expected_version,
         fence=args.fence,
+        release=args.release,
     )
     if result.status == "applied":
-        return {"status": "applied", "version": result.version}
+        answer = {"status": "applied", "version": result.version, "released": result.released}
+        return {**answer, "lock_id": result.lock.pk} if result.released else answer
     if result.status == "approval_pending":
-        return {
-            "status": "approval_pending",
-            "approval_id": result.approval.pk,
-            "detail": result.detail or "every write to this resource waits for an operator",
-        }
+        detail = result.detail or "every write to this resource waits for an operator"
+        if args.release:
+            detail += (
+                "; your lock was not released: the approval re-checks its fence when it "
+                "is decided, so keep it (renew it) until then, then release it"
+            )
+        return {"status": "approval_pending", "approval_id": result.approval.pk, "detail": detail}
     raise _rejected(result)
 
 
@@ -267,7 +271,9 @@ TOOLS: dict[str, ToolSpec] = {
         AcquireArgs,
         "Lock a shared resource before you change it (mode 'exclusive', the default) or "
         "to read it consistently ('shared'; several agents may share). Returns either a "
-        "grant {status: 'granted', lock_id, fence, expires_at, version, value}, or, when "
+        "grant {status: 'granted', lock_id, fence, expires_at, version, value}: the "
+        "resource as it is now that you hold it, so you need no `read` before you "
+        "write (a cycle is acquire, then write with release: true), or, when "
         "another agent holds it, a queued request {status: 'waiting', request_id}: then "
         "call `wait` with that request_id until it is granted, and change nothing "
         "meanwhile. It waits up to wait_seconds (at most "
@@ -324,15 +330,22 @@ TOOLS: dict[str, ToolSpec] = {
     "write": ToolSpec(
         WriteArgs,
         "Replace a resource's value. Hold an exclusive lock first and pass its fence, "
-        "and pass the version your change is based on as expected_version. Returns "
-        "{status: 'applied', version} (the new version), or {status: "
+        "and pass the version your change is based on as expected_version (the version "
+        "`acquire` returned, or a later `read`). For the LAST write of a change, pass "
+        "release: true: the lock is released in the same step if and only if the write "
+        "is applied, so you need no `release` call afterwards (and a refused write keeps "
+        "your lock, so you can re-read and retry). Returns "
+        "{status: 'applied', version, released} (the new version; released: true with "
+        "the lock_id when the lock was released with it), or {status: "
         "'approval_pending', approval_id} when an operator must approve it (poll "
-        "approval_status). Errors: stale_fence (your lock is no longer the current one: "
+        "approval_status; your lock is NOT released then: release it once decided). "
+        "Errors: stale_fence (your lock is no longer the current one: "
         "it expired or was revoked; acquire again, re-read, redo your change), "
         "version_conflict (someone wrote since you read: re-read, redo your change on "
         "the new value, write with the new version), not_holder (another agent holds a "
         "lock on it: acquire it first), resource_not_found, invalid_value / "
-        "value_too_large / invalid_request (fix the value or arguments).",
+        "value_too_large / invalid_request (fix the value or arguments; release needs "
+        "the fence).",
         write,
     ),
     "release": ToolSpec(

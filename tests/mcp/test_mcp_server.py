@@ -66,6 +66,7 @@ def test_the_tools_are_listed_with_descriptions_and_input_schemas(live, agents):
         "value",
         "expected_version",
         "fence",
+        "release",
     }
     assert tools["read"].annotations.read_only_hint is True
     assert tools["write"].annotations.read_only_hint is False
@@ -104,7 +105,7 @@ def test_two_sessions_race_one_is_granted_the_other_queued_then_granted_by_wait(
                 fence=grant["fence"],
                 expected_version=grant["version"],
             )
-            assert written == {"status": "applied", "version": 1}
+            assert written == {"status": "applied", "version": 1, "released": False}
             assert await call(winner, "release", lock_id=grant["lock_id"]) == {
                 "status": "released",
                 "lock_id": grant["lock_id"],
@@ -140,7 +141,7 @@ def test_a_write_with_an_old_fence_is_a_stale_fence_tool_error(live, agents):
     assert second["fence"] > first["fence"]
     assert text.startswith("stale_fence: ")
     assert body["error"] == "stale_fence" and body["conflict_id"] is not None
-    assert fresh == {"status": "applied", "version": 1}
+    assert fresh == {"status": "applied", "version": 1, "released": False}
     assert Resource.objects.get(name="doc").value == "fresh"
 
 
