@@ -29,6 +29,10 @@ def mapped(op: Op[T], convert: Callable[[T], U]) -> Op[U]:
     return convert((yield from op))
 
 
+def _version(answer: dict[str, Any]) -> int:
+    return answer["version"]
+
+
 class Lease:
     """A held lease by this process's clock: it ends ``ttl`` seconds after the last
     renewal was *sent* (the server counts from when it received it, later), so the
@@ -94,7 +98,17 @@ class ClientBase:
     def _write_op(
         self, name: str, value: Any, expected_version: int | None, fence: int | None
     ) -> Op[int]:
-        return _ops.write_resource(name, value, expected_version, fence, self.approval)
+        return mapped(self._written_op(name, value, expected_version, fence), _version)
+
+    def _written_op(
+        self,
+        name: str,
+        value: Any,
+        expected_version: int | None,
+        fence: int | None,
+        release: bool = False,
+    ) -> Op[dict[str, Any]]:
+        return _ops.write_resource(name, value, expected_version, fence, self.approval, release)
 
     def _approval_op(
         self,
@@ -224,6 +238,11 @@ class LockBase(HeldBase):
         return f"the lock on {self.resource}"
 
     @property
+    def _lease_holder(self) -> Any:
+        """What renews this lock's lease: the lock itself (a set's lock: the set)."""
+        return self
+
+    @property
     def fence(self) -> int:
         """The fencing token, sent with every write through this lock."""
         return self._info()["fence"]
@@ -232,6 +251,17 @@ class LockBase(HeldBase):
     def expires_at(self) -> str:
         """When the lease ends by the server's clock, as of the grant or last renewal."""
         return self._info()["expires_at"]
+
+    @property
+    def version(self) -> int:
+        """The resource's version as of the grant: while an exclusive lock is held nobody
+        else writes it, so a cycle needs no read (``write(..., expected_version=...)``)."""
+        return self._info()["version"]
+
+    @property
+    def value(self) -> Any:
+        """The resource's value at :attr:`version`, as of the grant."""
+        return self._info()["value"]
 
     def _acquire_op(self) -> Op[dict[str, Any]]:
         return _ops.acquire(self.resource, self.mode, self.ttl, self.wait, self.timeout)
@@ -249,11 +279,25 @@ class LockBase(HeldBase):
         self._live()
         return self.client._read_op(self.resource)
 
-    def _write_op(self, value: Any, expected_version: int | None) -> Op[int]:
+    def _write_op(self, value: Any, expected_version: int | None, release: bool = False) -> Op[int]:
+        """The version written; with ``release``, the lock ends with the write (only if it
+        is applied: a refusal or a pending approval keeps it), and so here too."""
         self._live()
-        return self._fenced(
-            self.client._write_op(self.resource, value, expected_version, self.fence)
+        return mapped(
+            self._fenced(
+                self.client._written_op(self.resource, value, expected_version, self.fence, release)
+            ),
+            self._after_write,
         )
+
+    def _after_write(self, answer: dict[str, Any]) -> int:
+        if answer.get("released"):
+            self._released_by_write()
+        return answer["version"]
+
+    def _released_by_write(self) -> None:
+        """The server released this lock with a write: a later release() is a no-op."""
+        self.released = True
 
     def _approval_op(self, value: Any, expected_version: int | None, reason: str) -> Op[Any]:
         self._live()
@@ -279,9 +323,23 @@ class SetMember(LockBase):
         super().__init__(owner.client, info["resource"], mode=owner.mode, ttl=owner.ttl)
         self.owner = owner
         self.info = dict(info)
+        self.ended = False  # released with a write, before the rest of the set
+
+    @property
+    def _lease_holder(self) -> Any:
+        return self.owner
 
     def _live(self) -> None:
+        if self.ended:
+            raise LeaseLost(f"{self.what} was released with a write; acquire it again")
         self.owner._live()
+
+    def _released_by_write(self) -> None:
+        """This lock ended with a write: the set no longer renews it, and once each of
+        its locks has ended so, the set is released."""
+        self.ended = True
+        if all(member.ended for member in self.owner.members.values()):
+            self.owner.released = True
 
     @property
     def lease(self) -> Lease | None:  # type: ignore[override]
@@ -335,7 +393,7 @@ class LockSetBase(HeldBase):
 
     def _renew_op(self) -> Op[Any]:
         self._live()
-        return self._renewal(self.locks)
+        return self._renewal([lock for lock in self.locks if not lock.ended])
 
     def _release_op(self) -> Op[dict[str, Any]]:
         self.released = True

@@ -117,14 +117,18 @@ def write_resource(
     expected_version: int | None,
     fence: int | None,
     approval: Callable[[int], Any],
-) -> Op[int]:
-    """The version written; ApprovalPending (``approval(id)`` attached) if it waits for
-    an operator."""
+    release: bool = False,
+) -> Op[dict[str, Any]]:
+    """The answer of an applied write (``version``, ``released``, ``lock_id``: with
+    ``release``, the lock ``fence`` names ended with the write); ApprovalPending
+    (``approval(id)`` attached) if it waits for an operator (the lock is kept)."""
     body: dict[str, Any] = {"value": value}
     if expected_version is not None:
         body["expected_version"] = expected_version
     if fence is not None:
         body["fence"] = fence
+    if release:
+        body["release"] = True
     reply = yield Call("PUT", resource_path(name), json=body)
     answer = expect(reply, 200, 202)
     if reply is not None and reply.status == 202:
@@ -134,7 +138,7 @@ def write_resource(
             approval=approval(approval_id),
             approval_id=approval_id,
         )
-    return answer["version"]
+    return answer
 
 
 def simple(method: str, path: str, ok: int = 200, **kwargs: Any) -> Op[Any]:
@@ -148,7 +152,8 @@ def simple(method: str, path: str, ok: int = 200, **kwargs: Any) -> Op[Any]:
 def acquire(
     resource: str, mode: str, ttl: int | None, wait: bool, timeout: float | None
 ) -> Op[dict[str, Any]]:
-    """The granted lock (``id``, ``resource``, ``mode``, ``fence``, ``expires_at``).
+    """The granted lock (``id``, ``resource``, ``mode``, ``fence``, ``expires_at``, and
+    the resource's ``version`` and ``value`` as of the grant).
 
     Busy when it is held and ``wait`` is false; otherwise the request queues and is
     long-polled until it is granted (DeadlockVictim, RequestCancelled if it ends

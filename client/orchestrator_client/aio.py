@@ -185,13 +185,16 @@ class _AsyncHeld:
     async def release(self) -> None:
         if self.info is None or self.released:
             return
+        await self._stop_renewing()
+        await self.client.run(self._release_op())  # type: ignore[attr-defined]
+
+    async def _stop_renewing(self) -> None:
         task = getattr(self, "_task", None)
         if task is not None and task is not asyncio.current_task():
             async with self._sending:  # after any renewal in flight; none after this
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await self.client.run(self._release_op())  # type: ignore[attr-defined]
 
     async def __aenter__(self) -> Any:
         return await self.acquire()
@@ -213,8 +216,20 @@ class _AsyncLockCalls(LockBase):
     async def read(self) -> Resource:
         return await self.client.run(self._read_op())
 
-    async def write(self, value: Any, *, expected_version: int | None = None) -> int:
-        return await self.client.run(self._write_op(value, expected_version))
+    async def write(
+        self, value: Any, *, expected_version: int | None = None, release: bool = False
+    ) -> int:
+        """As :meth:`orchestrator_client.Lock.write`: with ``release``, the lock ends with
+        the applied write, here too (its renewal task stops)."""
+        op = self._write_op(value, expected_version, release)
+        if not release:
+            return await self.client.run(op)
+        holder = self._lease_holder
+        async with holder._sending:  # no renewal in flight meanwhile
+            version = await self.client.run(op)
+        if holder.released:
+            await holder._stop_renewing()
+        return version
 
     async def request_approval(
         self, value: Any, *, expected_version: int | None = None, reason: str = ""

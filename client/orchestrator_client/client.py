@@ -5,6 +5,11 @@
         state = lock.read()
         lock.write({"text": "hello"}, expected_version=state.version)   # fenced
 
+    # A lock cycle in two requests: the grant says the value and version, and the
+    # write releases the lock in its own transaction (only if it is applied).
+    with client.lock("counter") as lock:
+        lock.write(lock.value + 1, expected_version=lock.version, release=True)
+
 A held lock renews its lease in a background thread every third of its TTL. If
 a renewal fails (the lease ended, or the server could not be reached before it
 ran out), the next call on the lock raises :class:`LeaseLost` and sends nothing.
@@ -206,14 +211,19 @@ class _Held:
 
     def release(self) -> None:
         """Release it. LeaseLost if it had already ended otherwise (expired, revoked,
-        force-released): what was done under it may have been overtaken."""
+        force-released): what was done under it may have been overtaken. A no-op once
+        it is released (by a write with ``release``, too)."""
         if self.info is None or self.released:
             return
+        self._stop_renewing()
+        self.client.run(self._release_op())  # type: ignore[attr-defined]
+
+    def _stop_renewing(self) -> None:
+        """Stop the renewing thread, after any renewal in flight (none follows this)."""
         with self._sending:
             self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        self.client.run(self._release_op())  # type: ignore[attr-defined]
 
     def __enter__(self) -> Any:
         return self.acquire()
@@ -245,11 +255,27 @@ class _LockCalls(LockBase):
         """The resource, read while the lock is held. LeaseLost if it is not."""
         return self.client.run(self._read_op())
 
-    def write(self, value: Any, *, expected_version: int | None = None) -> int:
+    def write(
+        self, value: Any, *, expected_version: int | None = None, release: bool = False
+    ) -> int:
         """Write with this lock's fence (and ``expected_version`` if given); the new
         version. LeaseLost (nothing is sent) once the lease is lost; StaleFence (a
-        LeaseLost) if the server finds the fence stale."""
-        return self.client.run(self._write_op(value, expected_version))
+        LeaseLost) if the server finds the fence stale.
+
+        With ``release`` the server releases the lock in the write's own transaction,
+        exactly when the write is applied: then the lock is released here too (its
+        renewals stop, a later ``release()`` is a no-op). A refused write
+        (VersionConflict, StaleFence) or one that waits for an operator
+        (ApprovalPending) keeps the lock."""
+        op = self._write_op(value, expected_version, release)
+        if not release:
+            return self.client.run(op)
+        holder = self._lease_holder
+        with holder._sending:  # no renewal in flight meanwhile: none of an ended lock
+            version = self.client.run(op)
+        if holder.released:
+            holder._stop_renewing()
+        return version
 
     def request_approval(
         self, value: Any, *, expected_version: int | None = None, reason: str = ""
