@@ -3,7 +3,8 @@
 It trusts nothing the agents said about themselves beyond what the services
 recorded: the ``resource.written`` events (commit-ordered ids, writer, fence),
 the Lock history (each lock's grant and end events), the steps' tool calls
-(which version each agent read before it wrote) and the resources' values.
+(which version each agent read before it wrote: a read, or a grant, which carries
+the value and version) and the resources' values.
 
 Anomalies it counts:
 
@@ -49,6 +50,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agents.backends.scripted import read_in
 from orchestrator.core.models import Event, Lock, LockMode, Resource, ResourceVersion, Run, Step
 from orchestrator.core.tenancy import split_name
 
@@ -181,13 +183,16 @@ def _walk_steps(steps: list[Step]) -> tuple[list[Anomaly], dict[str, int], set[s
             resource = args.get("resource") if isinstance(args, dict) else None
             if call["tool"] == "finish" and result.get("ok"):
                 finished.add(step.agent.name)
+            # A grant carries the value and version, as a read does (acquire_all: each lock).
+            for name in _named(args, call["tool"]):
+                seen = read_in(call["tool"], args, result, name)
+                if seen is not None:
+                    last_read[(step.agent_id, name)] = seen
             if not isinstance(resource, str):
                 continue
             names.add(resource)
             key = (step.agent_id, resource)
-            if call["tool"] == "read" and result.get("ok"):
-                last_read[key] = result
-            elif call["tool"] == "write" and result.get("status") == "applied":
+            if call["tool"] == "write" and result.get("status") == "applied":
                 seen = last_read.get(key, {})
                 base = args.get("expected_version")
                 if not isinstance(base, int) or isinstance(base, bool):
@@ -206,6 +211,15 @@ def _walk_steps(steps: list[Step]) -> tuple[list[Anomaly], dict[str, int], set[s
                 if _is_int(value) and _is_int(before):
                     increments[resource] += value - before
     return anomalies, increments, names, finished
+
+
+def _named(args: Any, tool: str) -> list[Any]:
+    """The resources a call names: its ``resource``, or an ``acquire_all``'s list."""
+    if not isinstance(args, dict):
+        return []
+    if tool == "acquire_all" and isinstance(args.get("resources"), list):
+        return [name for name in args["resources"] if isinstance(name, str)]
+    return [args["resource"]] if isinstance(args.get("resource"), str) else []
 
 
 def _is_int(value: Any) -> bool:

@@ -12,10 +12,18 @@ seeded choice that must stay the same across several calls (which slot an
 agent books) is drawn here, from the scenario's seed, rather than with
 ``$choice`` (which draws anew at every step).
 
+Where it fits, a script makes the lock cycle in two transactions: ``acquire`` (whose
+grant carries the value and version, which count as a read for ``$inc`` and
+``$version``), then the last ``write`` with ``release: true``, which releases the lock
+in the write's own commit if the write is applied (a refused write keeps the lock, so
+the retry's re-read and write happen under it). A write that may become an approval
+(the demo's editor) keeps its own ``release``: an approval keeps the lock.
+
 * ``booking``: N agents each want one room at one hour (resources
   ``slot-<room>-<hour>``, about two agents per slot), and would take one of two
-  other slots instead. A guarded booking takes the slot's exclusive lock, reads
-  it and writes ``[agent]`` with ``expected_version`` 0: a free slot is at
+  other slots instead. A guarded booking takes the slot's exclusive lock (which
+  says its version) and writes ``[agent]`` with ``expected_version`` 0, releasing
+  the lock with the write: a free slot is at
   version 0, a booked one is not, so a second booking is refused
   (version_conflict), which is final. Its agent releases the slot and tries its
   next one, and when none is left it finishes, saying it could not book
@@ -87,39 +95,40 @@ def _call(tool: str, resource: str, **args: Any) -> dict[str, Any]:
 
 
 def increment_script(resource: str) -> list[dict[str, Any]]:
-    """Read-modify-write under an exclusive lock: the careful way to add one."""
+    """Read-modify-write under an exclusive lock, in two transactions: the grant says
+    the value and version, and the write releases the lock when it is applied."""
     return [
         _call("acquire", resource),
-        _call("read", resource),
-        _call("write", resource, value={"$inc": 1}, expected_version="$version"),
-        _call("release", resource),
+        _call("write", resource, value={"$inc": 1}, expected_version="$version", release=True),
     ]
 
 
 def _booking_calls(slot: str, on_refused: int) -> list[dict[str, Any]]:
-    """Take ``slot``'s lock, read it and write ``[agent]`` at version 0 (the free slot).
-    A booked slot is refused (version_conflict), never overwritten; that refusal is
-    final (agents.backends.scripted), so the agent goes ``on_refused`` entries on."""
-    write = _call("write", slot, value=["{agent}"], expected_version=0)
-    return [_call("acquire", slot), _call("read", slot), {**write, "on_refused": on_refused}]
+    """Take ``slot``'s lock and write ``[agent]`` at version 0 (the free slot), releasing
+    the lock with the write. A booked slot is refused (version_conflict), never
+    overwritten, and the lock is kept; that refusal is final (agents.backends.scripted),
+    so the agent goes ``on_refused`` entries on (to a release)."""
+    write = _call("write", slot, value=["{agent}"], expected_version=0, release=True)
+    return [_call("acquire", slot), {**write, "on_refused": on_refused}]
 
 
 def booking_script(slot: str) -> list[dict[str, Any]]:
-    """Book ``slot`` for the agent, or leave it if somebody booked it first: either
-    way the agent releases it and goes on with the rest of its script (so that
-    scripts booking several slots can be joined end to end)."""
+    """Book ``slot`` for the agent, or leave it if somebody booked it first, and go on
+    with the rest of its script (so that scripts booking several slots can be joined
+    end to end). The release is for a refused booking (whose lock is kept); after a
+    booking, whose write released the lock, it answers not_holder, which counts as
+    done."""
     return [*_booking_calls(slot, on_refused=1), _call("release", slot)]
 
 
 def guest_script(slots: list[str]) -> list[dict[str, Any]]:
     """Book the first of ``slots`` that is free, trying them in order, and finish
     saying which; or, when every one was taken, finish saying it could not book.
-    Each slot taken by somebody else costs 4 steps (acquire, read, write, release)."""
+    Each slot taken by somebody else costs 3 steps (acquire, write, release)."""
     script: list[dict[str, Any]] = []
     for slot in slots:
         script += [
-            *_booking_calls(slot, on_refused=3),  # refused: on to the second release
-            _call("release", slot),
+            *_booking_calls(slot, on_refused=2),  # refused: on to the release
             {"tool": "finish", "args": {"summary": f"booked {slot}"}},
             _call("release", slot),  # the slot was taken: leave it, try the next one
         ]
@@ -141,7 +150,7 @@ def plan_booking(prefix: str, agents: int, rng: random.Random) -> Plan:
         goal="Book a room at the hour you want, or another free one; never take a slot "
         "somebody already booked.",
         resources={slot: [] for slot in slots},
-        # A guest tries at most 3 slots (13 steps); the rest is room for lost locks
+        # A guest tries at most 3 slots (10 steps); the rest is room for lost locks
         # taken again (a write refused for a stale fence is retried, up to 3 times).
         max_steps=60,
     )
@@ -175,10 +184,8 @@ def plan_pipeline(prefix: str, agents: int, rng: random.Random) -> Plan:
             round_ = increment_script(notes)  # append a note
         elif role == "writer":
             round_ = [
-                _call("acquire", notes, mode=LockMode.SHARED),
-                _call("read", notes),
-                *increment_script(draft)[:3],  # revise the draft from the notes
-                _call("release", draft),
+                _call("acquire", notes, mode=LockMode.SHARED),  # the grant reads the notes
+                *increment_script(draft),  # revise the draft from them
                 _call("release", notes),
             ]
         else:
@@ -192,18 +199,17 @@ def plan_pipeline(prefix: str, agents: int, rng: random.Random) -> Plan:
 
 def _clerk(name: str, first: str, second: str, config: dict[str, Any] | None = None) -> AgentPlan:
     """An agent that takes ``first`` then ``second`` and increments both: two of them
-    in opposite orders make the classic lock-ordering deadlock."""
+    in opposite orders make the classic lock-ordering deadlock. Both writes are made
+    while it holds both locks (the grants say the values); the second releases its
+    lock, then the first lock is released."""
     return AgentPlan(
         name=name,
         role=f"You update {first} and then {second}.",
         script=[
             _call("acquire", first),
-            _call("read", first),
             _call("acquire", second),
-            _call("read", second),
             _call("write", first, value={"$inc": 1}, expected_version="$version"),
-            _call("write", second, value={"$inc": 1}, expected_version="$version"),
-            _call("release", second),
+            _call("write", second, value={"$inc": 1}, expected_version="$version", release=True),
             _call("release", first),
         ],
         config=config or {},
@@ -227,20 +233,18 @@ def plan_deadlock(prefix: str, agents: int, rng: random.Random) -> Plan:
 
 def transfer_script(source: str, target: str, amount: int) -> list[dict[str, Any]]:
     """Move ``amount`` from ``source`` to ``target``: both accounts locked in one call
-    (``acquire_all``, all or nothing, whatever order they are named in), both read,
-    the debit and the credit written, both released.
+    (``acquire_all``, all or nothing, whatever order they are named in; its grant says
+    both balances), the debit and the credit written while both are held, the credit
+    releasing its lock, then the other lock released.
 
     As with the ``deadlock`` clerks, a write refused for a stale fence (the locks ran
     out, say under a worker stalled between steps) takes the set again and does the
     transfer over from its reads: a debit already applied would be applied again."""
     return [
         {"tool": "acquire_all", "args": {"resources": [source, target]}},
-        _call("read", source),
-        _call("read", target),
         _call("write", source, value={"$inc": -amount}, expected_version="$version"),
-        _call("write", target, value={"$inc": amount}, expected_version="$version"),
+        _call("write", target, value={"$inc": amount}, expected_version="$version", release=True),
         _call("release", source),
-        _call("release", target),
     ]
 
 
@@ -308,13 +312,18 @@ def plan_demo(prefix: str, agents: int, rng: random.Random) -> Plan:
         )
     for i, (first, second) in enumerate((ledgers, ledgers[::-1])):
         plan.agents.append(_clerk(f"{prefix}-clerk{i + 1}", first, second, looping))
-    acquire, read, write, release_it = increment_script(release)
+    revise = _call("write", release, value={"$inc": 1}, expected_version="$version")
     plan.agents.append(
         AgentPlan(
             name=f"{prefix}-editor",
             role="You revise the press release; an operator approves each revision.",
-            # A revision the operator rejects is final: release, then start a new one.
-            script=[acquire, read, {**write, "on_refused": 1}, release_it],
+            # Every revision waits for an operator, and an approval keeps the lock: the
+            # editor releases it itself. A rejection is final: release, start a new one.
+            script=[
+                _call("acquire", release),
+                {**revise, "on_refused": 1},
+                _call("release", release),
+            ],
             config={**looping, "think": [2.0, 5.0]},
         )
     )

@@ -13,7 +13,9 @@ model:
 
 * ``"{agent}"`` inside strings: the agent's name;
 * ``{"$choice": [a, b, ...]}``: one of the options, chosen with the seeded RNG;
-* ``"$version"``: the version seen by the agent's latest read of the resource;
+* ``"$version"``: the version seen by the agent's latest read of the resource: a
+  ``read``, or a grant (``acquire``, and each lock of ``acquire_all``, carry the value
+  and version as of the grant);
 * ``{"$inc": n}``: the value of that latest read plus ``n``.
 
 **Refused calls.** A call whose result is not ok (a write refused, a lock wait
@@ -96,6 +98,26 @@ def _calls(transcript: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return calls
+
+
+def read_in(tool: str, args: Any, result: dict[str, Any], resource: Any) -> dict[str, Any] | None:
+    """What a call of ``tool`` with ``args`` that answered ``result`` saw of ``resource``
+    (its ``value`` and ``version``) if it read it: an ok ``read``, or a grant that
+    carries them (``acquire``, each lock of ``acquire_all``); else None. The run checker
+    reads the steps' calls the same way (agents/checker.py)."""
+    if not isinstance(args, dict) or not result.get("ok"):
+        return None
+    if tool == "read" and args.get("resource") == resource:
+        return result
+    if result.get("status") != "granted":
+        return None
+    if tool == "acquire" and args.get("resource") == resource:
+        return result if "version" in result else None
+    if tool == "acquire_all":
+        for lock in result.get("locks") or []:
+            if lock.get("resource") == resource and "version" in lock:
+                return lock
+    return None
 
 
 @dataclass(frozen=True)
@@ -274,11 +296,12 @@ class ScriptedBackend:
     def _last_read(
         resource: str | None, calls: list[dict[str, Any]], results: dict[str, dict[str, Any]]
     ) -> dict[str, Any]:
+        """The latest result that saw ``resource``'s value and version: a read, or a
+        grant that carries them; {} if none."""
         for call in reversed(calls):
-            if call["name"] == "read" and call["args"].get("resource") == resource:
-                result = results.get(call["id"], {})
-                if result.get("ok"):
-                    return result
+            seen = read_in(call["name"], call["args"], results.get(call["id"], {}), resource)
+            if seen is not None:
+                return seen
         return {}
 
     @staticmethod

@@ -4,7 +4,9 @@ the write is rejected as stale_fence and recorded, never applied as an unfenced
 write that finds the resource free. The scripted agent then takes the lock again.
 
 One step runs one scripted call, so acquire, read, write and release are four
-steps: the worker running them may stall between any two of them (a zombie)."""
+steps: the worker running them may stall between any two of them (a zombie). (The
+scenarios' two-step cycle, acquire then write with release, has the same gap between
+its two steps; these tests keep the four, which have every gap.)"""
 
 from __future__ import annotations
 
@@ -23,7 +25,13 @@ from tests import factories
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-INCREMENT = increment_script("counter")
+INCREMENT = [
+    {"tool": "acquire", "args": {"resource": "counter"}},
+    {"tool": "read", "args": {"resource": "counter"}},
+    {"tool": "write", "args": {"resource": "counter", "value": {"$inc": 1},
+                               "expected_version": "$version"}},
+    {"tool": "release", "args": {"resource": "counter"}},
+]  # fmt: skip
 
 
 def run_next_job() -> None:
@@ -142,3 +150,29 @@ def test_a_release_after_the_lock_ended_counts_as_done(redis_conn) -> None:
     assert Step.objects.filter(run=run).count() == 9  # two increments and the finish
     (release,) = Step.objects.get(run=run, number=4).tool_calls
     assert release["result"]["error"] == "not_holder"  # its lock is gone
+
+
+def test_the_two_step_cycle_after_the_lock_was_force_released_is_a_stale_fence(
+    redis_conn,
+) -> None:
+    """acquire, then (a zombie later) write with release: the write carries the ended
+    lock's token, is refused, releases nothing; the agent takes the lock again."""
+    team = factories.team()
+    resource_create(team=team, name="counter", value=0)
+    agent = factories.agent(team_=team, name="zombie", backend="scripted",
+                            config={"script": increment_script("counter")})  # fmt: skip
+    run = run_start(team=team, goal="count once", agents=[agent], seed=3)
+    run_next_job()  # acquire
+    lock = Lock.objects.get(agent=agent, released_at__isnull=True)
+    lock_force_release(lock_id=lock.pk, user=factories.superuser())
+
+    run_next_job()  # the write with release
+
+    result = write_call(run, 2)["result"]
+    assert (result["error"], "released" in result) == ("stale_fence", False)
+    assert Resource.objects.get(name="counter").version == 0
+    drain()
+    run.refresh_from_db()
+    counter = Resource.objects.get(name="counter")
+    assert (run.status, counter.value, counter.version) == ("finished", 1, 1)
+    assert not Lock.objects.filter(agent=agent, released_at__isnull=True).exists()

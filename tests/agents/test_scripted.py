@@ -20,6 +20,8 @@ from agents.scenarios import booking_script, guest_script, increment_script, tra
 
 Answer = Callable[[str, dict[str, Any]], dict[str, Any]]
 OK_READ = {"ok": True, "value": [], "version": 0}
+# A grant says the value and version, as a read does.
+GRANTED = {"ok": True, "status": "granted", "fence": 1, "value": [], "version": 0}
 
 
 @pytest.fixture(autouse=True)
@@ -92,26 +94,18 @@ def test_a_guest_whose_slot_is_taken_books_its_next_choice_without_retrying() ->
     def write(args):
         return TAKEN if args["resource"] == "a" else {"ok": True, "status": "applied"}
 
-    made = drive({"script": guest_script(["a", "b", "c"])}, answers(read=OK_READ, write=write))
+    made = drive({"script": guest_script(["a", "b", "c"])}, answers(acquire=GRANTED, write=write))
 
-    assert tools(made) == [
-        "acquire a",
-        "read a",
-        "write a",
-        "release a",
-        "acquire b",
-        "read b",
-        "write b",
-        "release b",
-        "finish",
-    ]
+    # The booking's write releases its lock; a refused one keeps it, released after.
+    assert tools(made) == ["acquire a", "write a", "release a", "acquire b", "write b", "finish"]
+    assert [args["release"] for tool, args, _ in made if tool == "write"] == [True, True]
     assert made[-1][1] == {"summary": "booked b"}
 
 
 def test_a_guest_finds_every_slot_taken_and_finishes_saying_so() -> None:
-    made = drive({"script": guest_script(["a", "b"])}, answers(read=OK_READ, write=TAKEN))
+    made = drive({"script": guest_script(["a", "b"])}, answers(acquire=GRANTED, write=TAKEN))
 
-    assert len(made) == 9  # 4 steps per slot taken, and the finish
+    assert len(made) == 7  # 3 steps per slot taken, and the finish
     assert made[-1][1] == {"summary": "could not book: a, b taken"}
 
 
@@ -122,10 +116,16 @@ def test_joined_booking_scripts_leave_a_taken_slot_and_book_the_next() -> None:
         return TAKEN if args["resource"] == "a" else {"ok": True, "status": "applied"}
 
     script = booking_script("a") + booking_script("b")
-    made = drive({"script": script}, answers(read=OK_READ, write=write))
+    gone = {"ok": False, "error": "not_holder"}  # released with the booking already
+
+    def release(args):
+        return gone if args["resource"] == "b" else {"ok": True, "status": "released"}
+
+    made = drive({"script": script}, answers(acquire=GRANTED, write=write, release=release))
 
     assert [r.get("status") for t, _, r in made if t == "write"] == [None, "applied"]
-    assert tools(made)[-2:] == ["release b", "finish"]
+    assert tools(made)[-2:] == ["release b", "finish"]  # not_holder counts as done
+    assert made[-1][1] == {"summary": "script done"}
 
 
 def test_retries_are_bounded_even_when_every_lock_is_lost() -> None:
@@ -135,21 +135,27 @@ def test_retries_are_bounded_even_when_every_lock_is_lost() -> None:
     stale = {"ok": False, "error": "stale_fence", "detail": "your lock ended"}
     made = drive(
         {"script": increment_script("n")},
-        answers(read={"ok": True, "value": 0, "version": 0}, write=stale),
+        answers(acquire={**GRANTED, "value": 0}, write=stale),
     )
 
-    assert tools(made) == ["acquire n", "read n", "write n"] * 4 + ["finish"]
+    assert tools(made) == ["acquire n", "write n"] * 4 + ["finish"]
     assert made[-1][1] == {"summary": "gave up: write n was refused 4 times (stale_fence)"}
 
 
 def test_a_stale_version_is_re_read_and_retried_a_bounded_number_of_times() -> None:
     conflict = {"ok": False, "error": "version_conflict", "detail": "moved"}
     config = {"script": increment_script("n"), "retries": 2}
-    made = drive(config, answers(read={"ok": True, "value": 0, "version": 0}, write=conflict))
+    made = drive(
+        config,
+        answers(
+            acquire={**GRANTED, "value": 0},
+            read={"ok": True, "value": 5, "version": 3},
+            write=conflict,
+        ),
+    )
 
     assert tools(made) == [
         "acquire n",
-        "read n",
         "write n",
         "read n",
         "write n",
@@ -157,6 +163,9 @@ def test_a_stale_version_is_re_read_and_retried_a_bounded_number_of_times() -> N
         "write n",
         "finish",
     ]
+    # The first write is based on the grant, the retries on the re-reads.
+    writes = [(args["value"], args["expected_version"]) for t, args, _ in made if t == "write"]
+    assert writes == [(1, 0), (6, 3), (6, 3)]
 
 
 def test_the_count_of_refusals_starts_again_once_past_the_refused_entry() -> None:
@@ -171,7 +180,7 @@ def test_the_count_of_refusals_starts_again_once_past_the_refused_entry() -> Non
 
     made = drive(
         {"script": increment_script("n") * 2, "retries": 1},
-        answers(read={"ok": True, "value": 0, "version": 0}, write=write),
+        answers(acquire={**GRANTED, "value": 0}, write=write),
     )
 
     assert tools(made).count("write n") == 4
@@ -203,26 +212,29 @@ def test_a_stale_fence_after_acquire_all_takes_the_whole_set_again() -> None:
             return {"ok": False, "error": "stale_fence", "detail": "your lock ended"}
         return {"ok": True, "status": "applied"}
 
+    def acquire_all(args):
+        locks = [{"resource": name, "fence": 1, "value": 100, "version": 1} for name in "ab"]
+        return {"ok": True, "status": "granted", "locks": locks}
+
     made = drive(
-        {"script": transfer_script("a", "b", 5)},
-        answers(read={"ok": True, "value": 100, "version": 1}, write=write),
+        {"script": transfer_script("a", "b", 5)}, answers(acquire_all=acquire_all, write=write)
     )
 
-    transfer = ["acquire_all", "read a", "read b", "write a", "write b"]
-    assert tools(made) == [*transfer, *transfer, "release a", "release b", "finish"]
+    transfer = ["acquire_all", "write a", "write b"]
+    assert tools(made) == [*transfer, *transfer, "release a", "finish"]
     assert made[0][1] == {"resources": ["a", "b"]}
+    # The balances come from the grant: no read.
     assert [args["value"] for tool, args, _ in made if tool == "write"] == [95, 105] * 2
+    assert [args.get("release") for tool, args, _ in made if tool == "write"] == [None, True] * 2
 
 
 def test_an_operator_rejection_is_final_and_the_fallback_goes_on() -> None:
     rejected = {"ok": False, "status": "rejected", "detail": "no"}
-    acquire, read, write, release = increment_script("doc")
-    script = [acquire, read, {**write, "on_refused": 1}, release]
-    made = drive(
-        {"script": script}, answers(read={"ok": True, "value": 0, "version": 0}, write=rejected)
-    )
+    acquire, write = increment_script("doc")
+    script = [acquire, {**write, "on_refused": 1}, {"tool": "release", "args": {"resource": "doc"}}]
+    made = drive({"script": script}, answers(acquire={**GRANTED, "value": 0}, write=rejected))
 
-    assert tools(made) == ["acquire doc", "read doc", "write doc", "release doc", "finish"]
+    assert tools(made) == ["acquire doc", "write doc", "release doc", "finish"]
 
 
 def test_a_call_stopped_by_a_pause_is_run_again_without_counting() -> None:
@@ -263,7 +275,7 @@ def test_the_position_is_kept_in_the_call_ids_not_in_the_transcript_window() -> 
     stale = {"ok": False, "error": "stale_fence"}
     made = drive(
         {"script": increment_script("n")},
-        answers(read={"ok": True, "value": 0, "version": 0}, write=stale),
+        answers(acquire={**GRANTED, "value": 0}, write=stale),
         window=2,
     )
 
@@ -298,3 +310,35 @@ def test_good_retry_settings_pass() -> None:
     }
     assert ScriptedConfig.model_validate(config).retries == 5
     ScriptedConfig.model_validate({"script": guest_script(["a", "b", "c"])})
+
+
+def test_a_grant_counts_as_the_latest_read_and_a_later_read_replaces_it() -> None:
+    script = [
+        {"tool": "acquire", "args": {"resource": "n"}},
+        {"tool": "write", "args": {"resource": "n", "value": {"$inc": 1},
+                                   "expected_version": "$version"}},
+        {"tool": "read", "args": {"resource": "n"}},
+        {"tool": "write", "args": {"resource": "n", "value": {"$inc": 1},
+                                   "expected_version": "$version"}},
+        {"tool": "acquire_all", "args": {"resources": ["m", "n"]}},
+        {"tool": "write", "args": {"resource": "m", "value": {"$inc": 1},
+                                   "expected_version": "$version"}},
+    ]  # fmt: skip
+
+    def acquire_all(args):
+        locks = [{"resource": "m", "fence": 2, "value": 40, "version": 4},
+                 {"resource": "n", "fence": 3, "value": 50, "version": 5}]  # fmt: skip
+        return {"ok": True, "status": "granted", "locks": locks}
+
+    made = drive(
+        {"script": script},
+        answers(
+            acquire={**GRANTED, "value": 7, "version": 2},
+            read={"ok": True, "value": 9, "version": 3},
+            acquire_all=acquire_all,
+            write={"ok": True, "status": "applied"},
+        ),
+    )
+
+    writes = [(args["value"], args["expected_version"]) for t, args, _ in made if t == "write"]
+    assert writes == [(8, 2), (10, 3), (41, 4)]

@@ -113,12 +113,14 @@ def counter_worker(
     ttl: int,
     start: Any = None,
     wake_events: dict[int, Any] | None = None,
+    release_with_write: bool = False,
 ) -> dict[str, Any]:
     """Increment randomly chosen counters ``cycles`` times under their exclusive locks.
 
     Each cycle: acquire (waiting for the grant if queued), read, write
-    value+1 naming the version read and the lock's fencing token, release.
-    Returns what happened, counted per counter.
+    value+1 naming the version read and the lock's fencing token, release; with
+    ``release_with_write`` the write releases the lock (``release=True``), in its own
+    transaction. Returns what happened, counted per counter.
     """
     signal_wakeups(wake_events)
     agent = Agent.objects.select_related("team").get(pk=agent_id)
@@ -142,11 +144,15 @@ def counter_worker(
             value=state.resource.value + 1,
             expected_version=state.resource.version,
             fence=token,
+            release=release_with_write,
         )
         outcomes[f"write_{written.status}"] += 1
         if written.status == "applied":
             writes[resource_id] += 1
-        outcomes[f"release_{lock_release(lock_id=lock_id, agent=agent).status}"] += 1
+        if release_with_write:
+            outcomes[f"released_with_write_{written.released}"] += 1
+        else:
+            outcomes[f"release_{lock_release(lock_id=lock_id, agent=agent).status}"] += 1
     return {
         "agent_id": agent_id,
         "cycles": cycles,

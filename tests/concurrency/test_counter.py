@@ -3,7 +3,9 @@
 Each of WORKERS processes runs CYCLES acquire / read / write(value+1,
 expected_version, fence) / release cycles on counters it picks with a seeded
 RNG. Under the protocol no increment is lost and no two exclusive holds of
-a counter overlap; the history in PostgreSQL shows both.
+a counter overlap; the history in PostgreSQL shows both. The same holds when each
+write releases its lock in its own transaction (``release=True``: two commits a
+cycle), where the next holder is granted in the commit of the write.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ TTL = 30  # long enough never to expire under load: every write should apply
 DEADLINE = 240  # liveness only: about a minute is usual on a loaded 2-core machine
 
 
-@pytest.mark.parametrize("counters", [1, 5])
-def test_no_update_is_lost_and_no_holds_overlap(counters: int) -> None:
+@pytest.mark.parametrize(("counters", "release_with_write"), [(1, False), (5, False), (1, True)])
+def test_no_update_is_lost_and_no_holds_overlap(counters: int, release_with_write: bool) -> None:
     setup = counter_setup(agents=WORKERS, counters=counters, prefix=f"c{counters}")
     ctx = context()
     start = ctx.Barrier(WORKERS)
@@ -46,6 +48,7 @@ def test_no_update_is_lost_and_no_holds_overlap(counters: int) -> None:
                 ttl=TTL,
                 start=start,
                 wake_events=wake_events,
+                release_with_write=release_with_write,
             )
         # Meanwhile the parent plays the monitor, sweeping beside the workers.
         while not workers.poll(timeout=1.0):
@@ -55,7 +58,8 @@ def test_no_update_is_lost_and_no_holds_overlap(counters: int) -> None:
 
     assert sum(r["cycles"] for r in results) == WORKERS * CYCLES
     outcomes = {key for r in results for key in r["outcomes"]}
-    assert outcomes == {"write_applied", "release_released"}, results
+    released = "released_with_write_True" if release_with_write else "release_released"
+    assert outcomes == {"write_applied", released}, results
     writes = check_counter_history(counter_history(resource_ids=setup["resource_ids"]), results)
     assert sum(writes.values()) == WORKERS * CYCLES
     # Nobody ever waits while holding a lock here, so there is no deadlock to find,

@@ -2,13 +2,16 @@
 of shared slots, and zombie candidates, built from a seed.
 
 * **counter agents** (team ``main``, lease 10 s) increment shared counters under an
-  exclusive lock: acquire, read, write ``{"$inc": 1}`` at the version read, release;
-  several agents per counter, so that they queue for it.
+  exclusive lock, in two calls (agents.scenarios.increment_script): acquire (the grant
+  says the value and version), write ``{"$inc": 1}`` at that version with ``release``
+  (the lock ends with the applied write); several agents per counter, so that they
+  queue for it.
 * **zombie agents** (team ``zombies``, lease 2 s) run the same increments on the
   same counters, thinking a little before each call: the nemesis stops the worker
   of one of them while it holds a counter's lock (see nemesis.py).
 * **booking agents** (team ``main``) each try to book a sequence of slots drawn from
-  a shared pool: acquire, read, write ``[agent]`` at version 0 (a free slot), release.
+  a shared pool: acquire, write ``[agent]`` at version 0 (a free slot) with
+  ``release``, release (a no-op after a booking: not_holder, which counts as done).
   A slot somebody booked first is refused (version_conflict) and never overwritten;
   that refusal is final, so the scripted agent releases the slot and goes on with its
   next booking (agents.scenarios.booking_script).
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 STEP_MARGIN = 3  # max_steps: the longest script times this (retries), plus some
+ROUND_CALLS = 2  # calls of one increment (agents.scenarios.increment_script)
 
 TOOLS = ("acquire", "read", "write", "release")
 
@@ -59,9 +63,9 @@ class Plan:
     def counter_rounds(self) -> int:
         """Rounds per counter agent: counter and zombie agents alone make
         ``operations`` (every round of theirs is done in the end); bookings come on top."""
-        zombie = self.zombie_agents * self.zombie_rounds * 4
-        left = max(self.operations - zombie, self.counter_agents * 4)
-        return math.ceil(left / (self.counter_agents * 4))
+        zombie = self.zombie_agents * self.zombie_rounds * ROUND_CALLS
+        left = max(self.operations - zombie, self.counter_agents * ROUND_CALLS)
+        return math.ceil(left / (self.counter_agents * ROUND_CALLS))
 
     def counter_names(self) -> list[str]:
         return [f"{self.prefix}-counter-{i}" for i in range(self.counters)]
