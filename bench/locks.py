@@ -1,6 +1,7 @@
 """Lock manager throughput, beside the raw ORM loop it is built on.
 
 Run:  .venv/bin/python bench/locks.py [--seconds 3] [--rounds 3] [--skip-api] [--web-processes 2]
+                                     [--processes 1,8]
 
 Each figure is acquire -> read -> write -> release cycles per second, summed
 over N worker processes (each with its own database connection), on 10 hot
@@ -15,6 +16,11 @@ resources and on 10,000 cold ones:
             the runtime does, and reads the row with its granted request),
             resource_write with the fencing token and the version read,
             lock_release. Three transactions, each with its events.
+* two commits: the same services, the cycle in two transactions: lock_acquire
+            (its grant carries the value and version), then resource_write with
+            ``release=True``, which releases the lock in the write's own
+            transaction. Compared with the one-transaction loop (target >= 0.4
+            with 1 process), whose one commit per cycle is the floor.
 * one-transaction loop, for reference: SELECT ... FOR UPDATE + save in a
             single transaction (the row lock is the lock, commit releases it).
 * api:      the same protocol over HTTP: 8 client processes against daphne,
@@ -27,14 +33,14 @@ measured again for it, in turns with the API measurements). Absolute numbers dep
 on the machine; the ratios are what to compare.
 
 Each figure is the median of ``--rounds`` measurements (default 3), taken in
-turns (raw, protocol, one-transaction loop, raw, ...) so that a slow spell of
+turns (raw, protocol, two commits, one-transaction loop, raw, ...) so that a slow spell of
 the machine or a checkpoint of the database falls on all three alike; the
 spread (lowest-highest) is printed beside it. The raw loop on hot resources
 is the noisiest figure (its waiters poll every millisecond): one measurement
 of it varied between 200 and 380 cycles/s within a minute on a quiet machine.
 
-It uses its own database (``orchestrator_bench`` on the server of
-DATABASE_URL, default postgres://postgres@127.0.0.1:5432), created and
+It uses its own database (``orchestrator_bench``, or ``$BENCH_DB``, on the server
+of DATABASE_URL, default postgres://postgres@127.0.0.1:5432), created and
 migrated on each run, so it never touches a development or test database.
 """
 
@@ -55,7 +61,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DB = "orchestrator_bench"
+BENCH_DB = os.environ.get("BENCH_DB", "orchestrator_bench")  # one of its own per engineer
 READY = "ready"
 
 
@@ -173,6 +179,16 @@ def raw1_worker(index: int, n_resources: int, seconds: float, start, out) -> Non
 
 
 def protocol_worker(index: int, n_resources: int, seconds: float, start, out) -> None:
+    """Our services, three transactions a cycle: acquire, write, release."""
+    _protocol_loop(index, seconds, start, out, release_with_write=False)
+
+
+def two_commit_worker(index: int, n_resources: int, seconds: float, start, out) -> None:
+    """Our services, two transactions a cycle: acquire, then write with release."""
+    _protocol_loop(index, seconds, start, out, release_with_write=True)
+
+
+def _protocol_loop(index: int, seconds: float, start, out, *, release_with_write: bool) -> None:
     setup_django()
     import django_rq
 
@@ -211,9 +227,13 @@ def protocol_worker(index: int, n_resources: int, seconds: float, start, out) ->
             value=state.value + 1,
             expected_version=state.version,
             fence=lock.token,
+            release=release_with_write,
         )
         assert written.status == "applied", written.detail
-        lock_release(lock_id=lock.pk, agent=agent)
+        if release_with_write:
+            assert written.released, "the write did not release its lock"
+        else:
+            lock_release(lock_id=lock.pk, agent=agent)
         done += 1
     out.put(done)
 
@@ -295,12 +315,21 @@ def check_counters(expected_min: int) -> None:
     assert sum(Resource.objects.values_list("version", flat=True)) >= expected_min
 
 
+def check_no_live_locks() -> None:
+    """Every lock ended with its write: a write with release leaves none behind."""
+    from orchestrator.core.models import Lock
+
+    live = Lock.objects.filter(released_at__isnull=True).count()
+    assert not live, f"{live} locks still live after the two-commit cycles"
+
+
 @dataclass
 class Row:
     label: str
     raws: list[float]
     protocols: list[float]
     raw1s: list[float]
+    twos: list[float]
 
     @property
     def raw(self) -> float:
@@ -314,12 +343,18 @@ class Row:
     def raw1(self) -> float:
         return statistics.median(self.raw1s)
 
+    @property
+    def two(self) -> float:
+        return statistics.median(self.twos)
+
     def line(self) -> str:
         return (
             f"{self.label:<26} raw {self.raw:6.1f}/s {spread(self.raws)}  "
             f"protocol {self.protocol:6.1f}/s {spread(self.protocols)}  "
-            f"ratio {self.protocol / self.raw:4.2f}   (one-transaction loop {self.raw1:6.1f}/s, "
-            f"ratio {self.protocol / self.raw1:4.2f})"
+            f"ratio {self.protocol / self.raw:4.2f}   (one-transaction loop {self.raw1:6.1f}/s "
+            f"{spread(self.raw1s)}, ratio {self.protocol / self.raw1:4.2f})   "
+            f"two commits {self.two:6.1f}/s {spread(self.twos)}, "
+            f"ratio to one-transaction loop {self.two / self.raw1:4.2f}"
         )
 
 
@@ -390,6 +425,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="measurements per figure (median)")
     parser.add_argument("--skip-api", action="store_true")
     parser.add_argument("--web-processes", type=int, default=2)
+    parser.add_argument(
+        "--processes", default="1,8", help="worker processes of the rows, comma-separated"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--plot", type=Path, help="draw the figures into this PNG (docs/benchmarks/locks.png)"
@@ -403,9 +441,9 @@ def main() -> None:
     rows: list[Row] = []
     figures: dict[str, float] = {}
     for n_resources, label in ((10, "10 hot"), (10_000, "10,000 cold")):
-        for processes in (1, 8):
+        for processes in [int(n) for n in args.processes.split(",")]:
             label_n = f"{label}, {processes} process{'es' if processes > 1 else ''}"
-            row = Row(label_n, [], [], [])
+            row = Row(label_n, [], [], [], [])
             for _ in range(args.rounds):
                 prepare(n_resources, 8)
                 connection.close()
@@ -418,12 +456,20 @@ def main() -> None:
                 check_counters(1)
                 prepare(n_resources, 8)
                 connection.close()
+                row.twos.append(
+                    run_workers(two_commit_worker, processes, (n_resources,), args.seconds)
+                )
+                check_counters(1)
+                check_no_live_locks()
+                prepare(n_resources, 8)
+                connection.close()
                 row.raw1s.append(run_workers(raw1_worker, processes, (n_resources,), args.seconds))
             rows.append(row)
             print(row.line(), flush=True)
             figures[f"{n_resources}_{processes}_raw"] = row.raw
             figures[f"{n_resources}_{processes}_protocol"] = row.protocol
             figures[f"{n_resources}_{processes}_raw_one_transaction"] = row.raw1
+            figures[f"{n_resources}_{processes}_protocol_two_commits"] = row.two
     if not args.skip_api:
         # In turns with the in-process figure it is divided by, like the rows above.
         apis, in_processes = [], []
@@ -457,6 +503,7 @@ def plot(path: Path, rows: list[Row], figures: dict[str, float], web_processes: 
     series = {
         "raw ORM loop (baseline)": [row.raw for row in rows],
         "protocol": [row.protocol for row in rows],
+        "protocol, two commits": [row.two for row in rows],
     }
     ratios = [row.protocol / row.raw for row in rows]
     targets = [0.5] * len(rows)
@@ -464,6 +511,7 @@ def plot(path: Path, rows: list[Row], figures: dict[str, float], web_processes: 
         groups.append(f"HTTP API, 8 clients,\n10 hot ({web_processes} daphne)")
         series["raw ORM loop (baseline)"].append(0.0)
         series["protocol"].append(figures["api_in_process_8_processes"])
+        series["protocol, two commits"].append(0.0)
         series["HTTP API"] = [0.0] * len(rows) + [figures["api_8_clients"]]
         ratios.append(figures["api_8_clients"] / figures["api_in_process_8_processes"])
         targets.append(0.2)
