@@ -44,7 +44,7 @@ def preload() -> None:
         importlib.import_module(name)
 
 
-class _QuickCommandChannel:
+class QuickCommandChannel:
     """RQ's command channel (pub/sub: ``rq suspend``, stop-job...) polled every second.
 
     RQ listens with redis-py's ``run_in_thread(sleep_time=60)``, and stopping the
@@ -67,7 +67,7 @@ class _QuickCommandChannel:
         )
 
 
-class StepWorker(_QuickCommandChannel, Worker):
+class StepWorker(QuickCommandChannel, Worker):
     """The forking worker, with the step runtime imported before the first fork."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -90,7 +90,7 @@ class StepWorker(_QuickCommandChannel, Worker):
             publish_flush(timeout=2)
 
 
-class SimpleStepWorker(_QuickCommandChannel, SimpleWorker):
+class SimpleStepWorker(QuickCommandChannel, SimpleWorker):
     """Runs jobs in the worker process itself, keeping its database connection
     (and its prepared statements) from job to job; a connection that went bad is
     dropped between jobs."""

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import django_rq
 import pytest
-from rq import SimpleWorker
 
 from orchestrator import launch
+from tests.workers import SimpleWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER_KEY = "test:worker-queue-order"

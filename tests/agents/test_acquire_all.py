@@ -13,7 +13,6 @@ from typing import Any
 
 import django_rq
 import pytest
-from rq import SimpleWorker
 
 from agents.recovery import recover_steps
 from agents.runtime import run_start
@@ -38,6 +37,7 @@ from orchestrator.core.models import (
 from orchestrator.core.operations import AcquireSet, parsed
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,7 +10,6 @@ from datetime import timedelta
 import django_rq
 import pytest
 from django.utils import timezone
-from rq import SimpleWorker
 
 from agents.runtime import run_start
 from orchestrator.core.approvals import approval_decide
@@ -18,6 +17,7 @@ from orchestrator.core.models import Approval, ApprovalPolicy, Step
 from orchestrator.core.monitor import monitor_sweep
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -13,7 +13,6 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from rq import SimpleWorker
 
 from agents.checker import check_run
 from agents.runtime import run_cancel, run_start
@@ -21,6 +20,7 @@ from agents.scenarios import increment_script
 from orchestrator.core.models import Run
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

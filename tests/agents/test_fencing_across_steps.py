@@ -14,7 +14,6 @@ from datetime import timedelta
 
 import django_rq
 import pytest
-from rq import SimpleWorker
 
 from agents.runtime import run_start
 from agents.scenarios import increment_script
@@ -22,6 +21,7 @@ from orchestrator.core.locks import lock_acquire, lock_force_release, lock_relea
 from orchestrator.core.models import Conflict, Lock, Resource, ResourceVersion, Run, Step
 from orchestrator.core.resources import resource_create, resource_write
 from tests import factories
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -836,11 +836,11 @@ def test_the_openai_config_fills_defaults_and_refuses_bad_values() -> None:
 def run_openai_agent(server: ModelServer, *replies: Reply) -> Any:
     """A run of one openai agent against ``server``, drained by an in-process RQ worker."""
     import django_rq
-    from rq import SimpleWorker
 
     from agents.runtime import run_start
     from orchestrator.core.tenancy import default_team
     from tests import factories
+    from tests.workers import SimpleWorker
 
     server.reply(*replies)
     # The team of resources created without one: the tests' resource_create calls.

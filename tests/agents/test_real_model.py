@@ -142,11 +142,11 @@ def proxy(llama_server: str) -> Iterator[RecordingProxy]:
 def run_one_agent(proxy: RecordingProxy, goal: str, role: str) -> Any:
     """A run of one openai agent on the real server, drained by an in-process worker."""
     import django_rq
-    from rq import SimpleWorker
 
     from agents.runtime import run_start
     from orchestrator.core.tenancy import default_team
     from tests import factories
+    from tests.workers import SimpleWorker
 
     # The team of resources created without one: the tests' resource_create calls.
     team = default_team()

@@ -7,7 +7,6 @@ from datetime import timedelta
 import django_rq
 import pytest
 from django.utils import timezone
-from rq import SimpleWorker
 
 from agents import steps
 from agents.backends import Decision, StepContext, ToolCall
@@ -16,6 +15,7 @@ from agents.runtime import run_start
 from orchestrator.core.models import Conflict, Event, Lock, Resource, ResourceVersion, Run, Step
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import django_rq
 import pytest
-from rq import SimpleWorker
 
 from agents.backends import Decision, StepContext, ToolCall
 from agents.runtime import run_cancel, run_start
@@ -14,6 +13,7 @@ from orchestrator.core.locks import lock_acquire, lock_release
 from orchestrator.core.models import Agent, Event, Lock, Resource, Run, Step
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

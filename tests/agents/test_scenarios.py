@@ -11,10 +11,10 @@ import django_rq
 import pytest
 from django.core.management import call_command
 from django.db.models import Count
-from rq import SimpleWorker
 
 from agents.scenarios import OPENING_BALANCE, TRANSFERS_PER_TELLER
 from orchestrator.core.models import Agent, Conflict, LockSet, Resource, Run, Step
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

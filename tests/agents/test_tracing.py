@@ -26,7 +26,6 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from rq import SimpleWorker
 
 from agents import tracing
 from agents.backends import Decision, StepContext, ToolCall
@@ -38,6 +37,7 @@ from orchestrator.core.resources import resource_create
 from tests import factories
 from tests.agents.test_openai_backend import ModelServer, Reply, call, completion, error
 from tests.databases import database_url
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import django_rq
 import pytest
-from rq import SimpleWorker
 
 from agents.checker import check_run
 from agents.runtime import run_start
@@ -29,6 +28,7 @@ from orchestrator.core.resources import resource_create, resource_write
 from orchestrator.core.selectors import lock_request_with_lock
 from tests import factories
 from tests.injected import Injected, failing_with
+from tests.workers import SimpleWorker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

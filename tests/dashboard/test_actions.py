@@ -121,7 +121,8 @@ def test_cancel_a_run(operator_client: Client, redis_conn) -> None:
 
 def test_start_a_run_from_the_new_run_form(operator, operator_client: Client, redis_conn) -> None:
     import django_rq
-    from rq import SimpleWorker
+
+    from tests.workers import SimpleWorker
 
     team, other = factories.team(name="desk"), factories.team(name="elsewhere")
     ann = factories.agent(team_=team, name="ann", role="books rooms")

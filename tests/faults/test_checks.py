@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import django_rq
 import pytest
-from rq import SimpleWorker
 
 from tests.faults.checks import check
 from tests.faults.nemesis import Log
 from tests.faults.workload import Plan, build
+from tests.workers import SimpleWorker
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.faults]
 
