@@ -146,6 +146,12 @@ class InvalidVictim(InvalidRequest):
     code = "invalid_victim"
 
 
+class OperatorRequired(InvalidRequest):
+    """A two-person approval must name an operator (operators' calls only)."""
+
+    code = "operator_required"
+
+
 class InvalidDecision(InvalidRequest):
     code = "invalid_decision"
 
@@ -186,6 +192,12 @@ class LockSetNotFound(NotFound):
 
 class ApprovalNotFound(NotFound):
     code = "approval_not_found"
+
+
+class RuleNotFound(NotFound):
+    """No such standing rule (operators' calls only)."""
+
+    code = "rule_not_found"
 
 
 class ConflictNotFound(NotFound):
@@ -240,6 +252,12 @@ class AlreadyWaiting(Conflict):
 
 class AlreadyDecided(Conflict):
     code = "already_decided"
+
+
+class AlreadyVoted(Conflict):
+    """An operator's second approval of the same value (operators' calls only)."""
+
+    code = "already_voted"
 
 
 class ApprovalRejected(Conflict):
