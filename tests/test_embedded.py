@@ -145,7 +145,9 @@ def test_part_of_the_suite_runs_on_embedded_servers_without_database_url() -> No
     if the settings reached any other database (orchestrator/pytest_servers.py)."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     # The lock manager's tests, and processes racing for row locks on 5 counters.
-    counter = "tests/concurrency/test_counter.py::test_no_update_is_lost_and_no_holds_overlap[5]"
+    counter = (
+        "tests/concurrency/test_counter.py::test_no_update_is_lost_and_no_holds_overlap[5-False]"
+    )
     part = ["tests/core/test_locks.py", counter]
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *part],
