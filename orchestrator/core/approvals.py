@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -142,7 +141,6 @@ def approval_open(
 def _decide_by_rule(
     approval: Approval, rule: StandingRule, res: Resource, queue: Queue, now: datetime
 ) -> None:
-    rule = StandingRule.objects.select_related("agent", "resource").get(pk=rule.pk)
     described = policies.rule_describe(rule)
     approval.decided_by_rule = rule
     approve = rule.action == Decision.APPROVE
@@ -361,28 +359,20 @@ def _vote(
     counted: bool,
 ) -> ApprovalVote:
     """Record ``user``'s vote; one that replaces their earlier vote counts from now (its
-    time is the edit order :func:`approval_candidate` follows)."""
-    vote = ApprovalVote(
+    time is the edit order :func:`approval_candidate` follows). Caller holds the Approval
+    row lock, so the operator's row cannot appear meanwhile."""
+    vote, _created = ApprovalVote.objects.update_or_create(
         approval=approval,
         user=user,
-        decision=decision,
-        value=value,
-        edited=edited,
-        counted=counted,
-        note=note[:5000],
+        defaults={
+            "decision": decision,
+            "value": value,
+            "edited": edited,
+            "counted": counted,
+            "note": note[:5000],
+            "created_at": timezone.now(),
+        },
     )
-    try:
-        with transaction.atomic():
-            vote.save()
-    except IntegrityError:  # this operator voted before: the new decision replaces it
-        ApprovalVote.objects.filter(approval=approval, user=user).update(
-            decision=decision,
-            value=value,
-            edited=edited,
-            counted=counted,
-            note=note[:5000],
-            created_at=timezone.now(),
-        )
     return vote
 
 

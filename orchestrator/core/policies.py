@@ -99,7 +99,7 @@ def _matching_rules(*, res: Resource, agent: Agent, now: datetime) -> list[Stand
         Q(max_uses__isnull=True) | Q(uses__lt=F("max_uses")),
         team_id=res.team_id,
         active=True,
-    )
+    ).select_related("agent", "resource")  # for the decision's note (rule_describe)
     found = [r for r in rules if r.resource_id is not None or res.name.startswith(r.prefix)]
 
     def rank(rule: StandingRule) -> tuple[int, int, int, int, int]:
