@@ -57,6 +57,7 @@ from orchestrator.core.policies import rule_create
 from orchestrator.core.resources import resource_create, resource_write
 from orchestrator.processes import Helper
 from tests import factories
+from tests.concurrency.processes import wait_until
 from tests.databases import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -264,7 +265,11 @@ def test_a_500_is_retried_by_the_workers_scheduler_and_both_attempts_are_recorde
             resource_write(agent=agent, resource=res.name, value=2)
             first, second = server.wait_for(2, timeout=60)
             incident = Incident.objects.get()
-            assert wait_until(lambda: len(attempts(incident)) == 2), worker.log_tail()
+            try:
+                wait_until(lambda: len(attempts(incident)) == 2, timeout=30, interval=0.05,
+                           what="two delivery attempts recorded")  # fmt: skip
+            except TimeoutError as timed_out:
+                raise AssertionError(f"{timed_out}\n{worker.log_tail()}") from None
     finally:
         server.close()
     assert attempts(incident) == [(1, "retrying", 500), (2, "delivered", 200)]
@@ -279,18 +284,6 @@ def test_a_500_is_retried_by_the_workers_scheduler_and_both_attempts_are_recorde
     )
     # Not before its delay (RQ keeps scheduled times in whole seconds: up to 1 s early).
     assert delivered.created_at >= retrying.next_retry_at - timedelta(seconds=1)
-
-
-def wait_until(condition: Any, timeout: float = 30.0) -> bool:
-    """Poll a database condition until it holds or the deadline passes."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)  # polling a condition with a deadline
-    return True
 
 
 @pytest.mark.parametrize("status", [404, 302])
