@@ -238,11 +238,9 @@ class Queue:
         event_emit("lock.granted", agent=agent, actor=actor, subject=lock, payload=payload)
         return lock
 
-    def end(self, lock: Lock, end: str, *, stored: bool = False, **emit: Any) -> None:
-        """End a live lock (released, revoked, force-released). ``stored``: the caller's
-        statement has ended its row already (a write that releases it, core/resources.py)."""
-        if not stored:
-            sql.end_lock(lock, end=end, now=self.now)
+    def end(self, lock: Lock, end: str, **emit: Any) -> None:
+        """End a live lock (released, revoked, force-released)."""
+        sql.end_lock(lock, end=end, now=self.now)
         self.live = [other for other in self.live if other.pk != lock.pk]
         self._uncovered()
         kind = {

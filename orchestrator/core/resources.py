@@ -231,24 +231,20 @@ def resource_write(
         force_approval=force_approval,
         idempotency_key=idempotency_key,
         key_may_exist=key_may_exist,
-        release=fields["release"],
     )
-    if fields["release"] and result.status == "applied" and not result.released:
-        _release_with(result, queue, agent, fence)  # applied otherwise than by _write
+    if fields["release"] and result.status == "applied":
+        _release_with(result, queue, agent, fence)
     return result
 
 
-def _release_with(
-    result: WriteResult, queue: Queue, agent: Agent, fence: int, *, stored: bool = False
-) -> None:
+def _release_with(result: WriteResult, queue: Queue, agent: Agent, fence: int) -> None:
     """End the writer's lock (the live exclusive lock whose token is ``fence``) with its
     applied write, and grant the waiters behind it, as ``lock_release`` does (a path's
-    related queues are settled after commit: ``Queue.end``). ``stored``: the write's
-    statement ended the lock's row already. Caller holds the Resource row lock, in the
-    write's transaction."""
+    related queues are settled after commit: ``Queue.end``). Caller holds the Resource
+    row lock, in the write's transaction."""
     lock = check_fence(queue, agent, fence)
     if lock is not None:
-        queue.end(lock, LockEnd.RELEASED, agent=agent, stored=stored)
+        queue.end(lock, LockEnd.RELEASED, agent=agent)
         queue.grant_waiters()
         result.released, result.lock = True, lock
         return
@@ -272,12 +268,10 @@ def _write(
     force_approval: bool,
     idempotency_key: str,
     key_may_exist: bool,
-    release: bool = False,
 ) -> WriteResult:
     """:func:`resource_write`'s decision on validated arguments. Caller holds the
-    Resource row lock (``queue``). With ``release`` a write applied here ends its lock
-    in the same statement (``released``); a write applied otherwise (by a standing
-    rule, or found applied by its key) is released by the caller."""
+    Resource row lock (``queue``); the caller releases the lock of an applied write
+    with ``release`` (applied here, by a standing rule, or found applied by its key)."""
     res = queue.resource
     if idempotency_key and key_may_exist:
         done = ResourceVersion.objects.filter(resource_id=res.pk, idempotency_key=idempotency_key)
@@ -386,17 +380,10 @@ def _write(
         )
         return _approval_result(res, approval)
 
-    # The lock the write releases, ended by the write's own statement (one round trip
-    # fewer than a release of its own: a lock cycle's commits are mostly round trips).
-    ending = check_fence(queue, agent, fence) if release and fence is not None else None
     version = apply_write(
-        res, value, agent=agent, fence=fence, team_id=team_id, idempotency_key=idempotency_key,
-        ending=(ending, queue.now) if ending is not None else None,
-    )  # fmt: skip
-    result = WriteResult("applied", res, version=version)
-    if ending is not None:
-        _release_with(result, queue, agent, fence, stored=True)
-    return result
+        res, value, agent=agent, fence=fence, team_id=team_id, idempotency_key=idempotency_key
+    )
+    return WriteResult("applied", res, version=version)
 
 
 def approval_request(

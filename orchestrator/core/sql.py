@@ -22,17 +22,7 @@ from django.db.models import Model
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from orchestrator.core.models import (
-    Agent,
-    Event,
-    Lock,
-    LockEnd,
-    LockRequest,
-    Resource,
-    Run,
-    Step,
-    Team,
-)
+from orchestrator.core.models import Agent, Event, Lock, LockRequest, Resource, Run, Step, Team
 
 
 def columns(model: type[Model], alias: str) -> str:
@@ -347,7 +337,7 @@ def grant_exclusive(
 
 
 _WRITE = """
-WITH {ended}written AS (
+WITH written AS (
     UPDATE core_resource SET value = %s, version = version + 1, updated_at = %s
      WHERE id = %s RETURNING version
 )
@@ -356,14 +346,6 @@ INSERT INTO core_resourceversion
 SELECT %s, written.version, %s, %s, %s, %s, %s, %s FROM written
 RETURNING version
 """
-# A write that releases its writer's lock (core/resources.py, ``release``): the lock row
-# ended by the same statement, one round trip fewer in a two-commit lock cycle.
-_WRITE_PLAIN = _WRITE.format(ended="")
-_WRITE_AND_END = _WRITE.format(
-    ended="""ended AS (
-    UPDATE core_lock SET released_at = %s, "end" = 'released' WHERE id = %s
-), """
-)
 
 
 def write_value(
@@ -375,20 +357,13 @@ def write_value(
     fence: int | None,
     now: datetime,
     idempotency_key: str = "",
-    ends: Lock | None = None,
-    ends_at: datetime | None = None,
 ) -> int:
     """Store ``value`` as the resource's next version, with its history row, in one
-    statement; returns the new version. With ``ends``, that lock is marked released
-    at ``ends_at`` by the same statement (as :func:`end_lock` would). Caller holds the
-    Resource row lock."""
+    statement; returns the new version. Caller holds the Resource row lock."""
     params = [Jsonb(value), now, resource.pk, resource.pk, Jsonb(value), agent_id, user_id,
               fence, idempotency_key, now]  # fmt: skip
-    if ends is not None:
-        ends.released_at, ends.end = ends_at, LockEnd.RELEASED
-        params = [ends_at, ends.pk, *params]
     with connection.cursor() as cursor:
-        cursor.execute(_WRITE_PLAIN if ends is None else _WRITE_AND_END, params)
+        cursor.execute(_WRITE, params)
         (version,) = cursor.fetchone()
     resource.value, resource.version, resource.updated_at = value, version, now
     return version

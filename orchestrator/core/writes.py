@@ -6,7 +6,6 @@ the services (core/operations.py).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from django.utils import timezone
@@ -42,13 +41,8 @@ def apply_write(
     team_id: int | None,
     approval: Approval | None = None,
     idempotency_key: str = "",
-    ending: tuple[Lock, datetime] | None = None,
 ) -> int:
-    """Store ``value`` as the next version. Caller holds the Resource row lock and checked.
-
-    ``ending`` (a lock and when): that lock's row is marked released by the write's own
-    statement; the caller records the rest of the release (``Queue.end(stored=True)``)."""
-    ends, ends_at = ending if ending is not None else (None, None)
+    """Store ``value`` as the next version. Caller holds the Resource row lock and checked."""
     sql.write_value(
         res,
         value,
@@ -57,8 +51,6 @@ def apply_write(
         fence=fence,
         now=timezone.now(),
         idempotency_key=idempotency_key[:100],
-        ends=ends,
-        ends_at=ends_at,
     )
     event_emit(
         "resource.written",
