@@ -32,12 +32,17 @@ board, creates a superuser in the operators group and prints its login.
 from __future__ import annotations
 
 import argparse
+import math
+import multiprocessing as mp
 import os
 import secrets
+import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +55,10 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
 LEASE = 86400  # seconds: the fixture's locks outlive any bench run
 CHAIN = 5  # agents per wait chain
 BATCH = 2000
+RATE = 50.0  # driver events a second (issue 18)
+DRIVERS = 2
+REPS = 10
+CHROMIUM = "/usr/bin/chromium"
 
 
 # --- the fixture ----------------------------------------------------------------------
@@ -315,6 +324,503 @@ def fixture_arguments(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# --- measurements in this process ---------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else math.nan
+
+
+@dataclass
+class Figure:
+    """Samples of one measurement, in milliseconds, and the queries of its last sample."""
+
+    label: str
+    samples_ms: list[float]
+    queries: int | None = None
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_ms) if self.samples_ms else math.nan
+
+    @property
+    def max(self) -> float:
+        return max(self.samples_ms) if self.samples_ms else math.nan
+
+
+def timed_queries(function: Any) -> tuple[float, int, Any]:
+    """(milliseconds, queries, result) of one call of ``function``."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        began = time.perf_counter()
+        result = function()
+        took = (time.perf_counter() - began) * 1000
+    return took, len(captured), result
+
+
+class Actors:
+    """The agents and resources the measured events use, the same in every board (the
+    team's shape is the same whatever the number of teams): in team ``TEAM``, agent
+    ``ACTOR`` (holds two resources, waits for nothing, nobody waits for it) acquires,
+    writes and releases the team's free resources; it queues behind the chain that
+    starts at agent 0 (a full deadlock check: the holder waits elsewhere), and behind
+    the team's last agent, whose resource's queue holds only chain ends (the check's
+    cheap exit)."""
+
+    TEAM = 1
+    ACTOR = 30
+
+    def __init__(self, board: Board) -> None:
+        from orchestrator.core.models import Agent, Resource
+
+        team_id = board.team_ids[self.TEAM]
+        agents = board.agents[team_id]
+        self.agent = Agent.objects.select_related("team").get(pk=agents[self.ACTOR])
+        self.free = board.free(team_id)
+        # Agent k holds resource k first: the chain's head (agent 0), the queue's end.
+        self.chained = Resource.objects.get(pk=board.resources[team_id][0])
+        self.end = Resource.objects.get(pk=board.resources[team_id][len(agents) - 1])
+        self.turn = 0
+
+    def next_free(self) -> int:
+        self.turn += 1
+        return self.free[self.turn % len(self.free)]
+
+
+def frame_costs(actors: Actors, reps: int) -> dict[str, Figure]:
+    """The build of the delta frame for one event (feed_delta from the id before it:
+    what the tail reads per frame), for each kind of event the driver makes."""
+    from orchestrator.core.events import last_event_id
+    from orchestrator.core.locks import lock_acquire, lock_release, lock_request_cancel
+    from orchestrator.core.resources import resource_write
+    from orchestrator.dashboard.selectors.feed import feed_delta
+
+    agent = actors.agent
+    figures: dict[str, Figure] = {}
+
+    def measure(kind: str, operation: Any) -> Any:
+        since = last_event_id()
+        result = operation()
+        took, queries, frame = timed_queries(lambda: feed_delta(since=since))
+        assert frame is not None and len(frame["events"]) == 1, frame
+        figure = figures.setdefault(kind, Figure(kind, []))
+        figure.samples_ms.append(took)
+        figure.queries = queries
+        return result
+
+    for _ in range(reps + 1):  # the first round warms up, and is dropped
+        resource = actors.next_free()
+        lock = measure("acquire", partial(lock_acquire, agent=agent, resource=resource)).lock
+        write = partial(resource_write, agent=agent, resource=resource, value={"t": 1})
+        written = measure("write", partial(write, fence=lock.token))
+        assert written.status == "applied", written
+        measure("release", partial(lock_release, lock_id=lock.pk, agent=agent))
+        queued = measure("queue", partial(lock_acquire, agent=agent, resource=actors.chained.pk))
+        assert queued.status == "waiting", queued
+        measure("cancel", partial(lock_request_cancel, request_id=queued.request.pk, agent=agent))
+    for figure in figures.values():
+        figure.samples_ms = figure.samples_ms[1:]
+    return figures
+
+
+def precheck_costs(actors: Actors, reps: int) -> dict[str, Figure]:
+    """lock_acquire granted at once, queued with the check's cheap exit, and queued with
+    the full deadlock check (deadlock_check_for), and that check alone."""
+    from orchestrator.core.deadlocks import deadlock_check_for
+    from orchestrator.core.locks import lock_acquire, lock_release, lock_request_cancel
+
+    agent = actors.agent
+    figures = {
+        key: Figure(key, [])
+        for key in ("granted", "queued, cheap exit", "queued, full check", "check alone")
+    }
+    for rep in range(reps + 1):
+        resource = actors.next_free()
+        took, queries, granted = timed_queries(
+            partial(lock_acquire, agent=agent, resource=resource)
+        )
+        lock_release(lock_id=granted.lock.pk, agent=agent)
+        samples = [("granted", took, queries)]
+        for key, target in (
+            ("queued, cheap exit", actors.end),
+            ("queued, full check", actors.chained),
+        ):
+            took, queries, queued = timed_queries(
+                lambda target=target: lock_acquire(agent=agent, resource=target.pk)
+            )
+            assert queued.status == "waiting" and queued.deadlock is None, queued
+            samples.append((key, took, queries))
+            if target is actors.chained:
+                took, queries, _ = timed_queries(
+                    lambda: deadlock_check_for(agent)  # inside no service: reads only
+                )
+                samples.append(("check alone", took, queries))
+            lock_request_cancel(request_id=queued.request.pk, agent=agent)
+        if rep:
+            for key, took, queries in samples:
+                figures[key].samples_ms.append(took)
+                figures[key].queries = queries
+    return figures
+
+
+def sweep_costs(reps: int, pause: float = 0.0) -> Figure:
+    """monitor_sweep(), ``reps`` times (after one warm-up)."""
+    from orchestrator.core.monitor import monitor_sweep
+
+    figure = Figure("monitor_sweep", [])
+    for rep in range(reps + 1):
+        took, queries, report = timed_queries(monitor_sweep)
+        assert not report.deadlocks, report  # the fixture's cycles are reported already
+        if rep:
+            figure.samples_ms.append(took)
+            figure.queries = queries
+        time.sleep(pause)
+    return figure
+
+
+# --- the driver: 50 events a second through the services ------------------------------
+
+
+def drive(number: int, drivers: int, rate: float, board: Board, stop: Any, results: Any) -> None:
+    """A driver process: real coordination calls, one event each, paced at ``rate``
+    events a second: on the free resources of its teams (teams t with t % drivers ==
+    number), agents acquire, write and release; every fifth cycle one queues behind the
+    team's chain (a full deadlock check) and withdraws. Puts (events, seconds, errors)."""
+    setup()
+    from orchestrator.core.locks import lock_acquire, lock_release, lock_request_cancel
+    from orchestrator.core.models import Agent, Resource
+    from orchestrator.core.resources import resource_write
+
+    teams = [pk for t, pk in enumerate(board.team_ids) if t % drivers == number]
+    plans = []
+    for team_id in teams:
+        agents = board.agents[team_id]
+        waits = [Agent.objects.get(pk=pk) for pk in agents[Actors.ACTOR + 1 : -1]]
+        plans.append((waits, board.free(team_id)[100:], board.resources[team_id][0]))
+    Resource.objects.filter(pk=0).exists()  # connect before the clock starts
+    events = errors = 0
+    began = time.monotonic()
+    cycle = 0
+
+    def paced() -> None:
+        nonlocal events
+        events += 1
+        delay = began + events / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    while not stop.is_set():
+        agents, free, chained = plans[cycle % len(plans)]
+        agent = agents[(cycle // len(plans)) % len(agents)]
+        resource = free[(cycle // len(plans)) % len(free)]
+        cycle += 1
+        try:
+            lock = lock_acquire(agent=agent, resource=resource, ttl=60).lock
+            paced()
+            resource_write(agent=agent, resource=resource, value={"c": cycle}, fence=lock.token)
+            paced()
+            lock_release(lock_id=lock.pk, agent=agent)
+            paced()
+            if cycle % 5 == 0:
+                queued = lock_acquire(agent=agent, resource=chained)
+                paced()
+                lock_request_cancel(request_id=queued.request.pk, agent=agent)
+                paced()
+        except Exception:  # counted and reported: the bench says how many failed
+            errors += 1
+            time.sleep(0.05)
+    results.put((events, time.monotonic() - began, errors))
+
+
+class Drivers:
+    def __init__(self, board: Board, count: int, rate: float) -> None:
+        context = mp.get_context("spawn")
+        self.stop = context.Event()
+        self.results = context.Queue()
+        self.processes = [
+            context.Process(
+                target=drive, args=(n, count, rate / count, board, self.stop, self.results)
+            )
+            for n in range(count)
+        ]
+        for process in self.processes:
+            process.start()
+        self.began = time.monotonic()
+
+    def finish(self) -> tuple[int, float, int]:
+        """Stop them; (events, seconds, errors) summed (seconds: the longest)."""
+        self.stop.set()
+        totals = [self.results.get(timeout=60) for _ in self.processes]
+        for process in self.processes:
+            process.join(timeout=30)
+        return (
+            sum(t[0] for t in totals),
+            max(t[1] for t in totals),
+            sum(t[2] for t in totals),
+        )
+
+
+# --- pages in Chromium, against daphne --------------------------------------------------
+
+# When the page's first snapshot frame arrives, note the time; once every listener of
+# that message has run (a task later), ask for an animation frame: it comes after the
+# one the page asked for to draw the board (live.js redrawOnChange), and a task after
+# it the frame is painted. Times are from the navigation's start (the request).
+DRAWN_SCRIPT = """
+(() => {
+  window.__scale = {snapshot: null, drawn: null, bytes: 0};
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener("message", (message) => {
+        const s = window.__scale;
+        if (s.snapshot !== null || typeof message.data !== "string") return;
+        if (!message.data.startsWith('{"type": "snapshot"')) return;
+        s.snapshot = performance.now();
+        s.bytes = message.data.length;
+        setTimeout(() => requestAnimationFrame(() => setTimeout(() => {
+          s.drawn = performance.now();
+        })));
+      });
+    }
+  };
+})();
+"""
+PAGES = {"Overview": "/", "Resources": "/resources/", "Graph": "/graph/"}
+
+
+@dataclass
+class PageFigure:
+    page: str
+    html_ms: list[float] = field(default_factory=list)
+    snapshot_ms: list[float] = field(default_factory=list)
+    drawn_ms: list[float] = field(default_factory=list)
+    snapshot_bytes: int = 0
+
+
+def session_cookie() -> str:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    user = get_user_model().objects.get(username="operator")
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+def page_times(base: str, cookie: str, reps: int) -> dict[str, PageFigure]:
+    """Each page, loaded ``reps`` times after one warm-up in a fresh browser context:
+    from the request to its HTML, to its first snapshot frame, to that snapshot drawn."""
+    from playwright.sync_api import sync_playwright
+
+    figures = {name: PageFigure(name) for name in PAGES}
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            for rep in range(reps + 1):
+                for name, path in PAGES.items():
+                    context = browser.new_context(
+                        viewport={"width": 1400, "height": 900}, bypass_csp=True
+                    )
+                    context.add_cookies([{"name": "sessionid", "value": cookie, "url": base}])
+                    context.add_init_script(DRAWN_SCRIPT)
+                    page = context.new_page()
+                    page.goto(base + path, wait_until="commit")
+                    page.wait_for_function("window.__scale && window.__scale.drawn !== null",
+                                           timeout=60_000)  # fmt: skip
+                    marks = page.evaluate(
+                        "({...window.__scale, html: "
+                        "performance.getEntriesByType('navigation')[0].responseEnd})"
+                    )
+                    context.close()
+                    time.sleep(0.3)  # past the consumer's shared-build window (frames.FRESH)
+                    if rep == 0:
+                        continue
+                    figure = figures[name]
+                    figure.html_ms.append(marks["html"])
+                    figure.snapshot_ms.append(marks["snapshot"])
+                    figure.drawn_ms.append(marks["drawn"])
+                    figure.snapshot_bytes = marks["bytes"]
+        finally:
+            browser.close()
+    return figures
+
+
+class Daphne:
+    def __init__(self) -> None:
+        from orchestrator.processes import Helper, HelperError, free_port, http_ok
+
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.helper = Helper(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+             "orchestrator.asgi:application"],
+            name="daphne", ready=http_ok(f"{self.base}/healthz"),
+            log=Path(tempfile.gettempdir()) / "bench-scale-daphne.log",
+            env=environment(), cwd=ROOT, start_timeout=60, new_session=False,
+        )  # fmt: skip
+        try:
+            self.helper.start()
+        except HelperError as exc:
+            raise SystemExit(str(exc)) from None
+
+    def stop(self) -> None:
+        self.helper.stop()
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    sizes: dict[str, dict[str, int]] = field(default_factory=dict)
+    build_seconds: dict[str, float] = field(default_factory=dict)
+    frames: dict[str, dict[str, Figure]] = field(default_factory=dict)
+    prechecks: dict[str, dict[str, Figure]] = field(default_factory=dict)
+    sweeps: dict[str, Figure] = field(default_factory=dict)
+    pages: dict[str, dict[str, PageFigure]] = field(default_factory=dict)
+    driven: tuple[int, float, int] | None = None
+    load: str = ""
+
+    def markdown(self, command: str) -> str:
+        lines = [f"Command: `{command}` (machine shared, 2 cores; load average {self.load})", ""]
+        lines.append(
+            "| board | agents | teams | resources | live locks | waits | deadlocks | built in |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for name, counts in self.sizes.items():
+            lines.append(
+                f"| {name} | {counts['agents']} | {counts['teams']} | {counts['resources']} | "
+                f"{counts['locks']} | {counts['waits']} | {counts['deadlocks']} | "
+                f"{self.build_seconds[name]:.1f} s |"
+            )
+        small, large = list(self.sizes)[:2]
+        if self.frames:
+            lines += [
+                "",
+                "One WebSocket frame's build per event (feed_delta from the id before "
+                "it; ms, median of the reps; queries):",
+                "",
+            ]
+            lines.append(f"| event | {small} | {large} | ratio | queries {small} / {large} |")
+            lines.append("|---|---|---|---|---|")
+            for kind, figure in self.frames[large].items():
+                base = self.frames[small][kind]
+                lines.append(
+                    f"| {kind} | {base.median:.2f} | {figure.median:.2f} | "
+                    f"{figure.median / base.median:.2f} | {base.queries} / {figure.queries} |"
+                )
+        if self.prechecks:
+            lines += [
+                "",
+                "The deadlock pre-check on a queued acquire (lock_acquire, ms median "
+                "/ max; queries):",
+                "",
+            ]
+            lines.append(f"| acquire | {small} | {large} | queries {small} / {large} |")
+            lines.append("|---|---|---|---|")
+            for key, figure in self.prechecks[large].items():
+                base = self.prechecks[small][key]
+                lines.append(
+                    f"| {key} | {base.median:.2f} / {base.max:.2f} | "
+                    f"{figure.median:.2f} / {figure.max:.2f} | {base.queries} / {figure.queries} |"
+                )
+        if self.sweeps:
+            lines += ["", "monitor_sweep (ms, median / max; queries; target under 100 ms):", ""]
+            lines.append("| board | median | max | queries |")
+            lines.append("|---|---|---|---|")
+            for name, figure in self.sweeps.items():
+                lines.append(
+                    f"| {name} | {figure.median:.1f} | {figure.max:.1f} | {figure.queries} |"
+                )
+        if self.driven:
+            events, seconds, errors = self.driven
+            lines += [
+                "",
+                f"Driver: {events} events in {seconds:.1f} s = {events / seconds:.1f} "
+                f"events/s, {errors} errors.",
+            ]
+        for condition, pages in self.pages.items():
+            lines += [
+                "",
+                f"Pages at {large}, {condition}: ms from the request (Chromium, "
+                "median / max; target: drawn under 500 ms):",
+                "",
+            ]
+            lines.append("| page | HTML | snapshot received | snapshot drawn | snapshot size |")
+            lines.append("|---|---|---|---|---|")
+            for figure in pages.values():
+                lines.append(
+                    f"| {figure.page} | {statistics.median(figure.html_ms):.0f} / "
+                    f"{max(figure.html_ms):.0f} | {statistics.median(figure.snapshot_ms):.0f} / "
+                    f"{max(figure.snapshot_ms):.0f} | {statistics.median(figure.drawn_ms):.0f} / "
+                    f"{max(figure.drawn_ms):.0f} | {figure.snapshot_bytes / 1e3:.0f} kB |"
+                )
+        return "\n".join(lines) + "\n"
+
+
+def small_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The baseline board: a tenth of the agents, in a tenth of the teams, so that each
+    team (and what the measured events touch) has the same shape."""
+    teams = max(1, args.teams // 10)
+    return {
+        "agents": args.agents // args.teams * teams,
+        "teams": teams,
+        "resources": args.resources // args.teams * teams,
+        "locks": args.locks // args.teams * teams,
+        "waits": args.waits // args.teams * teams,
+        "deadlocks": min(args.deadlocks, teams),
+    }
+
+
+def run(args: argparse.Namespace) -> Report:
+    from django.db import connection
+
+    report = Report()
+    boards = [("small", small_arguments(args)), ("large", fixture_arguments(args))]
+    board = None
+    for stage, (label, sizes) in enumerate(boards):
+        connection.close() if stage else None
+        fresh_database()
+        setup()
+        board = build(**sizes)
+        name = f"{board.counts['agents']} agents"
+        report.sizes[name] = board.counts
+        report.build_seconds[name] = board.seconds
+        print(f"{label} board: {board.counts} built in {board.seconds:.1f} s", flush=True)
+        actors = Actors(board)
+        report.frames[name] = frame_costs(actors, args.reps)
+        report.prechecks[name] = precheck_costs(actors, args.reps)
+        report.sweeps[f"{name}, idle"] = sweep_costs(args.reps)
+    assert board is not None
+    operator_login()
+    cookie = session_cookie()
+    server = Daphne()
+    try:
+        name = f"{board.counts['agents']} agents"
+        if not args.no_browser:
+            report.pages["idle"] = page_times(server.base, cookie, args.reps)
+        drivers = Drivers(board, args.drivers, args.rate)
+        time.sleep(2.0)  # the drivers connect and reach their pace
+        try:
+            report.sweeps[f"{name}, {args.rate:g} events/s"] = sweep_costs(args.reps, 0.5)
+            if not args.no_browser:
+                report.pages[f"{args.rate:g} events/s"] = page_times(server.base, cookie, args.reps)
+        finally:
+            report.driven = drivers.finish()
+    finally:
+        server.stop()
+    report.load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=1000)
@@ -326,12 +832,17 @@ def main() -> None:
     parser.add_argument(
         "--only-fixture", action="store_true", help="build the board, print a login, and stop"
     )
+    parser.add_argument("--rate", type=float, default=RATE, help="driver events per second")
+    parser.add_argument("--drivers", type=int, default=DRIVERS, help="driver processes")
+    parser.add_argument("--reps", type=int, default=REPS, help="repetitions of each figure")
+    parser.add_argument("--markdown", type=Path, help="write the figures here too")
+    parser.add_argument("--no-browser", action="store_true", help="skip the page timings")
     args = parser.parse_args()
-    fresh_database()
-    setup()
-    board = build(**fixture_arguments(args))
-    print(f"fixture in {BENCH_DB}: {board.counts} built in {board.seconds:.1f} s")
     if args.only_fixture:
+        fresh_database()
+        setup()
+        board = build(**fixture_arguments(args))
+        print(f"fixture in {BENCH_DB}: {board.counts} built in {board.seconds:.1f} s")
         username, password = operator_login()
         print(f"login: username {username}  password {password}")
         print(
@@ -339,7 +850,11 @@ def main() -> None:
             ".venv/bin/daphne -b 127.0.0.1 -p 8000 orchestrator.asgi:application"
         )
         return
-    raise SystemExit("the measurements come next: use --only-fixture for now")
+    report = run(args)
+    text = report.markdown(" ".join([Path(sys.executable).name, *sys.argv]))
+    print(text)
+    if args.markdown:
+        args.markdown.write_text(text)
 
 
 if __name__ == "__main__":
