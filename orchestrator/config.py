@@ -101,6 +101,7 @@ OWN_VARIABLES = frozenset(
         "HSTS_SECONDS",
         "ORCHESTRATOR_DATA_DIR",
         "ORCHESTRATOR_DB_POOL",
+        "ORCHESTRATOR_PGBOUNCER",
         "ORCHESTRATOR_CHANNEL_PREFIX",
         "ORCHESTRATOR_MODEL_KEY_ENVS",
         "ORCHESTRATOR_METRICS_TOKEN",
@@ -147,7 +148,7 @@ def parse_hosts(raw: str | None, *, debug: bool) -> list[str]:
 
 
 def parse_database(
-    raw: str | None, *, data_dir: Path, pool: bool = False
+    raw: str | None, *, data_dir: Path, pool: bool = False, pgbouncer: bool = False
 ) -> tuple[dict[str, Any], bool]:
     """Return the Django database settings and whether they are the embedded PostgreSQL.
 
@@ -155,6 +156,9 @@ def parse_database(
     socket there (orchestrator.embedded; ``make run`` and the test suite start it).
     ``pool``: a connection pool per process, for the web server (asgi.py asks for
     it). Workers, the monitor and commands keep one connection per thread instead.
+    ``pgbouncer``: the server is a PgBouncer in transaction mode (docs/deploy.md), so
+    nothing may outlive a transaction: no named prepared statements, no server-side
+    cursors.
     """
     if raw is None or not raw.strip():
         database, is_embedded = embedded.database_settings(data_dir), True
@@ -183,9 +187,17 @@ def parse_database(
         database["CONN_HEALTH_CHECKS"] = True
     # Server-side binding with prepared statements: the lock path runs the same few
     # statements all the time, and planning them again each time was a third of
-    # their cost. (Behind a transaction-mode pgbouncer, set prepare_threshold None.)
+    # their cost.
     options["server_side_binding"] = True
     options["prepare_threshold"] = 5
+    if pgbouncer:
+        # Transaction pooling hands the server connection to another client after
+        # each transaction: a statement prepared on it (by name, PgBouncer before
+        # 1.21 does not track them) or a WITH HOLD cursor (Django's .iterator()
+        # outside a transaction) would be missing, or another client's, next time.
+        # Binding stays server-side, with unnamed statements.
+        options["prepare_threshold"] = None
+        database["DISABLE_SERVER_SIDE_CURSORS"] = True
     return database, is_embedded
 
 
@@ -325,8 +337,11 @@ def load(environ: Mapping[str, str]) -> Config:
     data_dir = Path(environ.get("ORCHESTRATOR_DATA_DIR") or BASE_DIR / "data")
     https = parse_bool("HTTPS", environ.get("HTTPS"), default=False)
     pool = parse_bool("ORCHESTRATOR_DB_POOL", environ.get("ORCHESTRATOR_DB_POOL"), default=False)
+    pgbouncer = parse_bool(
+        "ORCHESTRATOR_PGBOUNCER", environ.get("ORCHESTRATOR_PGBOUNCER"), default=False
+    )
     database, is_embedded = parse_database(
-        environ.get("DATABASE_URL"), data_dir=data_dir, pool=pool
+        environ.get("DATABASE_URL"), data_dir=data_dir, pool=pool, pgbouncer=pgbouncer
     )
     return Config(
         debug=debug,

@@ -44,6 +44,29 @@ def test_the_web_server_asks_for_a_pool(tmp_path: Path) -> None:
     assert cfg.database["CONN_MAX_AGE"] == 0
 
 
+def test_behind_pgbouncer_nothing_outlives_a_transaction(tmp_path: Path) -> None:
+    """ORCHESTRATOR_PGBOUNCER=1 (transaction pooling, docs/deploy.md): no named prepared
+    statements and no server-side cursors; without it, statements are prepared."""
+    url = "postgres://alice@pgbouncer.example:6432/orch"
+    for pool in ("0", "1"):
+        cfg = config.load(
+            {
+                "DATABASE_URL": url,
+                "ORCHESTRATOR_PGBOUNCER": "1",
+                "ORCHESTRATOR_DB_POOL": pool,
+                "ORCHESTRATOR_DATA_DIR": str(tmp_path),
+            }
+        )
+        assert cfg.database["OPTIONS"]["prepare_threshold"] is None
+        assert cfg.database["OPTIONS"]["server_side_binding"] is True
+        assert cfg.database["DISABLE_SERVER_SIDE_CURSORS"] is True
+    direct = config.load({"DATABASE_URL": url, "ORCHESTRATOR_DATA_DIR": str(tmp_path)}).database
+    assert direct["OPTIONS"]["prepare_threshold"] == 5
+    assert not direct.get("DISABLE_SERVER_SIDE_CURSORS")
+    with pytest.raises(config.ConfigError, match="ORCHESTRATOR_PGBOUNCER"):
+        config.load({"DATABASE_URL": url, "ORCHESTRATOR_PGBOUNCER": "maybe"})
+
+
 def test_without_database_url_the_embedded_postgresql_of_the_data_dir(tmp_path: Path) -> None:
     cfg = config.load({"ORCHESTRATOR_DATA_DIR": str(tmp_path)})
     db = cfg.database
