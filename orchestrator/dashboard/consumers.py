@@ -16,6 +16,12 @@ N, or a snapshot if that is too far back), ``{"type": "snapshot"}``,
 ``{"type": "ping"}``. A reconnecting browser passes ``?last_id=N`` in the URL
 and gets a replay instead of a snapshot.
 
+A page subscribes with a view (``?view=resources&q=...&page=2``, fields of
+forms.BoardViewForm, or ``{"type": "snapshot", "view": {...}}`` to change it): its
+snapshots then carry only what the page shows (selectors/views.py), not the whole
+board. Deltas are the same for every feed; the browser keeps the rows its view shows.
+Without a view, a snapshot is the whole board.
+
 Pushes from the channel layer only wake the feed: what it sends is always
 read from the event log after the last id it sent. One reader per process
 (:class:`FeedTail`, the only member of the channel layer's group here) reads
@@ -51,7 +57,8 @@ from orchestrator.core.events import ALL_EVENTS_GROUP, LIVE_WINDOW, last_event_i
 from orchestrator.dashboard.frames import SharedBuilds
 from orchestrator.dashboard.permissions import can_watch
 from orchestrator.dashboard.selectors.board import patch_merge
-from orchestrator.dashboard.selectors.feed import feed_delta, feed_snapshot
+from orchestrator.dashboard.selectors.feed import feed_delta, feed_snapshot, feed_view_snapshot
+from orchestrator.dashboard.selectors.views import View, ViewError, view_parse
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +110,13 @@ def parse_client_message(text: str | None, data: bytes | None) -> dict[str, Any]
         last_id = message.get("last_id")
         if not is_event_id(last_id):
             raise ClientError("invalid_last_id", "last_id must be an event id (an integer >= 0)")
+    elif kind == "snapshot" and "view" in message:
+        if not isinstance(message["view"], dict):
+            raise ClientError("invalid_view", "view must be an object")
+        try:
+            message["view"] = view_parse(message["view"])
+        except ViewError as exc:
+            raise ClientError("invalid_view", exc.detail) from None
     elif kind not in ("snapshot", "ping"):
         raise ClientError("unknown_type", "type must be one of resume, snapshot, ping")
     return message
@@ -119,6 +133,12 @@ def _query_last_id(scope: dict[str, Any]) -> int | None:
     except ValueError:
         return None
     return value if is_event_id(value) else None
+
+
+def _query_view(scope: dict[str, Any]) -> View | None:
+    """The view named in the query string (None: the whole board); ViewError if invalid."""
+    params = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    return view_parse(params) if "view" in params else None
 
 
 def frame_text(frame: dict[str, Any]) -> str:
@@ -311,6 +331,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         # the tail will not wake us for: our own first read starts after this.
         self._woken_at = asyncio.get_running_loop().time()
         await self.accept()
+        try:
+            self.view: View | None = _query_view(self.scope)
+        except ViewError as exc:
+            self.view = view_parse({})  # the smallest view: a bad one costs nothing
+            await self._send_json({"type": "error", "error": "invalid_view", "detail": exc.detail})
         since = _query_last_id(self.scope)
         if since is not None:
             self._request = {"type": "resume", "last_id": since}
@@ -382,6 +407,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     async def _catch_up(self) -> None:
         request, self._request = self._request, None
         if request is not None and request["type"] == "snapshot":
+            if "view" in request:
+                self.view = request["view"]
             await self._send_snapshot()
             return
         asked = request is not None
@@ -410,9 +437,13 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         await self._send_json(frame)
 
     async def _send_snapshot(self) -> None:
-        frame = await shared_frames.get(
-            ("snapshot",), database_sync_to_async(feed_snapshot), not_before=self._woken_at
-        )
+        view = self.view
+        if view is None:
+            key, build = ("snapshot",), database_sync_to_async(feed_snapshot)
+        else:
+            key = ("snapshot", *view.key())
+            build = lambda: database_sync_to_async(feed_view_snapshot)(view)  # noqa: E731
+        frame = await shared_frames.get(key, build, not_before=self._woken_at)
         self.last_id = frame["last_id"]
         await self._send_json(frame)
 

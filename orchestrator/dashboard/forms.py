@@ -246,3 +246,31 @@ class GanttForm(forms.Form):
         required=False,
         initial="fit",
     )
+
+
+BOARD_VIEWS = ("nav", "overview", "resources", "graph")
+BOARD_PAGE_SIZE = 50
+BOARD_PAGE_SIZE_MAX = 100
+BOARD_PAGE_MAX = 1_000_000
+AGENT_STATUSES = ("running", "idle", "waiting_lock", "waiting_human", "paused", "failed", "done")
+
+
+class BoardViewForm(forms.Form):
+    """What one live page shows (selectors/views.py): the page, its filters and its page
+    of rows. From the WebSocket's query string or a browser's snapshot message."""
+
+    view = forms.ChoiceField(choices=[(name, name) for name in BOARD_VIEWS])
+    q = forms.CharField(max_length=NAME_MAX_LENGTH, required=False, strip=True)
+    team = forms.IntegerField(min_value=1, max_value=2**63 - 1, required=False)
+    agent = forms.CharField(max_length=NAME_MAX_LENGTH, required=False, strip=True)
+    status = forms.ChoiceField(
+        choices=[("", "all"), *((s, s) for s in AGENT_STATUSES)], required=False
+    )
+    contested = forms.TypedChoiceField(
+        choices=[("", "no"), ("0", "no"), ("1", "yes")],
+        coerce=lambda value: value == "1",
+        required=False,
+        empty_value=False,
+    )
+    page = forms.IntegerField(min_value=1, max_value=BOARD_PAGE_MAX, required=False)
+    size = forms.IntegerField(min_value=1, max_value=BOARD_PAGE_SIZE_MAX, required=False)

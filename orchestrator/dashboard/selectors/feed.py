@@ -10,6 +10,7 @@ from typing import Any
 from orchestrator.core.events import event_messages_after, log_end
 from orchestrator.core.queue import db_now
 from orchestrator.dashboard.selectors.board import board_patch, board_snapshot
+from orchestrator.dashboard.selectors.views import View, view_snapshot
 
 # A browser further behind than this gets a fresh snapshot instead of a replay.
 REPLAY_LIMIT = 500
@@ -47,3 +48,8 @@ def feed_delta(*, since: int, limit: int | None = None) -> dict[str, Any] | None
         "events": events,
         "state": board_patch(events) if events else {},
     }
+
+
+def feed_view_snapshot(view: View) -> dict[str, Any]:
+    """A snapshot frame of what one page shows (selectors/views.py), not the whole board."""
+    return {"type": "snapshot", "server_time": server_time(), **view_snapshot(view)}
