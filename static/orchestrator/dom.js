@@ -6,6 +6,7 @@ const SAFE_ATTRIBUTES = new Set([
   "id", "class", "title", "role", "type", "name", "value", "for", "tabindex", "colspan",
   "method", "action", "placeholder", "disabled", "hidden", "checked", "selected", "open",
   "aria-label", "aria-current", "aria-pressed", "aria-expanded", "aria-live", "aria-describedby", "href",
+  "aria-disabled", "rel",
   // SVG geometry and presentation
   "x", "y", "x1", "y1", "x2", "y2", "cx", "cy", "r", "rx", "ry", "width", "height", "d",
   "viewBox", "text-anchor", "dominant-baseline", "marker-end", "transform", "points",

@@ -7,10 +7,15 @@
 // it (or, for a folder, on a path under it) has a dotted "covered by" edge, on the right
 // of the resources, from the waited-for path to the held one, so the chain waiter ->
 // path -> folder -> holder reads as one; pathtree.js says which locks keep each waiter out.
+// The server chooses what is drawn (live.js views, selectors/views.py): a page of the
+// waits of the team or agent filtered for, the cycles first, with the holders of what
+// they wait for; holds nobody waits for only while they are few. The info line says
+// how much is not drawn.
 import { canOperate, csrfToken } from "./actions.js";
 import { clear, h, s } from "./dom.js";
 import { byName } from "./format.js";
 import { board, redrawOnChange } from "./live.js";
+import { bindFilters, drawPager, teamOptions } from "./paging.js";
 import { lockSetWait } from "./locksets.js";
 import { blockerText, coverText, isFolder, pathForest } from "./pathtree.js";
 
@@ -18,6 +23,9 @@ const container = document.getElementById("graph");
 const deadlocksBox = document.getElementById("deadlocks");
 const lockSetsBox = document.getElementById("lock-sets");
 const teamSelect = document.getElementById("graph-team");
+const agentInput = document.getElementById("graph-agent");
+const info = document.getElementById("graph-info");
+const pagerBox = document.getElementById("graph-pager");
 const ROW = 38;
 const NODE_H = 26;
 const AGENT_X = 20;
@@ -281,11 +289,21 @@ function lockSetList(sets) {
         h("span", { class: "agent-name" }, agent.name), " waits for ", lockSetWait(wait))))];
 }
 
-function renderTeams(state) {
-  const current = teamSelect.value;
-  const options = [h("option", { value: "" }, "all teams"),
-    ...Object.values(state.teams).sort(byName).map((team) => h("option", { value: team.id, selected: String(team.id) === current }, team.name))];
-  if (teamSelect.options.length !== options.length) teamSelect.replaceChildren(...options);
+function renderInfo(state) {
+  const view = board.viewInfo;
+  if (board.viewError) {
+    info.textContent = `Filter refused: ${board.viewError}`;
+    return;
+  }
+  if (!view) return;
+  const drawnAgents = Object.keys(state.agents).length;
+  const parts = [`${view.total} wait${view.total === 1 ? "" : "s"}${teamSelect.value || agentInput.value ? " in this filter" : ""}`];
+  const hiddenWaits = view.total - Math.max(0, Math.min(view.size, view.total - (view.page - 1) * view.size));
+  if (hiddenWaits) parts.push(`${hiddenWaits} on other pages`);
+  parts.push(`${drawnAgents} of ${view.agents_total} agents drawn`);
+  if (!view.holds_drawn) parts.push(`${view.holds_total} holds nobody waits for are not drawn`);
+  info.textContent = `${parts.join(" · ")}.`;
+  info.dataset.hiddenWaits = String(hiddenWaits);
 }
 
 let lastPanels = "";
@@ -293,8 +311,10 @@ let lastSets = "";
 function render() {
   const state = board.state;
   if (!state) return;
-  renderTeams(state);
-  const teamId = teamSelect.value;
+  teamOptions(teamSelect, state.teams);
+  renderInfo(state);
+  drawPager(pagerBox, board.viewInfo, "waits");
+  const teamId = ""; // the server drew the filter: what it sent is what is shown
   const deadlocks = Object.values(state.deadlocks || {}).filter((d) => !teamId || String(d.team) === teamId);
   // Rebuild the break forms only when the deadlocks change (keeps focus and choices).
   const key = JSON.stringify([deadlocks, deadlocks.map((d) => d.agent_ids.map((id) => (state.agents[id] || {}).name)), [...chosenVictims]]);
@@ -315,5 +335,5 @@ function render() {
   if (focusedId) container.querySelector(`[data-agent-id="${CSS.escape(focusedId)}"]`)?.focus();
 }
 
+bindFilters({ team: teamSelect, agent: agentInput });
 redrawOnChange(render);
-teamSelect.addEventListener("change", render);

@@ -6,13 +6,31 @@
 // we ask the server to replay the log from our last id. After a reconnect we
 // pass ?last_id=N, and the server replays (or sends a fresh snapshot if we are
 // too far behind).
+//
+// A page that shows part of the board (Overview, Resources, Graph: a page of rows, a
+// filter) subscribes with a view (orchestrator/dashboard/selectors/views.py): its
+// snapshot carries only that part, and the ids it shows. Deltas are the board's: we
+// keep the rows of the ids shown, drop the others, and when a delta touched rows we
+// do not show (a row that may now enter the page, counts that moved) we ask for the
+// view again, at most once every REFRESH_MS. A delta that touched nothing shown does
+// not redraw the page.
 
 const COLLECTIONS = ["teams", "runs", "agents", "resources"];
 const REPLACED = ["system", "counts", "deadlocks"];
+const KEPT = ["agents", "resources"]; // the collections a view pages or filters
+// The fields of a view (forms.BoardViewForm) a page's URL carries.
+export const VIEW_FIELDS = ["q", "team", "agent", "status", "contested", "page", "size"];
+const REFRESH_MS = 3000;
 
 export class LiveBoard {
-  constructor(path) {
+  constructor(path, view = null) {
     this.path = path;
+    this.view = view; // {view: name, ...fields}, or null: the whole board
+    this.viewInfo = null; // what the server chose: {total, page, pages, size, ids, ...}
+    this.viewError = null;
+    this.kept = null; // collection -> Set of the ids shown
+    this.refreshTimer = null;
+    this.lastRefresh = 0;
     this.state = null;
     this.lastId = null;
     this.clockOffset = 0; // server clock minus ours, in ms
@@ -40,7 +58,10 @@ export class LiveBoard {
 
   connect() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const query = this.lastId === null ? "" : `?last_id=${encodeURIComponent(this.lastId)}`;
+    const params = new URLSearchParams();
+    for (const [key, value] of Object.entries(this.view || {})) if (value !== "" && value !== null) params.set(key, value);
+    if (this.lastId !== null) params.set("last_id", this.lastId);
+    const query = params.toString() ? `?${params}` : "";
     const socket = new WebSocket(`${scheme}//${location.host}${this.path}${query}`);
     this.socket = socket;
     this.setStatus("connecting");
@@ -79,6 +100,10 @@ export class LiveBoard {
       this.state = frame.state;
       this.lastId = frame.last_id;
       this.awaitingReplay = false;
+      this.viewInfo = frame.view || null;
+      this.viewError = null;
+      this.kept = frame.view ? Object.fromEntries(KEPT.map((name) => [name, new Set((frame.view.ids[name] || []).map(String))])) : null;
+      this.deadlockIds = new Set(Object.keys(frame.state.deadlocks || {}));
       this.notify({ type: "snapshot", events: [] });
     } else if (frame.type === "delta") {
       if (this.state === null || frame.since !== this.lastId) {
@@ -91,12 +116,75 @@ export class LiveBoard {
         return;
       }
       this.awaitingReplay = false;
-      applyPatch(this.state, frame.state || {});
+      const patch = frame.state || {};
+      const shown = this.kept ? this.keepShown(patch) : true;
+      applyPatch(this.state, patch);
       this.lastId = frame.last_id;
-      this.notify({ type: "delta", events: frame.events || [] });
+      this.notify({ type: "delta", events: frame.events || [], shown });
     } else if (frame.type === "error") {
       console.warn("live feed:", frame.error, frame.detail);
+      if (frame.error === "invalid_view") {
+        this.viewError = frame.detail;
+        this.notify({ type: "error", events: [] });
+      }
     }
+  }
+
+  /** Cut ``patch`` to the rows the view shows; whether it changes anything shown. A row
+   *  not shown asks for the view again (soon): it may belong on the page now. */
+  keepShown(patch) {
+    let shown = ["system", "counts", "teams", "runs"].some((key) => key in patch);
+    let outside = false;
+    for (const name of KEPT) {
+      const rows = patch[name] || {};
+      for (const id of Object.keys(rows)) {
+        if (this.kept[name].has(id)) {
+          shown = true;
+          if (name === "agents") this.recount(this.state.agents[id], rows[id]);
+        } else {
+          delete rows[id];
+          outside = true;
+        }
+      }
+      const removed = (patch.removed || {})[name] || [];
+      if (removed.some((id) => this.kept[name].has(id))) shown = outside = true;
+    }
+    if ("deadlocks" in patch) {
+      const ids = Object.keys(patch.deadlocks);
+      const known = this.deadlockIds;
+      if (ids.length !== known.size || ids.some((id) => !known.has(id))) outside = shown = true;
+      // Until the view comes again, only the deadlocks it chose (their rows are here).
+      patch.deadlocks = Object.fromEntries(Object.entries(patch.deadlocks).filter(([id]) => known.has(id)));
+    }
+    if (outside && this.view && this.view.view !== "nav") this.refreshSoon();
+    return shown;
+  }
+
+  /** Keep the view's status summary (Overview's cards) right for the agents it shows. */
+  recount(before, after) {
+    const summary = this.state.summary;
+    if (!summary || !before || before.status === after.status) return;
+    for (const tally of [summary.statuses, summary.teams[String(before.team)] || {}]) {
+      tally[before.status] = Math.max(0, (tally[before.status] || 0) - 1);
+      tally[after.status] = (tally[after.status] || 0) + 1;
+    }
+  }
+
+  refreshSoon() {
+    if (this.refreshTimer !== null) return;
+    const wait = Math.max(0, this.lastRefresh + REFRESH_MS - Date.now());
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = null;
+      this.lastRefresh = Date.now();
+      this.send({ type: "snapshot", view: this.view });
+    }, wait);
+  }
+
+  /** Show another part of the board: new filters or another page (fields of VIEW_FIELDS). */
+  setView(fields) {
+    this.view = { view: this.view.view, ...fields };
+    this.lastRefresh = Date.now();
+    this.send({ type: "snapshot", view: this.view });
   }
 
   notify(change) {
@@ -125,8 +213,8 @@ export function applyPatch(state, patch) {
 /** Call ``render`` after the board changes, at most once per animation frame. */
 export function redrawOnChange(render) {
   let scheduled = false;
-  board.subscribe(() => {
-    if (scheduled) return;
+  board.subscribe((live, change) => {
+    if (scheduled || change.shown === false) return;
     scheduled = true;
     requestAnimationFrame(() => {
       scheduled = false;
@@ -136,4 +224,17 @@ export function redrawOnChange(render) {
 }
 
 // One board per page, shared by every module that imports it.
-export const board = new LiveBoard(document.body.dataset.wsPath || "/ws/events/");
+// A page that shows part of the board names its view (data-ws-view); its URL's query
+// carries the view's fields, so that a filtered page or a page of rows is a bookmark.
+export function viewFromUrl() {
+  const params = new URLSearchParams(location.search);
+  const fields = {};
+  for (const key of VIEW_FIELDS) if (params.get(key)) fields[key] = params.get(key);
+  return fields;
+}
+
+const viewName = document.body.dataset.wsView;
+export const board = new LiveBoard(
+  document.body.dataset.wsPath || "/ws/events/",
+  viewName ? { view: viewName, ...(viewName === "nav" ? {} : viewFromUrl()) } : null,
+);

@@ -1,8 +1,11 @@
 // Overview: teams, runs with progress, agents with status, the emergency stop.
+// The agents come a page at a time, filtered by the server (live.js views): the cards
+// and the teams' tallies come from the view's summary of every agent's status.
 import { actionForm, canOperate } from "./actions.js";
 import { h } from "./dom.js";
 import { byName, statusLabel } from "./format.js";
 import { board, redrawOnChange } from "./live.js";
+import { bindFilters, drawPager, teamOptions } from "./paging.js";
 import { lockSetWait } from "./locksets.js";
 
 const agentsBody = document.querySelector("#agents-table tbody");
@@ -10,6 +13,8 @@ const runsBody = document.querySelector("#runs-table tbody");
 const teamsBody = document.querySelector("#teams-table tbody");
 const filterInput = document.getElementById("agent-filter");
 const statusFilter = document.getElementById("agent-status-filter");
+const teamFilter = document.getElementById("agent-team-filter");
+const agentsPager = document.getElementById("agents-pager");
 const rowCache = new Map(); // agent id -> {key, row}
 
 function statusChip(status) {
@@ -44,13 +49,9 @@ function agentRow(agent, teams) {
 }
 
 function renderAgents(state) {
-  const needle = (filterInput.value || "").toLowerCase();
-  const wanted = statusFilter.value;
-  const agents = Object.values(state.agents).sort(byName).filter((agent) => {
-    const team = state.teams[agent.team];
-    const haystack = `${agent.name} ${team ? team.name : ""}`.toLowerCase();
-    return (!needle || haystack.includes(needle)) && (!wanted || agent.status === wanted);
-  });
+  // The server filtered and paged them (a row that no longer matches stays until the
+  // view is read again, which the next change outside the page asks for).
+  const agents = Object.values(state.agents).sort(byName);
   const rows = agents.map((agent) => {
     // Rebuild a row only when its data changed, so focus and hover stay put.
     const team = state.teams[agent.team];
@@ -66,9 +67,10 @@ function renderAgents(state) {
     rowCache.set(agent.id, { key, row });
     return row;
   });
-  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No agent matches.")));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: 6, class: "empty" }, board.viewError ? `Filter refused: ${board.viewError}` : "No agent matches.")));
   const current = [...agentsBody.children];
   if (current.length !== rows.length || current.some((row, i) => row !== rows[i])) agentsBody.replaceChildren(...rows);
+  drawPager(agentsPager, board.viewInfo, "agents");
 }
 
 function progress(run) {
@@ -105,15 +107,15 @@ function renderRuns(state) {
 }
 
 function renderTeams(state) {
-  const agentsByTeam = {};
-  for (const agent of Object.values(state.agents)) (agentsByTeam[agent.team] ||= []).push(agent);
-  const rows = Object.values(state.teams).sort(byName).map((team) => {
-    const members = agentsByTeam[team.id] || [];
-    const tally = {};
-    for (const agent of members) tally[agent.status] = (tally[agent.status] || 0) + 1;
+  const tallies = (state.summary || {}).teams || {};
+  const teams = Object.values(state.teams).sort(byName);
+  teamOptions(teamFilter, state.teams);
+  const rows = teams.map((team) => {
+    const tally = tallies[String(team.id)] || {};
+    const members = Object.values(tally).reduce((sum, n) => sum + n, 0);
     return h("tr", { dataset: { teamId: team.id } },
       h("td", {}, team.name),
-      h("td", {}, Object.entries(tally).map(([status, n]) => h("span", { class: `status status-${status}`, title: statusLabel(status) }, `${n} ${statusLabel(status)}`)), members.length ? null : "none"),
+      h("td", {}, Object.entries(tally).filter(([, n]) => n > 0).map(([status, n]) => h("span", { class: `status status-${status}`, title: statusLabel(status) }, `${n} ${statusLabel(status)}`)), members ? null : "none"),
       h("td", {}, team.deadlock_policy.replaceAll("_", " ")),
       h("td", {}, team.conflict_policy.replaceAll("_", " ")),
       h("td", {}, statusChip(team.paused ? "paused" : "running")),
@@ -143,7 +145,7 @@ function renderSystem(state) {
 
 function renderCards(state) {
   const tally = { running: 0, waiting_lock: 0, waiting_human: 0, paused: 0, failed: 0 };
-  for (const agent of Object.values(state.agents)) if (agent.status in tally) tally[agent.status] += 1;
+  for (const [status, n] of Object.entries((state.summary || {}).statuses || {})) if (status in tally) tally[status] = n;
   Object.assign(tally, state.counts);
   for (const node of document.querySelectorAll("[data-card]")) node.textContent = String(tally[node.dataset.card] ?? 0);
 }
@@ -158,6 +160,5 @@ function render() {
   renderAgents(state);
 }
 
+bindFilters({ q: filterInput, team: teamFilter, status: statusFilter });
 redrawOnChange(render);
-filterInput.addEventListener("input", render);
-statusFilter.addEventListener("change", render);

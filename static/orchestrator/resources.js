@@ -2,10 +2,13 @@
 // queue of waiters, and force release. Plain names are one flat group; path resources
 // (core/paths.py) are drawn as one tree per team (pathtree.js), where a held folder
 // marks the subtree it covers and a waiter kept out by a folder above names it.
+// The rows come a page at a time, filtered by the server (live.js views), with the
+// folders above the page's paths.
 import { actionForm, canOperate } from "./actions.js";
 import { h } from "./dom.js";
 import { byName, seconds } from "./format.js";
 import { board, redrawOnChange } from "./live.js";
+import { bindFilters, drawPager, teamOptions } from "./paging.js";
 import { waiterSetNote } from "./locksets.js";
 import { belowText, blockerText, coverText, isPath, pathForest, visibleNodes } from "./pathtree.js";
 
@@ -17,6 +20,8 @@ const SMALL_TREE = 100;
 const body = document.querySelector("#resources-table tbody");
 const filterInput = document.getElementById("resource-filter");
 const onlyContested = document.getElementById("only-contested");
+const teamFilter = document.getElementById("resource-team-filter");
+const pagerBox = document.getElementById("resources-pager");
 const expandAll = document.getElementById("expand-all");
 const collapseAll = document.getElementById("collapse-all");
 const rowCache = new Map(); // resource id or tree node key -> {key, row}
@@ -129,13 +134,18 @@ function nodeRow(node, open, teamName) {
       twisty(node, open),
       timelineLink(node, teamName),
       resource ? approvalChip(resource) : null,
-      node.folder && node.children.length ? h("span", { class: "below muted" }, ` · ${covering ? "covers " : ""}${belowText(node.below)}`) : null),
+      node.folder && node.children.length ? h("span", { class: "below muted" }, ` · ${covering ? "covers " : ""}${belowText(node.below)}${paged() ? " on this page" : ""}`) : null),
     h("td", { class: "muted" }, teamName || "all teams"),
     h("td", { class: "value mono" }, resource ? resource.value : ""),
     h("td", { class: "num" }, resource ? String(resource.version) : ""),
     h("td", { class: "num" }, resource ? String(resource.fence) : ""),
     holdersCell(resource, node.covered),
     queueCell(resource, node.blockers));
+}
+
+// Whether the rows are one page of several: a folder's counts are then those of the page.
+function paged() {
+  return Boolean(board.viewInfo && board.viewInfo.pages > 1);
 }
 
 function groupRow(key, ...content) {
@@ -152,7 +162,7 @@ function cached(key, data, build) {
 
 // What a tree row shows, for the cache: a row is drawn anew only when this changes.
 function nodeKey(node, open, teamName) {
-  return JSON.stringify([node.resource, node.covered, node.blockers, node.below, node.children.length, open, teamName]);
+  return JSON.stringify([node.resource, node.covered, node.blockers, node.below, node.children.length, open, teamName, paged()]);
 }
 
 function treeRows(tree, state, matches) {
@@ -176,6 +186,8 @@ function treeRows(tree, state, matches) {
 function render() {
   const state = board.state;
   if (!state) return;
+  teamOptions(teamFilter, state.teams);
+  // The server filtered and paged the rows; a search shows its hits' folders open.
   const needle = (filterInput.value || "").toLowerCase();
   const contested = onlyContested.checked;
   const wanted = (resource) => {
@@ -186,7 +198,7 @@ function render() {
     return names.join(" ").toLowerCase().includes(needle);
   };
   const all = Object.values(state.resources);
-  const plain = all.filter((resource) => !isPath(resource.name)).sort(byName).filter(wanted);
+  const plain = all.filter((resource) => !isPath(resource.name)).sort(byName);
   const rows = plain.map((resource) =>
     cached(resource.id, JSON.stringify([resource, (state.teams[resource.team] || {}).name]), () => resourceRow(resource, state.teams)));
   const trees = pathForest(all);
@@ -198,9 +210,10 @@ function render() {
     .flatMap((tree) => treeRows(tree, state, matches));
   if (treeRowsAll.length && rows.length) rows.unshift(cached("plain", "plain", () => groupRow("plain", "Named resources")));
   rows.push(...treeRowsAll);
-  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: COLUMNS, class: "empty" }, "No resource matches.")));
+  if (!rows.length) rows.push(h("tr", {}, h("td", { colspan: COLUMNS, class: "empty" }, board.viewError ? `Filter refused: ${board.viewError}` : "No resource matches.")));
   const current = [...body.children];
   if (current.length !== rows.length || current.some((row, i) => row !== rows[i])) body.replaceChildren(...rows);
+  drawPager(pagerBox, board.viewInfo, "resources");
   expandAll.hidden = collapseAll.hidden = !trees.length;
   tick();
 }
@@ -219,9 +232,8 @@ function tick() {
   }
 }
 
+bindFilters({ q: filterInput, team: teamFilter, contested: onlyContested });
 redrawOnChange(render);
-filterInput.addEventListener("input", render);
-onlyContested.addEventListener("change", render);
 expandAll.addEventListener("click", () => setAll(true));
 collapseAll.addEventListener("click", () => setAll(false));
 setInterval(tick, 250);

@@ -605,7 +605,7 @@ def test_a_deadlock_through_a_folder_is_one_red_cycle_in_the_graph(app: str, pag
     screenshot(page, "graph-folder-deadlock")
 
 
-def test_a_tree_of_three_hundred_paths_opens_where_the_locks_are(app: str, page: Any) -> None:
+def test_a_tree_of_three_hundred_paths_comes_a_page_at_a_time(app: str, page: Any) -> None:
     from playwright.sync_api import expect
 
     from orchestrator.core.locks import lock_acquire
@@ -623,29 +623,209 @@ def test_a_tree_of_three_hundred_paths_opens_where_the_locks_are(app: str, page:
     log_in(page, "olivia")
     page.get_by_role("link", name="Resources", exact=True).click()
     rows = page.locator("#resources-table tr.tree-node")
-    # A big tree opens only the folders with something held or waited for under them:
-    # 12 folders and pkg07's 25 paths. pkg03/ is held itself: it says what it covers.
-    expect(rows).to_have_count(12 + 25)
+    # A page of 50 paths, drawn as their tree: pkg00/ and pkg01/ with 25 paths each.
+    expect(page.locator("#resources-pager .pager-count")).to_have_text(
+        "Showing 1 to 50 of 301 resources"
+    )
+    expect(rows).to_have_count(2 + 50)
+    expect(page.locator('tr[data-path="pkg00/"] .below')).to_have_text("· 25 paths on this page")
+    screenshot(page, "resources-paths-large")
+    page.get_by_role("button", name="Collapse all").click()
+    expect(rows).to_have_count(2)
+    page.get_by_role("button", name="Expand all").click()
+    expect(rows).to_have_count(52)
+    # Only held or waited for: those paths, with the folders above them, in the URL.
+    page.get_by_label("only held or waited for").check()
+    expect(rows.locator("a.path-label")).to_have_text(["pkg03/", "pkg07/", "mod05.py"])
+    expect(page).to_have_url(re.compile(r"/resources/\?contested=1$"))
     pkg03 = page.locator('tr[data-path="pkg03/"]')
     expect(pkg03.locator(".holders .chip.hold")).to_have_text("a0")
-    expect(pkg03.locator(".below")).to_have_text("· covers 25 paths")
-    expect(pkg03.get_by_role("button", name="Expand pkg03/")).to_be_visible()
-    expect(page.locator('tr[data-path="pkg07/"] .below')).to_have_text("· 25 paths · 1 held")
-    screenshot(page, "resources-paths-large")
-    pkg03.get_by_role("button", name="Expand pkg03/").click()
-    expect(page.locator('tr.covered[data-path^="pkg03/"]')).to_have_count(25)
-    page.get_by_role("button", name="Collapse all").click()
-    expect(rows).to_have_count(12)
-    page.get_by_role("button", name="Expand all").click()
-    expect(rows).to_have_count(12 + 300)
-    # Still live at this size: a lock taken now shows without a reload.
+    # Still live at this size: a lock taken now on a path of no row yet brings it in.
     lock_acquire(agent=b1, resource="pkg11/mod24.py", ttl=600)
-    expect(page.locator('tr[data-path="pkg11/mod24.py"] .holders .chip.hold')).to_have_text("b1")
-    # Only held or waited for: those paths, with the folders above them.
-    page.get_by_label("only held or waited for").check()
+    expect(page.locator('tr[data-path="pkg11/mod24.py"] .holders .chip.hold')).to_have_text(
+        "b1", timeout=10_000
+    )
     expect(rows.locator("a.path-label")).to_have_text(
         ["pkg03/", "pkg07/", "mod05.py", "pkg11/", "mod24.py"]
     )
+
+
+def received_frames(page: Any) -> list[dict[str, Any]]:
+    """The JSON frames the page's WebSockets receive, from now on."""
+    frames: list[dict[str, Any]] = []
+
+    def follow(socket: Any) -> None:
+        socket.on("framereceived", lambda payload: frames.append(json.loads(payload)))
+
+    page.on("websocket", follow)
+    return frames
+
+
+def board_in_page(page: Any) -> dict[str, Any]:
+    """What the page's live board holds (the module nav.js and the page's script share)."""
+    return page.evaluate(
+        """async () => {
+          const src = document.querySelector('script[src*="nav"]').src;
+          const { board } = await import(new URL("./live.js", src).href);
+          return { state: board.state, lastId: board.lastId };
+        }"""
+    )
+
+
+def seen(page: Any, event_id: int) -> None:
+    from tests.concurrency.processes import wait_until
+
+    wait_until(
+        lambda: int(page.evaluate("document.body.dataset.lastEventId || 0")) >= event_id,
+        timeout=10,
+        interval=0.05,
+        what=f"event {event_id} on the page",
+    )
+
+
+def test_resources_come_a_page_at_a_time_and_live_rows_off_the_page_are_not_kept(
+    app: str, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.locks import lock_acquire
+    from orchestrator.core.models import Event
+
+    builders.operator("olivia")
+    team = factories.team(name="bulk")
+    holder = factories.agent(team_=team, name="bulk-holder")
+    Resource.objects.bulk_create(
+        Resource(name=f"res-{i:04d}", team=team, value=i) for i in range(300)
+    )
+    frames = received_frames(page)
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Resources", exact=True).click()
+    rows = page.locator("#resources-table tbody tr[data-resource-id]")
+    pager = page.locator("#resources-pager")
+    expect(pager.locator(".pager-count")).to_have_text("Showing 1 to 50 of 300 resources")
+    expect(rows).to_have_count(50)
+    expect(rows.first).to_have_attribute("data-resource-name", "res-0000")
+    # The server sent a page, not the board.
+    (snapshot,) = [
+        f for f in frames if f["type"] == "snapshot" and f["view"]["name"] == "resources"
+    ]
+    assert len(snapshot["state"]["resources"]) == 50
+    assert snapshot["state"]["agents"] == {}
+    assert len(json.dumps(snapshot)) < 50_000
+    pager.get_by_role("link", name="Next").click()
+    expect(page).to_have_url(re.compile(r"/resources/\?page=2$"))
+    expect(pager.locator(".pager-count")).to_have_text("Showing 51 to 100 of 300 resources")
+    expect(rows.first).to_have_attribute("data-resource-name", "res-0050")
+    expect(rows).to_have_count(50)
+    # The URL is the view: a reload (or a bookmark) shows the same page.
+    page.reload()
+    expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
+    expect(rows.first).to_have_attribute("data-resource-name", "res-0050")
+    # A lock on a row of the page shows live; one on another page is not kept.
+    lock_acquire(agent=holder, resource="res-0200", ttl=600)
+    lock_acquire(agent=holder, resource="res-0060", ttl=600)
+    expect(page.locator('tr[data-resource-name="res-0060"] .holders .chip.hold')).to_have_text(
+        "bulk-holder"
+    )
+    seen(page, Event.objects.order_by("-id").values_list("id", flat=True).first())
+    held = board_in_page(page)["state"]["resources"]
+    assert len(held) == 50 and {r["name"] for r in held.values()} >= {"res-0060"}
+    assert "res-0200" not in {r["name"] for r in held.values()}
+    expect(rows).to_have_count(50)
+    # A filter is on the server too, and in the URL; Back goes to the page before.
+    page.get_by_label("Filter").fill("res-02")
+    expect(pager.locator(".pager-count")).to_have_text("Showing 1 to 50 of 100 resources")
+    expect(page).to_have_url(re.compile(r"/resources/\?q=res-02$"))
+    pager.get_by_role("link", name="Next").focus()
+    page.keyboard.press("Enter")
+    expect(pager.locator(".pager-count")).to_have_text("Showing 51 to 100 of 100 resources")
+    expect(rows.last).to_have_attribute("data-resource-name", "res-0299")
+    page.go_back()
+    expect(pager.locator(".pager-count")).to_have_text("Showing 1 to 50 of 100 resources")
+
+
+def test_the_overview_pages_its_agents_and_counts_every_one(app: str, page: Any) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.locks import lock_acquire
+
+    builders.operator("olivia")
+    team = factories.team(name="crowd")
+    other = factories.team(name="quiet")
+    agents = [factories.agent(team_=team, name=f"crowd-{i:02}") for i in range(55)]
+    for i in range(5):
+        factories.agent(team_=other, name=f"quiet-{i}")
+    resource_create(name="crowd-doc", value=0, team=team)
+    lock_acquire(agent=agents[0], resource="crowd-doc", ttl=600)
+    for agent in agents[51:]:  # on the second page
+        lock_acquire(agent=agent, resource="crowd-doc", ttl=600)
+    log_in(page, "olivia")
+    rows = page.locator("#agents-table tbody tr[data-agent-id]")
+    expect(rows).to_have_count(50)
+    expect(page.locator("#agents-pager .pager-count")).to_have_text("Showing 1 to 50 of 60 agents")
+    # The cards count every agent, not the page's.
+    expect(page.locator('[data-card="waiting_lock"]')).to_have_text("4")
+    expect(page.locator('#teams-table tr:has-text("crowd") .status-waiting_lock')).to_have_text(
+        "4 waiting for a lock"
+    )
+    page.locator("#agent-team-filter").select_option(label="quiet")
+    expect(rows).to_have_count(5)
+    expect(page).to_have_url(re.compile(rf"/\?team={other.pk}$"))
+    page.locator("#agent-team-filter").select_option(label="all teams")
+    page.get_by_label("Status").select_option("waiting_lock")
+    expect(rows).to_have_count(4)
+    # A new wait of an agent off the page moves the card (the view is read again).
+    lock_acquire(agent=agents[10], resource="crowd-doc", ttl=600)
+    expect(page.locator('[data-card="waiting_lock"]')).to_have_text("5", timeout=10_000)
+    expect(rows).to_have_count(5, timeout=10_000)
+
+
+def test_the_graph_draws_a_page_of_waits_and_filters_by_team_and_agent_with_the_cycle(
+    app: str, page: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    from orchestrator.core.locks import lock_acquire
+
+    builders.operator("olivia")
+    ledger = scenes.deadlock("ledger")
+    scenes.deadlock("vault")
+    crowd = factories.team(name="crowd")
+    holder = factories.agent(team_=crowd, name="crowd-holder")
+    resource_create(name="crowd-doc", value=0, team=crowd)
+    lock_acquire(agent=holder, resource="crowd-doc", ttl=600)
+    for i in range(60):
+        waiter = factories.agent(team_=crowd, name=f"crowd-w{i:02}")
+        lock_acquire(agent=waiter, resource="crowd-doc", ttl=600)
+    log_in(page, "olivia")
+    page.get_by_role("link", name="Graph", exact=True).click()
+    svg = page.locator("#graph svg.graph")
+    # 64 waits: a page of 50, the two cycles' four first, and what is not drawn, said.
+    expect(page.locator("#graph-pager .pager-count")).to_have_text("Showing 1 to 50 of 64 waits")
+    expect(svg.locator(".edge.wait")).to_have_count(50)
+    expect(page.locator("#graph-info")).to_have_attribute("data-hidden-waits", "14")
+    expect(page.locator("#graph-info")).to_contain_text("14 on other pages")
+    expect(page.locator(".deadlock")).to_have_count(2)
+    expect(svg.locator(".node.agent.in-cycle")).to_have_count(4)
+    # By team: its cycle alone, still drawn whole; the URL keeps the filter.
+    page.get_by_label("Team").select_option(label=ledger.team.name)
+    expect(page).to_have_url(re.compile(rf"/graph/\?team={ledger.team.pk}$"))
+    expect(page.locator(".deadlock")).to_have_count(1)
+    expect(svg.locator(".node.agent")).to_have_count(2)
+    expect(svg.locator(".node.agent.in-cycle")).to_have_count(2)
+    expect(svg.locator(".edge.in-cycle")).to_have_count(4)
+    expect(page.locator("#graph-pager .pager-count")).to_have_text("Showing 1 to 2 of 2 waits")
+    # By agent: its waits and the waits for what it holds (here, its cycle).
+    page.get_by_label("Team").select_option(label="all teams")
+    page.get_by_label("Agent").fill("vault-clerk-b")
+    expect(page).to_have_url(re.compile(r"/graph/\?agent=vault-clerk-b$"))
+    expect(svg.locator(".node.agent text")).to_have_text(["vault-clerk-a", "vault-clerk-b"])
+    expect(svg.locator(".edge.in-cycle")).to_have_count(4)
+    expect(page.locator(".deadlock h2")).to_contain_text(["Deadlock #"])
+    screenshot(page, "graph-filtered")
+    page.get_by_label("Agent").fill("crowd-holder")
+    expect(page.locator("#graph-pager .pager-count")).to_have_text("Showing 1 to 50 of 60 waits")
+    expect(page.locator(".deadlock")).to_have_count(0)
 
 
 def test_agent_text_shows_as_text_and_runs_nothing(app: str, page: Any) -> None:
