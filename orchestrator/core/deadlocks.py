@@ -57,34 +57,91 @@ class BreakAction:
     ALL = (ABORT, CANCEL_WAIT, REVOKE)
 
 
+_WAIT_FIELDS = ("pk", "agent_id", "resource_id", "mode", "resource__name", "resource__team_id")
+
+
 def wait_for_graph(now: datetime | None = None) -> nx.DiGraph:
-    """The current wait-for graph. Edge attribute ``resources``: {resource_id: kind}."""
+    """The current wait-for graph. Edge attribute ``resources``: {resource_id: kind}.
+
+    Two queries whatever the board's size (plus one per waited-for path): the waiting
+    requests with their resources' names, and the live locks on what they wait for, read
+    by a subquery rather than by a list of ids.
+    """
     now = now or db_now()
     graph = nx.DiGraph()
     waiting = list(
         LockRequest.objects.filter(status=RequestStatus.WAITING)
         .order_by("pk")
-        .values("pk", "agent_id", "resource_id", "mode", "requested_at")
+        .values(*_WAIT_FIELDS)
     )
     if not waiting:
         return graph
-    resource_ids = {w["resource_id"] for w in waiting}
-    holders: dict[int, list[dict[str, Any]]] = {}
-    for lock in Lock.objects.filter(
+    waited = LockRequest.objects.filter(status=RequestStatus.WAITING).values("resource_id")
+    _add_waits(graph, waiting, _holders(waited, now), _covering_holders(waiting, now))
+    return graph
+
+
+def _local_graph(agent_id: int, now: datetime) -> nx.DiGraph:
+    """The part of the wait-for graph reachable from ``agent_id``, and the edges of the
+    other waiters of what it reaches: read level by level from the agent (two queries a
+    level: the whole queues of the resources the level's agents wait for, and their live
+    locks), so it costs what the agent's waits reach, not the board's size.
+
+    Every agent reachable from ``agent_id`` has all its out-edges here (its waits were
+    read when it was reached), so cycles through it, and the components it reaches, are
+    those of :func:`wait_for_graph`.
+    """
+    graph = nx.DiGraph()
+    graph.add_node(agent_id)
+    expanded: set[int] = set()
+    resources: set[int] = set()
+    frontier = {agent_id}
+    while frontier:
+        expanded |= frontier
+        theirs = LockRequest.objects.filter(status=RequestStatus.WAITING, agent_id__in=frontier)
+        waiting = list(
+            LockRequest.objects.filter(
+                status=RequestStatus.WAITING, resource_id__in=theirs.values("resource_id")
+            )
+            .exclude(resource_id__in=resources)
+            .order_by("pk")
+            .values(*_WAIT_FIELDS)
+        )
+        if not waiting:
+            break
+        ids = {request["resource_id"] for request in waiting}
+        resources |= ids
+        _add_waits(graph, waiting, _holders(ids, now), _covering_holders(waiting, now))
+        frontier = {b for a in frontier for b in graph.successors(a)} - expanded
+    return graph
+
+
+def _holders(resource_ids: Any, now: datetime) -> dict[int, list[tuple[int, str]]]:
+    """(agent, mode) of the live locks on ``resource_ids`` (ids or a subquery), by resource."""
+    holders: dict[int, list[tuple[int, str]]] = {}
+    for agent_id, resource_id, mode in Lock.objects.filter(
         resource_id__in=resource_ids, released_at__isnull=True, expires_at__gt=now
-    ).values("pk", "agent_id", "resource_id", "mode"):
-        holders.setdefault(lock["resource_id"], []).append(lock)
-    covering = _covering_holders(resource_ids, now)
+    ).values_list("agent_id", "resource_id", "mode"):
+        holders.setdefault(resource_id, []).append((agent_id, mode))
+    return holders
+
+
+def _add_waits(
+    graph: nx.DiGraph,
+    waiting: list[dict[str, Any]],
+    holders: dict[int, list[tuple[int, str]]],
+    covering: dict[int, list[Lock]],
+) -> None:
+    """The edges out of ``waiting`` (whole queues, in queue order): to the incompatible
+    holders of what each waits for, its covering locks, and the requests ahead of it."""
     queues: dict[int, list[dict[str, Any]]] = {}
     for request in waiting:
         graph.add_node(request["agent_id"])
         rid = request["resource_id"]
         exclusive = request["mode"] == LockMode.EXCLUSIVE
-        for lock in holders.get(rid, []):
-            if lock["agent_id"] != request["agent_id"] and (
-                exclusive or lock["mode"] == LockMode.EXCLUSIVE
-            ):
-                _edge(graph, request["agent_id"], lock["agent_id"], rid, "hold")
+        for agent_id, mode in holders.get(rid, []):
+            if agent_id != request["agent_id"] and (exclusive or mode == LockMode.EXCLUSIVE):
+                _edge(graph, request["agent_id"], agent_id, rid, "hold")
         for lock in covering.get(rid, []):  # a folder above, or a path under it
             if lock.agent_id != request["agent_id"] and (
                 exclusive or lock.mode == LockMode.EXCLUSIVE
@@ -96,16 +153,21 @@ def wait_for_graph(now: datetime | None = None) -> nx.DiGraph:
             ):
                 _edge(graph, request["agent_id"], ahead["agent_id"], rid, "queue")
         queues.setdefault(rid, []).append(request)
-    return graph
 
 
-def _covering_holders(resource_ids: set[int], now: datetime) -> dict[int, list[Lock]]:
-    """For each path among ``resource_ids``, the live locks that cover it (core/paths.py):
-    one query per waited-for path, none for other names."""
-    waited_paths = Resource.objects.filter(pk__in=resource_ids, name__contains=paths.SEPARATOR)
-    return {
-        res.pk: paths.covering_locks(res, now) for res in waited_paths.only("pk", "team_id", "name")
+def _covering_holders(waiting: list[dict[str, Any]], now: datetime) -> dict[int, list[Lock]]:
+    """For each path among the resources ``waiting`` waits for, the live locks that
+    cover it (core/paths.py): one query per waited-for path, none for other names."""
+    waited_paths = {
+        request["resource_id"]: Resource(
+            pk=request["resource_id"],
+            name=request["resource__name"],
+            team_id=request["resource__team_id"],
+        )
+        for request in waiting
+        if paths.SEPARATOR in request["resource__name"]
     }
+    return {pk: paths.covering_locks(res, now) for pk, res in waited_paths.items()}
 
 
 def _edge(graph: nx.DiGraph, waiter: int, blocker: int, resource_id: int, kind: str) -> None:
@@ -225,21 +287,17 @@ def deadlock_check_for(agent: Agent) -> Conflict | None:
     agent holding or queued on the resource also waits on another one, every
     wait-for edge out of it stays there, and no cycle is reachable).
     """
-    graph = wait_for_graph()
-    if agent.pk not in graph:
-        return None
+    graph = _local_graph(agent.pk, db_now())
     try:
         nx.find_cycle(graph, source=agent.pk)
     except nx.NetworkXNoCycle:
         return None
     # The cycle this request closed (the agent's own component) first: another cycle it
-    # only waits behind may be reported already, and must not hide the new one.
-    reachable = nx.descendants(graph, agent.pk) | {agent.pk}
-    components = sorted(
-        (c for c in deadlocked_components(graph) if c & reachable),
-        key=lambda c: agent.pk not in c,
-    )
-    return _report(graph, components[0]).conflict if components else None
+    # only waits behind may be reported already, and must not hide the new one. Only
+    # what it reaches is complete in the local graph; every component it reaches is.
+    reachable = graph.subgraph(nx.descendants(graph, agent.pk) | {agent.pk})
+    components = sorted(deadlocked_components(reachable), key=lambda c: agent.pk not in c)
+    return _report(reachable, components[0]).conflict if components else None
 
 
 @dataclass
@@ -259,9 +317,16 @@ def deadlock_sweep() -> SweepResult:
     graph = wait_for_graph()
     components = deadlocked_components(graph)
     current = {cycle_key(c) for c in components}
+    # A cycle reported already is not looked up again: the sweep's queries do not grow
+    # with the number of open deadlocks.
+    reported = {key for _, key in open_conflicts}
     detected = [
         report.conflict.pk
-        for report in (_report(graph, component) for component in components)
+        for report in (
+            _report(graph, component)
+            for component in components
+            if cycle_key(component) not in reported
+        )
         if report.created
     ]
     gone = [pk for pk, key in open_conflicts if key not in current]

@@ -21,7 +21,7 @@ from orchestrator.core.errors import ProtocolError
 from orchestrator.core.events import service
 from orchestrator.core.lock_sets import continue_lock_set, lock_sets_to_continue
 from orchestrator.core.locks import lock_renew
-from orchestrator.core.models import Lock, LockRequest, RequestStatus, Switchboard
+from orchestrator.core.models import Lock, LockRequest, RequestStatus, Switchboard, Team
 from orchestrator.core.queue import db_now, lock_queue
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ def renew_paused_leases(now: datetime) -> int:
     them: each lease is renewed for the team's TTL once less than half of it
     is left.
     """
+    if not Team.objects.filter(renew_leases_while_paused=True).exists():
+        return 0  # the usual case: one cheap query instead of the join below
     paused = (
         Q(agent__paused=True)
         | Q(agent__team__paused=True)
