@@ -32,6 +32,8 @@ board, creates a superuser in the operators group and prints its login.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import math
 import multiprocessing as mp
 import os
@@ -46,7 +48,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# After the installed packages: bench/mcp.py must not hide the mcp package from daphne's
+# application when this process imports it (the in-process baseline of the pages).
+sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,10 +124,12 @@ def build(
     waits: int = 500,
     deadlocks: int = 3,
     value_words: int = 12,
+    prefix: str = "",
 ) -> Board:
     """Fill the current (migrated, empty) database with the board described in the
     module docstring, in one transaction; the deadlock cycles are then reported by
-    ``deadlock_sweep``. Returns what it made."""
+    ``deadlock_sweep``. ``prefix`` starts every name (a second board beside a first).
+    Returns what it made."""
     from django.db import connection, transaction
 
     from orchestrator.core.deadlocks import deadlock_sweep
@@ -155,14 +161,14 @@ def build(
     with transaction.atomic():
         now = db_now()
         team_rows = Team.objects.bulk_create(
-            Team(name=f"team-{t:02d}", default_lease_ttl=30) for t in range(teams)
+            Team(name=f"{prefix}team-{t:02d}", default_lease_ttl=30) for t in range(teams)
         )
         board.team_ids = [team.pk for team in team_rows]
         waiting_agents = [{a for a, _ in plan} for plan in plans]
         agent_rows = Agent.objects.bulk_create(
             (
                 Agent(
-                    name=f"t{t:02d}-agent-{a:04d}",
+                    name=f"{prefix}t{t:02d}-agent-{a:04d}",
                     team=team,
                     role="bench agent",
                     status=AgentStatus.WAITING_LOCK
@@ -177,7 +183,7 @@ def build(
         resource_rows = Resource.objects.bulk_create(
             (
                 Resource(
-                    name=f"t{t:02d}-res-{r:05d}",
+                    name=f"{prefix}t{t:02d}-res-{r:05d}",
                     team=team,
                     value={
                         "n": r,
@@ -262,8 +268,8 @@ def build(
         "teams": len(team_rows),
         "agents": len(agent_rows),
         "resources": len(resource_rows),
-        "locks": Lock.objects.filter(released_at__isnull=True).count(),
-        "waits": LockRequest.objects.filter(status="waiting").count(),
+        "locks": Lock.objects.filter(released_at__isnull=True, agent__team__in=team_rows).count(),
+        "waits": LockRequest.objects.filter(status="waiting", agent__team__in=team_rows).count(),
         "deadlocks": len(found.detected),
     }
     board.seconds = time.perf_counter() - began
@@ -681,6 +687,41 @@ def page_times(base: str, cookie: str, reps: int) -> dict[str, PageFigure]:
     return figures
 
 
+def snapshots_in_process(cookie: str, reps: int) -> dict[str, Figure]:
+    """The pages' server side without a browser or a network: the project's ASGI
+    application in this process (channels' WebsocketCommunicator), from the WebSocket
+    connect (with the session cookie) to the first snapshot frame, for each page's view."""
+    from channels.testing import WebsocketCommunicator
+
+    from orchestrator.asgi import application
+
+    headers = [(b"cookie", f"sessionid={cookie}".encode()), (b"host", b"127.0.0.1")]
+    headers.append((b"origin", b"http://127.0.0.1"))
+
+    async def one(view: str) -> float:
+        began = time.perf_counter()
+        socket = WebsocketCommunicator(application, f"/ws/events/?view={view}", headers=headers)
+        connected, _ = await socket.connect(timeout=30)
+        assert connected
+        while json.loads(await socket.receive_from(timeout=30))["type"] != "snapshot":
+            pass
+        took = (time.perf_counter() - began) * 1000
+        await socket.disconnect()
+        await asyncio.sleep(0.3)  # past the consumer's shared-build window (frames.FRESH)
+        return took
+
+    async def all_views() -> dict[str, Figure]:
+        figures = {name: Figure(name, []) for name in PAGES}
+        for rep in range(reps + 1):
+            for name in PAGES:
+                took = await one(name.lower())
+                if rep:
+                    figures[name].samples_ms.append(took)
+        return figures
+
+    return asyncio.run(all_views())
+
+
 class Daphne:
     def __init__(self) -> None:
         from orchestrator.processes import Helper, HelperError, free_port, http_ok
@@ -714,6 +755,7 @@ class Report:
     prechecks: dict[str, dict[str, Figure]] = field(default_factory=dict)
     sweeps: dict[str, Figure] = field(default_factory=dict)
     pages: dict[str, dict[str, PageFigure]] = field(default_factory=dict)
+    in_process: dict[str, dict[str, Figure]] = field(default_factory=dict)
     driven: tuple[int, float, int] | None = None
     load: str = ""
 
@@ -773,6 +815,15 @@ class Report:
                 f"Driver: {events} events in {seconds:.1f} s = {events / seconds:.1f} "
                 f"events/s, {errors} errors.",
             ]
+        for condition, figures in self.in_process.items():
+            lines += ["", f"Baseline, {condition}: the pages' server side in-process (the "
+                      "ASGI application in the bench's process: WebSocket connect with the "
+                      "session to the first snapshot frame of the page's view; ms, median / "
+                      "max):", ""]  # fmt: skip
+            lines.append("| view | connect -> snapshot |")
+            lines.append("|---|---|")
+            for name, figure in figures.items():
+                lines.append(f"| {name} | {figure.median:.0f} / {figure.max:.0f} |")
         for condition, pages in self.pages.items():
             lines += [
                 "",
@@ -839,14 +890,17 @@ def run(args: argparse.Namespace) -> Report:
     server = Daphne()
     try:
         name = f"{board.counts['agents']} agents"
+        report.in_process["idle"] = snapshots_in_process(cookie, args.reps)
         if not args.no_browser:
             report.pages["idle"] = page_times(server.base, cookie, args.reps)
         drivers = Drivers(board, args.drivers, args.rate)
         time.sleep(2.0)  # the drivers connect and reach their pace
         try:
             report.sweeps[f"{name}, {args.rate:g} events/s"] = sweep_costs(args.reps, 0.5)
+            loaded = f"{args.rate:g} events/s"
+            report.in_process[loaded] = snapshots_in_process(cookie, args.reps)
             if not args.no_browser:
-                report.pages[f"{args.rate:g} events/s"] = page_times(server.base, cookie, args.reps)
+                report.pages[loaded] = page_times(server.base, cookie, args.reps)
         finally:
             report.driven = drivers.finish()
     finally:

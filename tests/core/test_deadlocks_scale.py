@@ -148,3 +148,18 @@ def test_sweep_queries_do_not_grow_with_the_deadlocks_it_reported() -> None:
     with CaptureQueriesContext(connection) as five:
         assert deadlock_sweep().detected == []
     assert len(five) == len(one)
+
+
+def test_monitor_sweep_queries_do_not_grow_with_the_board() -> None:
+    from bench.scale import build
+    from orchestrator.core.monitor import monitor_sweep
+
+    shape = {"agents": 10, "resources": 40, "locks": 20, "waits": 5}
+    build(teams=1, deadlocks=1, **shape)
+    with CaptureQueriesContext(connection) as small:
+        assert not monitor_sweep()
+    build(teams=9, deadlocks=9, prefix="more-", **{key: n * 9 for key, n in shape.items()})
+    assert Conflict.objects.filter(kind="deadlock", status="open").count() == 10
+    with CaptureQueriesContext(connection) as large:
+        assert not monitor_sweep()
+    assert len(large) == len(small)
