@@ -238,12 +238,12 @@ def _protocol_loop(index: int, seconds: float, start, out, *, release_with_write
     out.put(done)
 
 
-def api_worker(index: int, bases: list[str], tokens: list[str], seconds: float, start, out) -> None:
-    rng = random.Random(index)
-    url = urllib.parse.urlsplit(bases[index % len(bases)])
-    conn = HTTPConnection(url.hostname, url.port, timeout=30)
-    headers = {"Authorization": f"Bearer {tokens[index]}", "Content-Type": "application/json"}
-    n_resources = int(os.environ["BENCH_N_RESOURCES"])
+def api_client(base: str, token: str, timeout: float = 30):
+    """``call(method, path, body=None) -> (status, JSON body)`` on one kept-alive
+    connection to ``base``, as the agent whose token is ``token``."""
+    url = urllib.parse.urlsplit(base)
+    conn = HTTPConnection(url.hostname, url.port, timeout=timeout)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
     def call(method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
         data = json.dumps(body).encode() if body is not None else None
@@ -251,6 +251,30 @@ def api_worker(index: int, bases: list[str], tokens: list[str], seconds: float, 
         response = conn.getresponse()
         payload = response.read()
         return response.status, json.loads(payload) if payload else {}
+
+    return call
+
+
+def api_acquire(call, name: str) -> dict:
+    """POST /locks with wait, long-polling GET /lock-requests/{id}?wait=10 when queued
+    (answered when the grant commits): the granted lock (LockOut)."""
+    ask = {"resource": name, "mode": "exclusive", "ttl": 30, "wait": True}
+    status, body = call("POST", "/api/v1/locks", ask)
+    if status == 202:
+        request_id = body["request_id"]
+        while status != 201:
+            _, polled = call("GET", f"/api/v1/lock-requests/{request_id}?wait=10")
+            assert polled["status"] in ("waiting", "granted"), polled
+            if polled["status"] == "granted":
+                status, body = 201, polled["lock"]
+    assert status == 201, (status, body)
+    return body
+
+
+def api_worker(index: int, bases: list[str], tokens: list[str], seconds: float, start, out) -> None:
+    rng = random.Random(index)
+    call = api_client(bases[index % len(bases)], tokens[index])
+    n_resources = int(os.environ["BENCH_N_RESOURCES"])
 
     # Warm up as the in-process workers do before READY (they have connected and
     # queried): the server's code paths and its pooled database connections.
@@ -261,15 +285,7 @@ def api_worker(index: int, bases: list[str], tokens: list[str], seconds: float, 
     done, deadline = 0, time.monotonic() + seconds
     while time.monotonic() < deadline:
         name = f"r{rng.randrange(n_resources)}"
-        ask = {"resource": name, "mode": "exclusive", "ttl": 30, "wait": True}
-        status, body = call("POST", "/api/v1/locks", ask)
-        if status == 202:
-            request_id = body["request_id"]
-            while status != 201:  # long poll: answered when the grant commits
-                _, polled = call("GET", f"/api/v1/lock-requests/{request_id}?wait=10")
-                if polled["status"] == "granted":
-                    status, body = 201, polled["lock"]
-        assert status == 201, (status, body)
+        body = api_acquire(call, name)
         _, state = call("GET", f"/api/v1/resources/{name}")
         write = {
             "value": state["value"] + 1,
