@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import multiprocessing as mp
 import os
@@ -48,9 +49,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-# After the installed packages: bench/mcp.py must not hide the mcp package from daphne's
-# application when this process imports it (the in-process baseline of the pages).
-sys.path.append(str(Path(__file__).resolve().parent))
+# bench/ after the installed packages (run as a script, it comes first): bench/mcp.py
+# must not hide the mcp package from orchestrator.asgi, which this process imports (the
+# in-process baseline of the pages).
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -631,9 +634,9 @@ def session_cookie() -> str:
 def page_times(base: str, cookie: str, reps: int) -> dict[str, PageFigure]:
     """Each page, ``reps`` times after one warm-up: from the request to its HTML, to its
     first snapshot frame, to that snapshot drawn. Two ways: a first visit (a fresh
-    browser context: nothing cached) and the next page (the same context, as an
-    operator going from page to page: the scripts cached, for a minute, by WhiteNoise's
-    default max-age)."""
+    browser context and tab: nothing cached, a new renderer) and the next page (one tab
+    going from page to page, as an operator does: the scripts cached, for a minute, by
+    WhiteNoise's default max-age)."""
     from playwright.sync_api import sync_playwright
 
     figures = {
@@ -642,15 +645,13 @@ def page_times(base: str, cookie: str, reps: int) -> dict[str, PageFigure]:
         for name in PAGES
     }
 
-    def load(context: Any, path: str) -> dict[str, float]:
-        page = context.new_page()
+    def load(page: Any, path: str) -> dict[str, float]:
         page.goto(base + path, wait_until="commit")
         page.wait_for_function("window.__scale && window.__scale.drawn !== null",
                                timeout=60_000)  # fmt: skip
         marks = page.evaluate(
             "({...window.__scale, html: performance.getEntriesByType('navigation')[0].responseEnd})"
         )
-        page.close()
         time.sleep(0.3)  # past the consumer's shared-build window (frames.FRESH)
         return marks
 
@@ -666,12 +667,13 @@ def page_times(base: str, cookie: str, reps: int) -> dict[str, PageFigure]:
         )
         try:
             warm = context_of(browser)
+            tab = warm.new_page()
             for rep in range(reps + 1):  # the first round warms up, and is dropped
                 for name, path in PAGES.items():
                     fresh = context_of(browser)
-                    first = load(fresh, path)
+                    first = load(fresh.new_page(), path)
                     fresh.close()
-                    following = load(warm, path)
+                    following = load(tab, path)
                     for how, marks in (("first visit", first), ("next page", following)):
                         if rep == 0:
                             continue
@@ -694,6 +696,8 @@ def snapshots_in_process(cookie: str, reps: int) -> dict[str, Figure]:
     from channels.testing import WebsocketCommunicator
 
     from orchestrator.asgi import application
+
+    logging.getLogger("orchestrator.dashboard.consumers").setLevel(logging.WARNING)
 
     headers = [(b"cookie", f"sessionid={cookie}".encode()), (b"host", b"127.0.0.1")]
     headers.append((b"origin", b"http://127.0.0.1"))
