@@ -104,6 +104,8 @@ export class LiveBoard {
       this.viewError = null;
       this.kept = frame.view ? Object.fromEntries(KEPT.map((name) => [name, new Set((frame.view.ids[name] || []).map(String))])) : null;
       this.deadlockIds = new Set(Object.keys(frame.state.deadlocks || {}));
+      // Every open deadlock (the view draws those of its filter): a delta's news are others.
+      this.openDeadlocks = new Set(((frame.view || {}).deadlocks_open || Object.keys(frame.state.deadlocks || {})).map(String));
       this.notify({ type: "snapshot", events: [] });
     } else if (frame.type === "delta") {
       if (this.state === null || frame.since !== this.lastId) {
@@ -149,10 +151,14 @@ export class LiveBoard {
       const removed = (patch.removed || {})[name] || [];
       if (removed.some((id) => this.kept[name].has(id))) shown = outside = true;
     }
-    if ("deadlocks" in patch) {
+    if ("deadlocks" in patch && this.view.view !== "graph") {
+      delete patch.deadlocks; // only the Graph shows them
+    } else if ("deadlocks" in patch) {
       const ids = Object.keys(patch.deadlocks);
+      const open = this.openDeadlocks;
+      if (ids.length !== open.size || ids.some((id) => !open.has(id))) outside = shown = true;
+      this.openDeadlocks = new Set(ids);
       const known = this.deadlockIds;
-      if (ids.length !== known.size || ids.some((id) => !known.has(id))) outside = shown = true;
       // Until the view comes again, only the deadlocks it chose (their rows are here).
       patch.deadlocks = Object.fromEntries(Object.entries(patch.deadlocks).filter(([id]) => known.has(id)));
     }

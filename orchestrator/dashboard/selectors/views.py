@@ -17,7 +17,8 @@ only what that page draws, whatever the size of the board:
   waits for are drawn only while they are few (at most a page).
 
 Rows have the board's shape (selectors.board). ``view`` in the snapshot says what
-was chosen: ``{name, params, total, page, pages, size, ids: {agents, resources}}``;
+was chosen: ``{name, params, total, page, pages, size, ids: {agents, resources}}`` (the graph's
+also ``deadlocks_open``, the ids of every open deadlock, and ``holds_total``);
 a browser keeps the rows of ``ids`` from the deltas (which are the board's) and
 asks for a fresh view when a delta touches rows it does not show.
 """
@@ -240,6 +241,7 @@ def _graph(view: View) -> tuple[dict[str, Any], dict[str, Any]]:
             return False
         return not needle or any(needle in names.get(pk, "").lower() for pk in agents)
 
+    open_ids = sorted(deadlocks)
     deadlocks = {pk: d for pk, d in deadlocks.items() if shown(d)}
     cycle_agents = {pk for d in deadlocks.values() for pk in d["agent_ids"]}
     cycle_resources = {pk for d in deadlocks.values() for pk in d["resource_ids"]}
@@ -282,6 +284,7 @@ def _graph(view: View) -> tuple[dict[str, Any], dict[str, Any]]:
         "resources": board._keyed(board._resources(sorted(resource_ids), live=live)),
         "deadlocks": board._keyed(deadlocks),
     }
+    info["deadlocks_open"] = open_ids  # all of them: a delta's new one is news to the view
     info["holds_total"] = holds_total
     info["holds_drawn"] = holds_total <= view.size
     info["agents_total"] = Agent.objects.count()
