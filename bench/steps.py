@@ -326,8 +326,8 @@ def steps_rate(steps_per_agent: int, cycle: str, workers: list[subprocess.Popen]
 
 
 def scaling(counts: list[int], cycles: list[str], steps: int, noops: int, rounds: int):
-    """Steps/s for each worker count and cycle, ``rounds`` times in turns (median); the
-    CPU of the round nearest the median."""
+    """Steps/s for each worker count and cycle, ``rounds`` times in turns: the median
+    (of two rounds, the higher), with the CPU of that round."""
     print(f"\nReal worker processes ({WORKER_CLASS}), {AGENTS} agents x {steps} steps:")
     measured: dict[tuple[int, str], list] = {}
     noop_rates: dict[int, list[float]] = {}
