@@ -178,3 +178,28 @@ def test_a_view_that_does_not_validate_is_refused() -> None:
     assert view_parse({}).name == "nav"
     nav = snapshot()
     assert nav["state"]["resources"] == {} and nav["state"]["agents"] == {}
+
+
+@pytest.mark.parametrize("name", ["overview", "resources", "graph", "approvals", "timeline"])
+def test_a_page_preloads_every_module_its_scripts_import(viewer_client, name: str) -> None:
+    """The modules are fetched at once (link rel=modulepreload), not one level of
+    imports after another: a module a page imports but does not preload costs a round trip."""
+    import re
+    from pathlib import Path
+
+    from django.urls import reverse
+
+    static = Path(__file__).resolve().parents[2] / "static" / "orchestrator"
+    html = viewer_client.get(reverse(f"dashboard:{name}")).content.decode()
+    scripts = re.findall(r'<script type="module" src="/static/orchestrator/([\w.]+)"', html)
+    preloaded = set(re.findall(r'rel="modulepreload" href="/static/orchestrator/([\w.]+)"', html))
+    imported: set[str] = set()
+    todo = list(scripts)
+    while todo:
+        source = (static / todo.pop()).read_text()
+        for module in re.findall(r'^import .* from "\./([\w.]+)";', source, flags=re.M):
+            if module not in imported:
+                imported.add(module)
+                todo.append(module)
+    assert scripts and imported
+    assert imported - set(scripts) <= preloaded, imported - set(scripts) - preloaded
