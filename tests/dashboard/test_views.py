@@ -203,3 +203,20 @@ def test_a_page_preloads_every_module_its_scripts_import(viewer_client, name: st
                 todo.append(module)
     assert scripts and imported
     assert imported - set(scripts) <= preloaded, imported - set(scripts) - preloaded
+
+
+def test_the_approvals_page_says_when_more_are_pending_than_it_shows(
+    viewer_client, monkeypatch
+) -> None:
+    from django.urls import reverse
+
+    from orchestrator.dashboard.views import pages
+
+    scenes.contested_write("memo")
+    scenes.contested_write("note")
+    html = viewer_client.get(reverse("dashboard:approvals")).content.decode()
+    assert 'id="approvals-more"' not in html
+    monkeypatch.setattr(pages, "APPROVALS_SHOWN", 1)
+    html = viewer_client.get(reverse("dashboard:approvals")).content.decode()
+    assert "Showing the oldest 1 of 2 pending approvals" in html
+    assert html.count('class="approval"') == 1

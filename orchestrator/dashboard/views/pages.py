@@ -35,6 +35,7 @@ from orchestrator.dashboard.views.access import watcher_required
 from orchestrator.dashboard.views.errors import refuse
 
 CONFLICTS_PER_PAGE = 50
+APPROVALS_SHOWN = approvals.PENDING_LIMIT  # the oldest pending ones: the queue's head
 
 
 @require_GET
@@ -66,7 +67,7 @@ def approvals_page(
     ``bound`` and ``rule_forms`` hold forms with errors to show again, by approval."""
     bound, rule_forms = bound or {}, rule_forms or {}
     now = db_now()  # the clock deadlines run on; the page's countdowns start from it
-    pending = approvals.approvals_pending(now=now, viewer=request.user)
+    pending = approvals.approvals_pending(now=now, viewer=request.user, limit=APPROVALS_SHOWN)
     items = []
     for view in pending:
         pk = view.approval.pk
