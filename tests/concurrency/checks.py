@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from itertools import pairwise
+from itertools import combinations, pairwise
 from typing import Any
 
 
@@ -52,3 +52,22 @@ def check_counter_history(
             if latest_end is None or lock["released_at"] > latest_end:
                 latest_end, latest = lock["released_at"], lock
     return dict(writes)
+
+
+def check_folder_holds(folder_id: int, file_ids: list[int]) -> dict[int, list[tuple]]:
+    """Assert that no two holds of one resource overlap and that no hold of the folder
+    overlaps a hold of a file under it; return each one's holds (acquired, released)."""
+    from orchestrator.core.models import Lock
+
+    holds = {
+        rid: list(Lock.objects.filter(resource_id=rid).values_list("acquired_at", "released_at"))
+        for rid in [folder_id, *file_ids]
+    }
+    for rid, intervals in holds.items():  # one resource: holds one after another
+        for (a0, a1), (b0, b1) in combinations(sorted(intervals), 2):
+            assert a1 <= b0, (rid, (a0, a1), (b0, b1))
+    for file_id in file_ids:  # the folder against each file under it
+        for f0, f1 in holds[folder_id]:
+            for g0, g1 in holds[file_id]:
+                assert f1 <= g0 or g1 <= f0, (folder_id, file_id, (f0, f1), (g0, g1))
+    return holds

@@ -6,14 +6,14 @@ team's path lock makes each decision see the other side's grants."""
 from __future__ import annotations
 
 import time
-from itertools import combinations
 
 import pytest
 
-from orchestrator.core.models import Conflict, Lock, Resource
+from orchestrator.core.models import Conflict, Resource
 from orchestrator.core.monitor import monitor_sweep
 from orchestrator.core.resources import resource_create
 from tests import factories
+from tests.concurrency.checks import check_folder_holds
 from tests.concurrency.processes import Workers, context
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -53,17 +53,7 @@ def test_a_folder_and_the_files_under_it_are_never_held_at_once() -> None:
 
     outcomes = {key for r in results for key in r["outcomes"]}
     assert outcomes == {"write_applied", "release_released"}, results
-    holds = {
-        rid: list(Lock.objects.filter(resource_id=rid).values_list("acquired_at", "released_at"))
-        for rid in [folder.pk, *(f.pk for f in files)]
-    }
-    for rid, intervals in holds.items():  # one resource: holds one after another
-        for (a0, a1), (b0, b1) in combinations(sorted(intervals), 2):
-            assert a1 <= b0, (rid, (a0, a1), (b0, b1))
-    for f in files:  # the folder against each file under it
-        for f0, f1 in holds[folder.pk]:
-            for g0, g1 in holds[f.pk]:
-                assert f1 <= g0 or g1 <= f0, ("src/ and", f.name, (f0, f1), (g0, g1))
+    holds = check_folder_holds(folder.pk, [f.pk for f in files])
     for res in Resource.objects.filter(pk__in=holds):
         written = sum(r["writes"].get(res.pk, 0) for r in results)
         assert (res.value, res.version) == (written, written)  # no lost update

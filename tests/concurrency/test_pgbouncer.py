@@ -28,7 +28,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from itertools import combinations
 from pathlib import Path
 
 import psycopg
@@ -39,7 +38,7 @@ from orchestrator.core.models import Conflict, Lock, LockSet, Resource
 from orchestrator.core.monitor import monitor_sweep
 from orchestrator.core.resources import resource_create
 from tests import factories
-from tests.concurrency.checks import check_counter_history
+from tests.concurrency.checks import check_counter_history, check_folder_holds
 from tests.concurrency.processes import Workers, context, current_database_name, wait_until
 from tests.concurrency.tasks import counter_history, counter_setup
 
@@ -201,15 +200,7 @@ def test_the_protocol_through_pgbouncer_in_transaction_mode(pgbouncer: int) -> N
     check_counter_history(counter_history(resource_ids=sets["resource_ids"]), set_results)
     assert LockSet.objects.count() == 2 * 20
     # Folder locks: the folder's holds never overlap a file's, nothing lost.
-    holds = {
-        rid: list(Lock.objects.filter(resource_id=rid).values_list("acquired_at", "released_at"))
-        for rid in [folder.pk, *(f.pk for f in files)]
-    }
-    for f in files:
-        for (f0, f1), (g0, g1) in ((a, b) for a in holds[folder.pk] for b in holds[f.pk]):
-            assert f1 <= g0 or g1 <= f0, ("src/ and", f.name)
-        for (_, a1), (b0, _) in combinations(sorted(holds[f.pk]), 2):
-            assert a1 <= b0
+    holds = check_folder_holds(folder.pk, [f.pk for f in files])
     for res in Resource.objects.filter(pk__in=holds):
         written = sum(r["writes"].get(res.pk, 0) for r in path_results)
         assert (res.value or 0, res.version) == (written, written)
