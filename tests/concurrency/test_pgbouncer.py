@@ -14,8 +14,8 @@ and PgBouncer's own statistics show the traffic went through it, on no more than
 two server connections.
 
 Skipped, saying so, when the pgbouncer binary is missing (``apt-get install
-pgbouncer``; .ci/run installs it) or when the test PostgreSQL is not on TCP (the
-embedded server's socket directory is its owner's only).
+pgbouncer``; .ci/run installs it). PgBouncer listens on TCP and reaches the test
+PostgreSQL as the tests do: over TCP, or the embedded server's unix socket.
 """
 
 from __future__ import annotations
@@ -65,11 +65,9 @@ def pgbouncer() -> Iterator[int]:
         pytest.skip("no pgbouncer binary: apt-get install pgbouncer (Debian's package)")
     db = settings.DATABASES["default"]
     host = str(db.get("HOST") or "127.0.0.1")
-    if host.startswith("/"):
-        pytest.skip("the test PostgreSQL is on a unix socket (embedded): PgBouncer needs TCP")
     user = db.get("USER") or "postgres"
     port = _free_port()
-    # Readable by the user PgBouncer runs as: it refuses to run as root (-u drops to one).
+    # Readable by the user PgBouncer runs as (below).
     workdir = Path(tempfile.mkdtemp(prefix="orch-pgbouncer-"))
     workdir.chmod(0o755)
     password = (db.get("PASSWORD") or "").replace('"', '""')
@@ -97,13 +95,25 @@ server_reset_query =
         (workdir / name).chmod(0o644)
     command = [BINARY]
     if os.geteuid() == 0:
-        command += ["-u", "postgres" if _user_exists("postgres") else "nobody"]
+        # PgBouncer refuses to run as root: as the owner of the embedded server's
+        # socket directory (the only user who may enter it), else an ordinary one.
+        if host.startswith("/"):
+            run_as = pwd.getpwuid(Path(host).stat().st_uid).pw_name
+        else:
+            run_as = "postgres" if _user_exists("postgres") else "nobody"
+        command += ["-u", run_as]
     log = (workdir / "pgbouncer.log").open("w")
     process = subprocess.Popen(
         [*command, str(workdir / "pgbouncer.ini")], stdout=log, stderr=subprocess.STDOUT
     )
+
+    def up() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"pgbouncer exited: {(workdir / 'pgbouncer.log').read_text()}")
+        return _admin(port, user, "SHOW VERSION") is not None
+
     try:
-        wait_until(lambda: _admin(port, user, "SHOW VERSION") is not None, timeout=30)
+        wait_until(up, timeout=30, what="pgbouncer accepting connections")
         yield port
     finally:
         process.terminate()
