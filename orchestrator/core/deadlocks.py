@@ -26,7 +26,7 @@ import networkx as nx
 from django.db import transaction
 from django.db.models import Count, Q
 
-from orchestrator.core import paths, wakeups
+from orchestrator.core import paths, sql, wakeups
 from orchestrator.core.conflicts import deadlock_open
 from orchestrator.core.errors import Conflicting, Invalid, NotFound
 from orchestrator.core.events import event_emit, service
@@ -83,37 +83,34 @@ def wait_for_graph(now: datetime | None = None) -> nx.DiGraph:
 
 def _local_graph(agent_id: int, now: datetime) -> nx.DiGraph:
     """The part of the wait-for graph reachable from ``agent_id``, and the edges of the
-    other waiters of what it reaches: read level by level from the agent (two queries a
-    level: the whole queues of the resources the level's agents wait for, and their live
-    locks), so it costs what the agent's waits reach, not the board's size.
+    other waiters of what it reaches: the agents its wait-for edges reach, and their
+    resources' queues and live locks, read in one statement (sql.waits_reached), so it
+    costs what the agent's waits reach, not the board's size. A path's covering locks
+    (core/paths.py) are edges that statement does not follow: the agents they lead to
+    are read in another round.
 
     Every agent reachable from ``agent_id`` has all its out-edges here (its waits were
-    read when it was reached), so cycles through it, and the components it reaches, are
-    those of :func:`wait_for_graph`.
+    read with it), so cycles through it, and the components it reaches, are those of
+    :func:`wait_for_graph`.
     """
-    graph = nx.DiGraph()
-    graph.add_node(agent_id)
-    expanded: set[int] = set()
-    resources: set[int] = set()
-    frontier = {agent_id}
-    while frontier:
-        expanded |= frontier
-        theirs = LockRequest.objects.filter(status=RequestStatus.WAITING, agent_id__in=frontier)
-        waiting = list(
-            LockRequest.objects.filter(
-                status=RequestStatus.WAITING, resource_id__in=theirs.values("resource_id")
-            )
-            .exclude(resource_id__in=resources)
-            .order_by("pk")
-            .values(*_WAIT_FIELDS)
-        )
-        if not waiting:
-            break
-        ids = {request["resource_id"] for request in waiting}
-        resources |= ids
-        _add_waits(graph, waiting, _holders(ids, now), _covering_holders(waiting, now))
-        frontier = {b for a in frontier for b in graph.successors(a)} - expanded
-    return graph
+    reached: set[int] = set()
+    waiting: dict[int, dict[str, Any]] = {}
+    holders: dict[int, list[tuple[int, str]]] = {}
+    covering: dict[int, list[Lock]] = {}
+    seeds = {agent_id}
+    while True:
+        found = sql.waits_reached(sorted(seeds), now)
+        reached |= found.agents | seeds
+        waiting.update((request["pk"], request) for request in found.waiting)
+        holders.update(found.holders)
+        new = [request for request in found.waiting if request["resource_id"] not in covering]
+        covering.update(_covering_holders(new, now))
+        graph = nx.DiGraph()
+        graph.add_node(agent_id)
+        _add_waits(graph, sorted(waiting.values(), key=lambda r: r["pk"]), holders, covering)
+        seeds = (nx.descendants(graph, agent_id) | {agent_id}) - reached
+        if not seeds:
+            return graph
 
 
 def _holders(resource_ids: Any, now: datetime) -> dict[int, list[tuple[int, str]]]:

@@ -163,3 +163,20 @@ def test_monitor_sweep_queries_do_not_grow_with_the_board() -> None:
     with CaptureQueriesContext(connection) as large:
         assert not monitor_sweep()
     assert len(large) == len(small)
+
+
+def test_pre_check_follows_a_folder_lock_to_the_cycle_behind_it() -> None:
+    """a waits for src/a.py, covered by b's lock on src/ (an edge the one-statement read
+    does not follow: a second round reads b's waits), b waits for c, c for a."""
+    (a, b, c), names = team_of(3, 2)
+    team = a.team
+    for name in ("src/", "src/a.py"):
+        resource_create(team=team, name=name, value=0)
+    assert acquire(a, names[0]).status == "granted"
+    assert acquire(b, "src/").status == "granted"
+    assert acquire(c, names[1]).status == "granted"
+    assert acquire(b, names[1]).deadlock is None
+    assert acquire(c, names[0]).deadlock is None
+    closing = acquire(a, "src/a.py")
+    assert closing.status == "waiting" and closing.deadlock is not None
+    assert set(closing.deadlock.data["agent_ids"]) == {a.pk, b.pk, c.pk}
