@@ -192,6 +192,27 @@ class RunStartForm(forms.Form):
         return cleaned
 
 
+class AgentField(forms.CharField):
+    """An agent by its name (or its id, as older links give it): a text box, not a list
+    of every agent (a thousand options in every filter form)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", NAME_MAX_LENGTH)
+        kwargs.setdefault("widget", forms.TextInput(attrs={"placeholder": "agent name"}))
+        super().__init__(**kwargs)
+
+    def clean(self, value: Any) -> Agent | None:
+        text = super().clean(value)
+        if not text:
+            return None
+        agent = Agent.objects.filter(name=text).first()
+        if agent is None and text.isdigit() and int(text) < 2**63:
+            agent = Agent.objects.filter(pk=int(text)).first()
+        if agent is None:
+            raise forms.ValidationError("No agent has that name.", code="invalid_choice")
+        return agent
+
+
 class ConflictFilterForm(forms.Form):
     kind = forms.ChoiceField(choices=[("", "any kind"), *ConflictKind.choices], required=False)
     status = forms.ChoiceField(
@@ -200,9 +221,7 @@ class ConflictFilterForm(forms.Form):
     team = forms.ModelChoiceField(
         queryset=Team.objects.order_by("name"), required=False, empty_label="any team"
     )
-    agent = forms.ModelChoiceField(
-        queryset=Agent.objects.order_by("name"), required=False, empty_label="any agent"
-    )
+    agent = AgentField(required=False)
 
 
 class TimelineFilterForm(forms.Form):
@@ -215,9 +234,7 @@ class TimelineFilterForm(forms.Form):
     team = forms.ModelChoiceField(
         queryset=Team.objects.order_by("name"), required=False, empty_label="any team"
     )
-    agent = forms.ModelChoiceField(
-        queryset=Agent.objects.order_by("name"), required=False, empty_label="any agent"
-    )
+    agent = AgentField(required=False)
     actor = forms.CharField(
         required=False,
         max_length=200,

@@ -220,3 +220,26 @@ def test_the_approvals_page_says_when_more_are_pending_than_it_shows(
     html = viewer_client.get(reverse("dashboard:approvals")).content.decode()
     assert "Showing the oldest 1 of 2 pending approvals" in html
     assert html.count('class="approval"') == 1
+
+
+def test_the_filter_forms_take_an_agent_by_name_and_do_not_list_every_agent(
+    viewer_client,
+) -> None:
+    import re
+
+    from django.urls import reverse
+
+    scene = scenes.deadlock()
+    for i in range(30):
+        factories.agent(name=f"idle-{i:02}")
+    for name in ("conflicts", "timeline"):
+        url = reverse(f"dashboard:{name}")
+        html = viewer_client.get(url).content.decode()
+        assert "idle-07" not in html  # no <option> per agent
+        by_name = viewer_client.get(url, {"agent": "ledger-clerk-a"})
+        by_id = viewer_client.get(url, {"agent": scene.agents[0].pk})
+        assert by_name.status_code == by_id.status_code == 200
+        rows = lambda r: re.findall(r'data-(?:event|conflict)-id="(\d+)"', r.content.decode())  # noqa: E731
+        assert rows(by_name) == rows(by_id) and rows(by_name)
+        assert 'value="ledger-clerk-a"' in by_name.content.decode()
+        assert viewer_client.get(url, {"agent": "nobody"}).status_code == 400

@@ -36,6 +36,7 @@ from orchestrator.dashboard.views.errors import refuse
 
 CONFLICTS_PER_PAGE = 50
 APPROVALS_SHOWN = approvals.PENDING_LIMIT  # the oldest pending ones: the queue's head
+RESOURCE_NAMES_SHOWN = 500  # the Gantt picker's suggestions (any name may be typed)
 
 
 @require_GET
@@ -165,7 +166,7 @@ def timeline_view(request: HttpRequest) -> HttpResponse:
             "gantt_resource": gantt_form.cleaned_data.get("resource")
             if gantt_form.is_bound and gantt_form.is_valid()
             else "",
-            "resource_names": timeline.resource_names(),
+            "resource_names": timeline.resource_names(limit=RESOURCE_NAMES_SHOWN),
             "event_kinds": FILTERS,
             "live_filter": live_filter,
         },
