@@ -3,6 +3,8 @@ the dashboard, the monitor and the deadlock detector cost on it.
 
 Run:  .venv/bin/python bench/scale.py [--agents 1000] [--teams 20] [--resources 10000]
                                       [--locks 2000] [--waits 500] [--deadlocks 3]
+                                      [--rate 50] [--drivers 2] [--reps 10]
+                                      [--markdown FILE] [--no-browser]
       .venv/bin/python bench/scale.py --only-fixture   # fill the database, print a login
 
 The fixture (:func:`build`, importable: ``from bench.scale import build`` inside a
@@ -22,6 +24,23 @@ Django process on a migrated database) is made through the real models with
   agent, who waits for nothing: that resource's queue is several deep). In the
   first ``deadlocks`` teams the last chain closes on its first agent instead: a
   cycle, reported by the real detector (``deadlock_sweep``) once the rows are in.
+
+What it measures, on a baseline board a tenth of the size (the same teams' shape, so the
+same events touch the same neighbourhood) and on the full board:
+
+* one WebSocket frame's build per event (``feed_delta`` from the id before it, what the
+  feed's tail reads per frame) for an acquire, a write, a release, a queued acquire
+  and a cancel, with the queries: it must not grow with the board;
+* ``lock_acquire`` granted at once, queued with the deadlock check's cheap exit, and
+  queued behind a chain (the full check), and the check alone;
+* ``monitor_sweep``, idle and while a driver makes ``--rate`` events a second through
+  the services from ``--drivers`` processes (acquire, write, release; every fifth
+  cycle a queued acquire behind a chain and its cancel);
+* the Overview, Resources and Graph pages in Chromium against daphne, idle and under
+  the driver, as a first visit and as the next page of one tab: from the request to
+  the HTML, to the page's scripts opening the WebSocket, to the first snapshot frame,
+  and to that snapshot drawn (an init script marks the animation frame after the one
+  the page asked for, then a task later); beside the server side alone, in-process.
 
 The CLI (re)creates its own database, ``$BENCH_DB`` (default
 ``orchestrator_bench_scale``) on the server of DATABASE_URL, and uses the Redis of
