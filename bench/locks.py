@@ -41,7 +41,8 @@ of it varied between 200 and 380 cycles/s within a minute on a quiet machine.
 
 It uses its own database (``orchestrator_bench``, or ``$BENCH_DB``, on the server
 of DATABASE_URL, default postgres://postgres@127.0.0.1:5432), created and
-migrated on each run, so it never touches a development or test database.
+migrated on each run, so it never touches a development or test database, and
+the Redis of ``$BENCH_REDIS_URL`` (default database 9 of the local Redis).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = os.environ.get("BENCH_DB", "orchestrator_bench")  # one of its own per engineer
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
 READY = "ready"
 
 
@@ -74,6 +76,7 @@ def bench_database_url(name: str = BENCH_DB) -> str:
 
 def setup_django() -> None:
     os.environ["DATABASE_URL"] = bench_database_url()
+    os.environ["REDIS_URL"] = REDIS_URL
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
     sys.path.insert(0, str(ROOT))
     import django
@@ -380,7 +383,8 @@ def spread(values: list[float]) -> str:
 
 
 def start_web(port: int, processes: int) -> list[subprocess.Popen]:
-    env = {**os.environ, "DATABASE_URL": bench_database_url(), "ALLOWED_HOSTS": "127.0.0.1"}
+    env = {**os.environ, "DATABASE_URL": bench_database_url(), "REDIS_URL": REDIS_URL,
+           "ALLOWED_HOSTS": "127.0.0.1"}  # fmt: skip
     servers = []
     for i in range(processes):
         servers.append(
