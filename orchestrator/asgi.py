@@ -8,12 +8,15 @@ the Django session user, so consumers can refuse anonymous connections.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import django
 from asgiref.sync import sync_to_async
 from django.core.handlers.asgi import ASGIHandler
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
+
+from orchestrator.core.request_threads import request_thread
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 # The web server runs each request in a thread of its own: it keeps a connection
@@ -32,11 +35,21 @@ class OneHopASGIHandler(ASGIHandler):
     the body, the request signals, disconnects, sending) is unchanged. An async
     view would still work (Django runs it with ``async_to_sync``), at the cost
     of hops of its own.
+
+    Each request runs with a thread it can give back (core/request_threads.py): a
+    long poll that waits holds no thread meanwhile (api/edge.py, ``long_poll_answer``).
     """
 
     def __init__(self) -> None:
         super(ASGIHandler, self).__init__()
         self.load_middleware(is_async=False)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)  # Django refuses it
+        # As ASGIHandler.__call__, with the request's executor one it can give back.
+        async with request_thread():
+            await self.handle(scope, receive, send)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         return await sync_to_async(self.get_response, thread_sensitive=True)(request)

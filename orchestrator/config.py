@@ -58,6 +58,8 @@ class Config:
     metrics_dir: Path | None = None
     metrics_token: str | None = None
     otel: bool = False  # OpenTelemetry spans of the agent runtime (agents/tracing.py)
+    # Long polls one agent may have waiting at once, over every web process (core/wakeups.py).
+    max_waits_per_agent: int = 10
 
 
 def parse_bool(name: str, raw: str | None, default: bool) -> bool:
@@ -366,4 +368,9 @@ def load(environ: Mapping[str, str]) -> Config:
         base_url=parse_base_url(environ.get("ORCHESTRATOR_BASE_URL")),
         email=parse_email(environ),
         otel=parse_bool("ORCHESTRATOR_OTEL", environ.get("ORCHESTRATOR_OTEL"), default=False),
+        max_waits_per_agent=parse_int(
+            "ORCHESTRATOR_MAX_WAITS_PER_AGENT",
+            environ.get("ORCHESTRATOR_MAX_WAITS_PER_AGENT"),
+            Config.max_waits_per_agent,
+        ),
     )

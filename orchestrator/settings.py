@@ -31,6 +31,9 @@ PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
 # OpenTelemetry spans of agent steps, model calls and tool calls: ORCHESTRATOR_OTEL=1, with
 # the otel extra installed (agents/tracing.py; the exporter reads the standard OTEL_* variables).
 ORCHESTRATOR_OTEL = CONFIG.otel
+# Long polls (API ?wait=, MCP waits) one agent may have waiting at once, counted on Redis
+# across web processes; one more is refused with 429 too_many_waits (core/wakeups.py).
+ORCHESTRATOR_MAX_WAITS_PER_AGENT = CONFIG.max_waits_per_agent
 
 # Notifications (core/notifications.py, docs/notifications.md): the site's address that
 # links in webhooks and e-mails start with, and Django's e-mail settings, read from the

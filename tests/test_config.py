@@ -211,3 +211,14 @@ def test_the_base_url_of_links_is_checked() -> None:
     for bad in ("orch.example.com", "ftp://orch.example.com", "https://"):
         with pytest.raises(config.ConfigError, match="ORCHESTRATOR_BASE_URL"):
             config.parse_base_url(bad)
+
+
+def test_max_waits_per_agent_defaults_to_10_and_must_be_a_whole_number(tmp_path: Path) -> None:
+    def load(**environ: str) -> config.Config:
+        return config.load({"ORCHESTRATOR_DATA_DIR": str(tmp_path), **environ})
+
+    assert load().max_waits_per_agent == 10
+    assert load(ORCHESTRATOR_MAX_WAITS_PER_AGENT="3").max_waits_per_agent == 3
+    assert load(ORCHESTRATOR_MAX_WAITS_PER_AGENT="0").max_waits_per_agent == 0  # no cap
+    with pytest.raises(config.ConfigError, match="ORCHESTRATOR_MAX_WAITS_PER_AGENT"):
+        load(ORCHESTRATOR_MAX_WAITS_PER_AGENT="many")

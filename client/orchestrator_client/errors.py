@@ -99,6 +99,18 @@ class TooLarge(OrchestratorError):
     code, status = "too_large", 413
 
 
+class TooManyRequests(OrchestratorError):
+    """429: too many at once; ask again after ``retry_after`` seconds (Retry-After)."""
+
+    code, status = "too_many_requests", 429
+
+    @property
+    def retry_after(self) -> int | None:
+        """Seconds to wait before asking again, as the server said (None if it did not)."""
+        value = self.extra.get("retry_after")
+        return value if isinstance(value, int) else None
+
+
 class ServerError(OrchestratorError):
     """5xx: the server failed; the request may or may not have been applied."""
 
@@ -297,6 +309,16 @@ class LockNotLive(Gone):
 # --- 413 -----------------------------------------------------------------------------
 
 
+# --- 429 -----------------------------------------------------------------------------
+
+
+class TooManyWaits(TooManyRequests):
+    """The agent already has as many long polls waiting as the server allows at once
+    (ORCHESTRATOR_MAX_WAITS_PER_AGENT): end one, or poll again after ``retry_after``."""
+
+    code = "too_many_waits"
+
+
 class ValueTooLarge(TooLarge):
     code = "value_too_large"
 
@@ -357,6 +379,7 @@ BY_STATUS: dict[int, type[OrchestratorError]] = {
     409: Conflict,
     410: Gone,
     413: TooLarge,
+    429: TooManyRequests,
 }
 
 

@@ -9,23 +9,29 @@ would answer with HTML: unknown paths, wrong methods, oversized bodies.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from typing import Any
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, URLResolver, re_path
-from ninja import NinjaAPI
+from ninja import NinjaAPI, Schema
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import HttpBearer
 
-from orchestrator.core.errors import ProtocolError
+from orchestrator.core import wakeups
+from orchestrator.core.errors import ProtocolError, Throttled
 from orchestrator.core.models import Agent
 from orchestrator.core.operations import refusal
 from orchestrator.core.tokens import agent_by_token
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Used when DATA_UPLOAD_MAX_MEMORY_SIZE is None (no Django limit): values are
 # capped far below this by the services anyway.
@@ -87,7 +93,8 @@ def install_error_handlers(api: NinjaAPI) -> None:
 
     @api.exception_handler(ProtocolError)
     def protocol_error(request: HttpRequest, exc: ProtocolError) -> HttpResponse:
-        return JsonResponse(exc.as_dict(), status=exc.status)
+        headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, Throttled) else None
+        return JsonResponse(exc.as_dict(), status=exc.status, headers=headers)
 
     @api.exception_handler(ValidationError)
     def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
@@ -117,6 +124,41 @@ def install_error_handlers(api: NinjaAPI) -> None:
     @api.exception_handler(Http404)
     def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
         return error_response(404, "not_found", "no such API endpoint")
+
+
+def long_poll_answer(
+    api: NinjaAPI,
+    request: HttpRequest,
+    poll: wakeups.LongPoll[T],
+    answer: Callable[[T], dict[str, Any]],
+    schema: type[Schema],
+) -> Any:
+    """The 200 answer of a long poll: ``answer(result)``, shaped by ``schema``.
+
+    Decided already (or no wait asked): answered now. Under the project's ASGI handler
+    (core/request_threads.py), a poll that waits takes its slot now (429 otherwise) and
+    is answered by a streaming response whose body waits on the event loop, holding no
+    thread (``LongPoll.wait_async``); the last read and ``answer`` run in a read
+    thread, and the body is what ninja would render for ``schema``. Elsewhere (the
+    test client, WSGI) it waits in this thread. The status (200) is sent before the
+    wait: a read that fails meanwhile ends the wait early with the last state read
+    (still waiting), and the client's next poll gets the refusal.
+    """
+    if not poll.deferred():
+        return answer(poll.result)
+
+    def rendered(result: T) -> str:
+        data = schema.model_validate(answer(result)).model_dump()
+        return api.renderer.render(request, data, response_status=200)
+
+    async def body() -> AsyncIterator[str]:
+        try:
+            yield await poll.wait_async(rendered)
+        except Exception:  # a read failed (the database): answer what was last read
+            logger.exception("long poll of agent %s ended by an error", poll.agent_id)
+            yield await wakeups.in_thread(rendered, poll.result)
+
+    return StreamingHttpResponse(body(), content_type=api.get_content_type())
 
 
 def json_edges(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:

@@ -13,7 +13,13 @@ from typing import Any
 from django.http import HttpRequest
 from ninja import Path, Query, Status
 
-from orchestrator.api.edge import AgentAPI, AgentToken, docs_access, install_error_handlers
+from orchestrator.api.edge import (
+    AgentAPI,
+    AgentToken,
+    docs_access,
+    install_error_handlers,
+    long_poll_answer,
+)
 from orchestrator.api.schemas import (
     ApprovalPendingOut,
     ApprovalRequestedOut,
@@ -45,9 +51,9 @@ from orchestrator.core.errors import Gone
 from orchestrator.core.lock_sets import (
     LockSetResult,
     lock_set_acquire,
+    lock_set_poll,
     lock_set_release,
     lock_set_resources,
-    lock_set_when_decided,
 )
 from orchestrator.core.locks import (
     LockOutcome,
@@ -72,7 +78,7 @@ from orchestrator.core.selectors import (
     agent_overview,
     approval_for_agent,
     conflicts_recent,
-    lock_request_when_decided,
+    lock_request_poll,
     resources_visible,
 )
 from orchestrator.core.tenancy import qualified_name, split_name
@@ -103,6 +109,14 @@ ApprovalId = Path(..., ge=1, le=MAX_ID, description="An approval id, from POST /
 
 def _errors(*codes: int) -> dict[int, Any]:
     return {**COMMON_ERRORS, **dict.fromkeys(codes, ErrorOut)}
+
+
+# A long poll (?wait=) over the agent's cap of waits at once (ORCHESTRATOR_MAX_WAITS_PER_AGENT).
+TOO_MANY_WAITS = (
+    " 429 `too_many_waits` (with `Retry-After`, in seconds) when the agent already has "
+    "as many waits in progress as it may have at once (ORCHESTRATOR_MAX_WAITS_PER_AGENT): "
+    "end one, or poll without `wait`."
+)
 
 
 def _resource_out(state: ResourceState, agent: Agent) -> dict[str, Any]:
@@ -296,7 +310,7 @@ def acquire_lock(request: HttpRequest, payload: LockAcquireIn) -> Status:
 
 @api.get(
     "/lock-requests/{request_id}",
-    response={200: LockRequestOut, **_errors(403, 404)},
+    response={200: LockRequestOut, **_errors(403, 404, 429)},
     tags=["locks"],
     summary="Poll a queued lock request",
     description=(
@@ -304,17 +318,16 @@ def acquire_lock(request: HttpRequest, payload: LockAcquireIn) -> Status:
         "as of this answer. Only its agent may read it. With "
         "`wait` (seconds, up to 30) the answer waits while the request is still waiting: "
         "it comes as soon as the request is granted or ended, or when `wait` runs out "
-        "(then `status` is still `waiting`; ask again)."
+        "(then `status` is still `waiting`; ask again)." + TOO_MANY_WAITS
     ),
 )
 def read_lock_request(
     request: HttpRequest,
     request_id: int = Path(..., ge=1, le=MAX_ID),
     wait: float = Query(0, ge=0, le=MAX_POLL_WAIT, description="long poll: seconds to wait"),
-) -> dict[str, Any]:
-    return _request_out(
-        lock_request_when_decided(request_id=request_id, agent=request.auth, timeout=wait)
-    )
+) -> Any:
+    poll = lock_request_poll(request_id=request_id, agent=request.auth, timeout=wait)
+    return long_poll_answer(api, request, poll, _request_out, LockRequestOut)
 
 
 def _request_out(lock_request: LockRequest) -> dict[str, Any]:
@@ -401,7 +414,7 @@ def acquire_lock_set(request: HttpRequest, payload: LockSetIn) -> Status:
 
 @api.get(
     "/lock-sets/{lock_set_id}",
-    response={200: LockSetOut, **_errors(403, 404)},
+    response={200: LockSetOut, **_errors(403, 404, 429)},
     tags=["locks"],
     summary="Poll a lock set",
     description=(
@@ -409,16 +422,19 @@ def acquire_lock_set(request: HttpRequest, payload: LockSetIn) -> Status:
         "(`cancelled`, `aborted` as a deadlock victim: it released what it held). Each "
         "poll of a waiting set renews the leases of what it holds. With `wait` (seconds, "
         "up to 30) the answer waits while the set is still waiting. Only its agent may "
-        "read it."
+        "read it." + TOO_MANY_WAITS
     ),
 )
 def read_lock_set(
     request: HttpRequest,
     lock_set_id: int = LockSetId,
     wait: float = Query(0, ge=0, le=MAX_POLL_WAIT, description="long poll: seconds to wait"),
-) -> dict[str, Any]:
-    result = lock_set_when_decided(lock_set_id=lock_set_id, agent=request.auth, timeout=wait)
-    return _lock_set_out(result, request.auth)
+) -> Any:
+    poll = lock_set_poll(lock_set_id=lock_set_id, agent=request.auth, timeout=wait)
+    agent = request.auth
+    return long_poll_answer(
+        api, request, poll, lambda result: _lock_set_out(result, agent), LockSetOut
+    )
 
 
 @api.delete(

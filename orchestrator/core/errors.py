@@ -45,3 +45,13 @@ class Gone(ProtocolError):
 
 class Conflicting(ProtocolError):
     status = 409
+
+
+class Throttled(ProtocolError):
+    """Too many at once: ask again in ``retry_after`` seconds (the API's Retry-After)."""
+
+    status = 429
+
+    def __init__(self, code: str, detail: str, *, retry_after: int, **extra: Any):
+        super().__init__(code, detail, retry_after=retry_after, **extra)
+        self.retry_after = retry_after

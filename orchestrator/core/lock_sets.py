@@ -598,19 +598,33 @@ def lock_set_resources(lock_set: LockSet) -> list[Resource]:
 
 
 def lock_set_when_decided(*, lock_set_id: int, agent: Agent, timeout: float) -> LockSetResult:
-    """:func:`lock_set_advance` as ``agent`` (its held leases renewed), then, while the
-    set still waits, wait up to ``timeout`` seconds for it to be granted or to end (a
-    long poll, ``wakeups.long_poll``: the set is advanced again after a wake-up, or
-    when a read of its status, at least every second, finds it moved)."""
+    """:func:`lock_set_poll` waited for in this thread."""
+    return lock_set_poll(lock_set_id=lock_set_id, agent=agent, timeout=timeout).wait()
+
+
+def lock_set_poll(
+    *, lock_set_id: int, agent: Agent, timeout: float
+) -> wakeups.LongPoll[LockSetResult]:
+    """The long poll of a lock set: :func:`lock_set_advance` as ``agent`` now (its held
+    leases renewed), then, while the set still waits, for up to ``timeout`` seconds, the
+    set is advanced again after a wake-up, or when a read of its status, at least every
+    second, finds it moved (``wakeups.LongPoll``)."""
 
     def again(result: LockSetResult, woken: bool) -> LockSetResult:
         moved = LockSet.objects.filter(pk=lock_set_id).exclude(status=RequestStatus.WAITING)
         return lock_set_advance(lock_set_id=lock_set_id) if woken or moved.exists() else result
 
-    return wakeups.long_poll(
+    return wakeups.LongPoll(
         agent.pk,
         timeout,
         lock_set_advance(lock_set_id=lock_set_id, agent=agent),
         waiting=lambda result: result.status == RequestStatus.WAITING,
         again=again,
+        watch=wakeups.Watch(lock_sets_moved, lock_set_id),
     )
+
+
+def lock_sets_moved(lock_set_ids: list[int]) -> list[int]:
+    """Those of ``lock_set_ids`` that no longer wait (granted or ended)."""
+    ended = LockSet.objects.filter(pk__in=lock_set_ids).exclude(status=RequestStatus.WAITING)
+    return list(ended.values_list("pk", flat=True))

@@ -44,16 +44,32 @@ def lock_request_with_lock(request_id: int) -> LockRequest | None:
 
 def lock_request_when_decided(*, request_id: int, agent: Agent, timeout: float) -> LockRequest:
     """``lock_request_for_agent``, but while the request is still waiting, wait up to
-    ``timeout`` seconds for it to be granted or ended (a long poll,
-    ``wakeups.long_poll``: on the agent's wake-up list, not on the database; the
-    request is read again after each wake-up, and at least every second)."""
-    return wakeups.long_poll(
+    ``timeout`` seconds (in this thread) for it to be granted or ended:
+    :func:`lock_request_poll` waited for."""
+    return lock_request_poll(request_id=request_id, agent=agent, timeout=timeout).wait()
+
+
+def lock_request_poll(
+    *, request_id: int, agent: Agent, timeout: float
+) -> wakeups.LongPoll[LockRequest]:
+    """The long poll of a lock request: read now (``lock_request_for_agent``: NotFound,
+    Forbidden), and while it is still waiting, for up to ``timeout`` seconds, read again
+    after each of the agent's wake-ups, and at least every second
+    (``wakeups.LongPoll``: on the agent's wake-up list, not on the database)."""
+    return wakeups.LongPoll(
         agent.pk,
         timeout,
         lock_request_for_agent(request_id=request_id, agent=agent),
         waiting=lambda request: request.status == RequestStatus.WAITING,
         again=lambda _request, _woken: lock_request_for_agent(request_id=request_id, agent=agent),
+        watch=wakeups.Watch(lock_requests_moved, request_id),
     )
+
+
+def lock_requests_moved(request_ids: list[int]) -> list[int]:
+    """Those of ``request_ids`` that no longer wait (granted or ended)."""
+    ended = LockRequest.objects.filter(pk__in=request_ids).exclude(status=RequestStatus.WAITING)
+    return list(ended.values_list("pk", flat=True))
 
 
 def conflicts_recent(

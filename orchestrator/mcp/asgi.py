@@ -24,10 +24,10 @@ finds it through ``ctx.request_context.request``. The Host header (and Origin,
 when a browser sends one) must be one of ALLOWED_HOSTS, as for Django's pages.
 
 Threads: the token lookup and each tool's database work run in a thread
-(channels' ``database_sync_to_async``), inside one ``ThreadSensitiveContext`` per
-HTTP request, as Django does for its own requests: each request has a thread of
-its own, so a tool that waits for a lock (up to 25 s) blocks only that thread,
-never daphne's loop nor another request.
+(channels' ``database_sync_to_async``), the request's own, as Django does for its
+own requests, so that a tool's database work never blocks daphne's loop nor another
+request. A tool that waits for a lock (up to 25 s) waits on the loop and gives that
+thread back meanwhile (core/request_threads.py, server.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from asgiref.sync import ThreadSensitiveContext
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
@@ -46,6 +45,7 @@ from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse
 
+from orchestrator.core.request_threads import request_thread
 from orchestrator.core.tokens import agent_by_token
 from orchestrator.mcp.server import AGENT_KEY, build_server
 
@@ -143,7 +143,7 @@ class MCPMount:
     async def __call__(self, scope: dict[str, Any], receive: ASGIApp, send: ASGIApp) -> None:
         if scope["type"] != "http" or scope["path"] not in PATHS:
             return await self.app(scope, receive, send)
-        async with ThreadSensitiveContext():
+        async with request_thread():
             await self._serve(scope, receive, send)
 
     async def _serve(self, scope: dict[str, Any], receive: ASGIApp, send: ASGIApp) -> None:

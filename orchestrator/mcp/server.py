@@ -30,7 +30,7 @@ from agents.tools import tool_parameters
 from orchestrator.core.errors import ProtocolError
 from orchestrator.core.models import Agent
 from orchestrator.core.operations import parsed
-from orchestrator.mcp.tools import TOOLS, ToolSpec
+from orchestrator.mcp.tools import TOOLS, ToolSpec, Waiting
 
 AGENT_KEY = "orchestrator.agent"  # where the ASGI scope carries the authenticated agent
 
@@ -81,19 +81,22 @@ def agent_of(context: Context) -> Agent:
     return agent
 
 
-def _run(spec: ToolSpec, agent: Agent, arguments: dict[str, Any]) -> dict[str, Any]:
+def _run(spec: ToolSpec, agent: Agent, arguments: dict[str, Any]) -> dict[str, Any] | Waiting:
     return spec.run(agent, parsed(spec.model, arguments))
 
 
 def build_tool(name: str, spec: ToolSpec) -> Tool:
     """The SDK's Tool for ``spec``: its schema from the operation's model, its
-    arguments validated by that model, its work done in a thread."""
+    arguments validated by that model, its work done in a thread; a wait (tools.Waiting)
+    awaited on the event loop, holding no thread."""
     run = database_sync_to_async(_run)
 
     async def call(context: Context, arguments: dict[str, Any]) -> CallToolResult:
         agent = agent_of(context)
         try:
             answer = await run(spec, agent, arguments)
+            if isinstance(answer, Waiting):
+                answer = await answer.poll.wait_async(answer.answer)
         except ProtocolError as error:
             return refused(error)
         text, body = as_json(answer)

@@ -5,7 +5,10 @@ or a model of arguments.py built on it), a description written for a model that
 has never seen this server, and a plain function ``(agent, arguments) -> dict``
 that calls one service or selector of the core, as the HTTP API's endpoint for
 the same operation does, and shapes the answer. These functions are synchronous:
-server.py runs them in a thread. A refusal is a ProtocolError (core/errors.py)
+server.py runs them in a thread. A tool that waits for a lock answers
+:class:`Waiting` when it can wait without its thread (core/request_threads.py):
+server.py then awaits the long poll on the event loop and shapes its result in a
+read thread. A refusal is a ProtocolError (core/errors.py)
 with the code the HTTP API answers with; server.py turns it into a tool error.
 """
 
@@ -19,9 +22,9 @@ from orchestrator.core.errors import Conflicting, Gone
 from orchestrator.core.lock_sets import (
     LockSetResult,
     lock_set_acquire,
+    lock_set_poll,
     lock_set_release,
     lock_set_resources,
-    lock_set_when_decided,
 )
 from orchestrator.core.locks import (
     LockOutcome,
@@ -43,10 +46,11 @@ from orchestrator.core.resources import WriteResult, approval_request, resource_
 from orchestrator.core.selectors import (
     agent_overview,
     approval_for_agent,
-    lock_request_when_decided,
+    lock_request_poll,
     resources_visible,
 )
 from orchestrator.core.tenancy import qualified_name
+from orchestrator.core.wakeups import LongPoll
 from orchestrator.mcp.arguments import (
     MAX_WAIT_SECONDS,
     AcquireArgs,
@@ -60,11 +64,24 @@ from orchestrator.mcp.arguments import (
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A tool's answer to come: ``answer(result)`` once ``poll`` has waited."""
+
+    poll: LongPoll[Any]
+    answer: Callable[[Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class ToolSpec:
     model: type[Operation]
     description: str
-    run: Callable[[Agent, Any], dict[str, Any]]
+    run: Callable[[Agent, Any], dict[str, Any] | Waiting]
     read_only: bool = False
+
+
+def _when_decided(poll: LongPoll[Any], answer: Callable[[Any], dict[str, Any]]) -> Any:
+    """``answer`` of the poll's result: now, or :class:`Waiting` (LongPoll.deferred)."""
+    return Waiting(poll, answer) if poll.deferred() else answer(poll.result)
 
 
 # --- shaping --------------------------------------------------------------------------
@@ -136,7 +153,7 @@ def _lost(outcome: LockOutcome) -> Gone:
 # --- the tools ------------------------------------------------------------------------
 
 
-def acquire(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
+def acquire(agent: Agent, args: AcquireArgs) -> dict[str, Any] | Waiting:
     if isinstance(args.resource, list):
         return _acquire_set(agent, args)
     result = lock_acquire(
@@ -146,18 +163,19 @@ def acquire(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
         return _grant(result.lock, result.resource)
     # Queued: wait as long as asked, then say how the request stands (it may also have
     # been aborted at once, as the victim of the deadlock it closed).
-    request = lock_request_when_decided(
+    poll = lock_request_poll(
         request_id=result.request.pk, agent=agent, timeout=capped(args.wait_seconds)
     )
-    return _request(request)
+    return _when_decided(poll, _request)
 
 
-def _acquire_set(agent: Agent, args: AcquireArgs) -> dict[str, Any]:
+def _acquire_set(agent: Agent, args: AcquireArgs) -> dict[str, Any] | Waiting:
     result = lock_set_acquire(agent=agent, resources=args.resource, mode=args.mode, ttl=args.ttl)
     if result.status == RequestStatus.WAITING and args.wait_seconds > 0:
-        result = lock_set_when_decided(
+        poll = lock_set_poll(
             lock_set_id=result.lock_set.pk, agent=agent, timeout=capped(args.wait_seconds)
         )
+        return _when_decided(poll, lambda result: _lock_set(agent, result))
     return _lock_set(agent, result)
 
 
@@ -167,13 +185,13 @@ def cancel(agent: Agent, args: RequestArgs) -> dict[str, Any]:
     return _request(lock_request_cancel(request_id=args.request_id, agent=agent))
 
 
-def wait(agent: Agent, args: WaitArgs) -> dict[str, Any]:
+def wait(agent: Agent, args: WaitArgs) -> dict[str, Any] | Waiting:
     timeout = capped(args.wait_seconds)
     if args.lock_set_id is not None:
-        result = lock_set_when_decided(lock_set_id=args.lock_set_id, agent=agent, timeout=timeout)
-        return _lock_set(agent, result)
-    request = lock_request_when_decided(request_id=args.request_id, agent=agent, timeout=timeout)
-    return _request(request)
+        poll = lock_set_poll(lock_set_id=args.lock_set_id, agent=agent, timeout=timeout)
+        return _when_decided(poll, lambda result: _lock_set(agent, result))
+    poll = lock_request_poll(request_id=args.request_id, agent=agent, timeout=timeout)
+    return _when_decided(poll, _request)
 
 
 def read(agent: Agent, args: Read) -> dict[str, Any]:

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # How the server names its codes: the refusals of the core and the API, the write
 # results it answers with (``"error": result.status``) and the API's own answers.
 CODE_PATTERNS = [
-    r'\b(?:Invalid|Conflicting|Forbidden|NotFound|Gone)\(\s*"([a-z_]+)"',
+    r'\b(?:Invalid|Conflicting|Forbidden|NotFound|Gone|Throttled)\(\s*"([a-z_]+)"',
     r'WriteResult\(\s*"([a-z_]+)"',
     r'error_response\(\s*\d+,\s*"([a-z_]+)"',
     r'"error":\s*"([a-z_]+)"',
@@ -56,6 +56,8 @@ def test_every_code_the_server_sends_has_a_class_of_its_own():
         (409, {"error": "busy", "detail": "held", "holders": [{"agent": "a"}]}, errors.Busy),
         (410, {"error": "lease_lost", "detail": "ended"}, errors.LeaseLost),
         (409, {"error": "a_code_from_a_newer_server", "detail": "?"}, errors.Conflict),
+        (429, {"error": "too_many_waits", "detail": "10", "retry_after": 1}, errors.TooManyWaits),
+        (429, {"error": "slow_down", "detail": "?"}, errors.TooManyRequests),
         (404, {"error": "no_such_code", "detail": "?"}, errors.NotFound),
         (502, "<html>Bad gateway</html>", errors.ServerError),
         (418, None, errors.OrchestratorError),
