@@ -22,6 +22,7 @@ from orchestrator.core.models import Agent, Resource, Run
 from orchestrator.core.resources import resource_create, resource_write
 from orchestrator.core.tokens import agent_token_reset
 from tests import factories
+from tests.concurrency.processes import wait_until
 from tests.dashboard import builders, scenes, servers
 from tests.dashboard.servers import CHROMIUM
 
@@ -36,6 +37,16 @@ pytestmark = [
         not CHROMIUM.exists(), reason="needs Debian's chromium (.ci/run installs it)"
     ),
 ]
+
+
+def wait_in_page(page: Any, function: str, timeout: float = 10.0) -> Any:
+    """Evaluate ``function`` (a JavaScript function's source) in ``page`` until it returns
+    a truthy value. ``page.wait_for_function`` compiles its predicate in the page when it
+    has to poll, which the dashboard's CSP (no 'unsafe-eval') forbids; ``page.evaluate``
+    goes over the DevTools protocol, which the CSP does not govern."""
+    return wait_until(
+        lambda: page.evaluate(function), timeout=timeout, interval=0.05, what=function
+    )
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +303,7 @@ def test_a_two_person_approval_waits_for_the_second_operator_live(
     expect(otto_card.get_by_role("button", name="Approve", exact=True)).to_be_enabled()
     voted = Event.objects.get(kind="approval.voted").pk
     expect(page.locator("#live-status")).to_have_text("live", timeout=10_000)
-    page.wait_for_function(f"Number(document.body.dataset.lastEventId) >= {voted}")
+    wait_in_page(page, f"() => Number(document.body.dataset.lastEventId) >= {voted}")
     expect(card).not_to_have_class(re.compile(r"\bdecided\b"))
     assert Approval.objects.get(pk=scene.approval.pk).status == "pending"
     screenshot(page, "approvals-two-person")
@@ -1013,5 +1024,5 @@ def test_no_page_breaks_the_content_security_policy(app: str, browser: Any) -> N
     )
     assert ran is False
     # The violation event is dispatched as a task of its own: wait for it.
-    page.wait_for_function("window.__csp.some((found) => found.startsWith('script-src'))")
+    wait_in_page(page, "() => window.__csp.some((found) => found.startsWith('script-src'))")
     context.close()
