@@ -87,6 +87,18 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
+def _throttled(reply: Reply | None, left: float | None) -> Sleep | None:
+    """How long to pause before polling again when the server refused a long poll for
+    the agent's cap of waits at once (429 ``too_many_waits``: its ``Retry-After``)."""
+    if reply is None or reply.status != 429 or not isinstance(reply.body, dict):
+        return None
+    if reply.body.get("error") != "too_many_waits":
+        return None
+    pause = reply.body.get("retry_after")
+    pause = float(pause) if isinstance(pause, int | float) and pause > 0 else 1.0
+    return Sleep(pause if left is None else max(0.0, min(pause, left)))
+
+
 def _ended(kind: str, body: dict[str, Any]) -> OrchestratorError:
     reason = body.get("reason") or ""
     if body.get("status") == "aborted":
@@ -158,7 +170,9 @@ def acquire(
     Busy when it is held and ``wait`` is false; otherwise the request queues and is
     long-polled until it is granted (DeadlockVictim, RequestCancelled if it ends
     otherwise), or until ``timeout`` seconds have passed: then it is withdrawn and
-    WaitTimeout raised (unless it was granted meanwhile).
+    WaitTimeout raised (unless it was granted meanwhile). A poll refused because the
+    agent has too many waits at once (429 too_many_waits) is asked again after the
+    server's Retry-After.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     body: dict[str, Any] = {"resource": resource, "mode": mode, "wait": wait}
@@ -185,6 +199,10 @@ def acquire(
         reply = yield Call(
             "GET", path, params={"wait": round(wait_for, 3)}, timeout=wait_for + POLL_SLACK
         )
+        pause = _throttled(reply, left)
+        if pause is not None:  # the request still queues: poll again after the pause
+            yield pause
+            continue
         polled = expect(reply, 200)
         if polled["status"] == "granted":
             return polled["lock"]
@@ -229,6 +247,10 @@ def acquire_set(
         reply = yield Call(
             "GET", path, params={"wait": round(wait_for, 3)}, timeout=wait_for + POLL_SLACK
         )
+        pause = _throttled(reply, left)
+        if pause is not None:  # the set still waits: poll again after the pause
+            yield pause
+            continue
         answer = expect(reply, 200)
     return answer
 
