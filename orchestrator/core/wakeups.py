@@ -100,8 +100,8 @@ WAKE_KEY_TTL = 60  # seconds: a wake-up nobody waits for is dropped
 # (Redis restarted, or another wait of the same agent took it): LongPoll.
 REREAD_SECONDS = 1.0
 MAX_REDIS_CONNECTIONS = 10_000  # per process and event loop: Redis's default maxclients
-# The longest BLPOP of a poll parked on an event loop (it then reads once, and parks
-# again): below the async client's socket timeout, which catches a dead connection.
+# The longest BLPOP of a poll parked on an event loop (then it parks again): below the
+# async client's socket timeout, which catches a dead connection.
 PARK_SECONDS = 20.0
 
 _redis: tuple[int, object] = (0, None)
@@ -420,8 +420,10 @@ class LongPoll(Generic[T]):
                     with _sweeper().parked(self):
                         woken = await self._woken_async(min(left, PARK_SECONDS))
                 last = self._left() <= 0
+                if woken is False and self.watch is not None and not last:
+                    continue  # the end of a park: the sweep reads for it, park again
                 found, answered = await in_thread(
-                    self._read_again, woken, last, answer, periodic=not (woken or last)
+                    self._read_again, bool(woken), last, answer, periodic=not (woken or last)
                 )
                 if answered is not _NOT_YET:
                     return answered
@@ -439,13 +441,15 @@ class LongPoll(Generic[T]):
             return found, answer(found)
         return found, _NOT_YET
 
-    async def _woken_async(self, timeout: float) -> bool:
+    async def _woken_async(self, timeout: float) -> bool | None:
+        """True if a wake-up came, False if none came in ``timeout`` seconds, None if
+        Redis could not be asked (after a pause of at most REREAD_SECONDS)."""
         try:
             return await wait_for_wake_async(self.agent_id, timeout)
         except RedisError as exc:
             logger.warning("long poll: Redis unavailable (%r), agent %s polls", exc, self.agent_id)
             await asyncio.sleep(min(timeout, REREAD_SECONDS))
-            return False
+            return None
 
 
 class _Sweeper:

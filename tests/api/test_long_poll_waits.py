@@ -403,3 +403,37 @@ def test_the_openapi_document_declares_the_429_of_the_long_polls(alice) -> None:
         operation = document["paths"][path]["get"]
         assert "429" in operation["responses"], path
         assert "too_many_waits" in operation["description"]
+
+
+@pytest.mark.asyncio
+async def test_an_async_long_poll_whose_wake_up_is_lost_is_found_by_the_sweep(
+    alice, bob, doc, monkeypatch
+) -> None:
+    """No wake-up is pushed for the grant (as if Redis had lost it), and the poll parks
+    in short stretches: the periodic sweep of the parked polls finds it granted."""
+    import json
+    import time
+
+    monkeypatch.setattr(wakeups, "PARK_SECONDS", 0.2)  # parks again, several times
+    held = await sync_to_async(alice.acquire)(doc)
+    queued = await sync_to_async(bob.acquire)(doc, wait=True)
+    request_id = queued.json()["request_id"]
+    communicator = ApplicationCommunicator(
+        django_asgi_app, asgi_scope(f"/api/v1/lock-requests/{request_id}", "wait=25", bob.token)
+    )
+    await communicator.send_input({"type": "http.request", "body": b"", "more_body": False})
+    start = await communicator.receive_output(DEADLINE)
+    assert start["status"] == 200
+    assert await communicator.receive_nothing(0.6)  # parked, across several stretches
+
+    wakeups.unregister(wakeups.notify_http_waiters)
+    try:
+        await sync_to_async(lock_release)(lock_id=held.json()["id"], agent=alice.agent)
+    finally:
+        wakeups.register(wakeups.notify_http_waiters)
+    released = time.monotonic()
+
+    answer = json.loads(await body_of(communicator))
+    assert answer["status"] == "granted"
+    assert time.monotonic() - released < 15  # by a sweep, not at the end of its 25 s
+    await communicator.wait(DEADLINE)
